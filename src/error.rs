@@ -1,0 +1,46 @@
+//! The crate's one error type.
+//!
+//! Everything that can fail on user input (a shape that does not fit, a view whose
+//! strides leave its slice, a kernel the CPU cannot run) returns [`Error`], and the
+//! message says what was expected and what came. Internal invariants, which no input
+//! can break, are `assert!`s instead.
+
+use std::fmt;
+
+/// What went wrong, with enough detail to fix the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// Operands whose shapes do not fit together.
+    ShapeMismatch {
+        /// The operation that checked the shapes, e.g. `"gemm"`.
+        op: &'static str,
+        /// What the operation needed.
+        expected: String,
+        /// What it was given.
+        got: String,
+    },
+    /// A matrix view that would read outside its slice, or (for a mutable view)
+    /// whose strides make two elements share one memory location.
+    InvalidView(String),
+    /// A kernel was requested (through the API or `FUSEGRAD_KERNEL`) that this CPU
+    /// cannot run, or the environment variable holds an unknown value.
+    Kernel(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::ShapeMismatch { op, expected, got } => {
+                write!(f, "{op}: shape mismatch: expected {expected}, got {got}")
+            }
+            Error::InvalidView(msg) => write!(f, "invalid matrix view: {msg}"),
+            Error::Kernel(msg) => write!(f, "kernel selection: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with the crate's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;

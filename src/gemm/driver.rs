@@ -1,0 +1,378 @@
+//! The loops around the microkernel, and the split over threads.
+//!
+//! ```text
+//! for each task (a block of C tiles, one per rayon job)         -- parallel
+//!   LOOP 5  jc: n in steps of NC       (B block columns)
+//!     LOOP 4  pc: k in equal blocks ≤ KC  -- sequential: every block adds to the same C
+//!       pack B[pc, jc] → B~                 (+ bias gradient of B, from B~)
+//!       LOOP 3  ic: m in steps of MC     (A block rows)
+//!         pack A[ic, pc] → A~
+//!         LOOP 2  ir: MR rows of A~      (A micro-panel stays in L1)
+//!           LOOP 1  jr: NR columns of B~ (B~ streams from L2)
+//!             microkernel: C tile (+)= A~ panel · B~ panel; epilogue after the last pc
+//! ```
+//!
+//! Threads only split C: tasks are rectangles of whole MR × NR tiles, so every tile
+//! is computed exactly as it would be on one thread, and k is never split. The
+//! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
+//! in tile order after the join, so they too are independent of the thread count.
+
+use super::blocking::{k_block_start, k_blocks, KC, MAX_TILE, MC, NC};
+use super::kernel::{Kernel, Tile, TileEpilogue};
+use super::pack::{add_packed_b_colsums, pack_a, pack_b};
+use super::{Accum, Epilogue};
+use crate::matrix::{MatMut, MatRef};
+use rayon::prelude::*;
+use std::cell::Cell;
+use std::ops::Range;
+
+/// How many tasks a GEMM may use.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Plan {
+    pub threads: usize,
+    pub min_work_per_thread: usize,
+}
+
+/// A raw pointer that tasks share. Each task writes only elements no other task
+/// writes (its own C tiles, its own tile rows of the scratch, its own bias-gradient
+/// columns), which is what makes sending it across threads sound.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: see the type's doc: every use writes a region owned by exactly one task.
+unsafe impl Send for SharedMut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMut {}
+
+/// Per-thread packing buffers, allocated on first use and kept: once warm, a GEMM
+/// performs no heap allocation.
+#[derive(Default)]
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+    colsums: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: Cell<Buffers> = Cell::new(Buffers::default());
+}
+
+/// Lends this thread's buffers to `f`. Taking them out (rather than borrowing) keeps
+/// a nested call on the same thread correct: it finds empty buffers and allocates.
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    let mut bufs = BUFFERS.with(Cell::take);
+    let r = f(&mut bufs);
+    BUFFERS.with(|cell| cell.set(bufs));
+    r
+}
+
+/// A 64-byte-aligned window of `len` floats inside `v`, growing `v` if needed.
+fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len + 16 {
+        v.resize(len + 16, 0.0);
+    }
+    let off = v.as_ptr().align_offset(64).min(16);
+    &mut v[off..off + len]
+}
+
+/// Everything a task needs; shared by reference between tasks.
+struct Job<'a> {
+    a: MatRef<'a>,
+    b: MatRef<'a>,
+    c: SharedMut,
+    rsc: usize,
+    csc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    accum: Accum,
+    bias: Option<&'a [f32]>,
+    relu: bool,
+    h: Option<MatRef<'a>>,
+    /// Scratch of `ceil(m/MR) × n` tile-row column sums, for `ReluMaskBiasGrad`.
+    colsums: Option<SharedMut>,
+    /// Output of `BiasGradB`, `n` floats.
+    bgrad: Option<SharedMut>,
+}
+
+pub(crate) fn run<K: Kernel>(
+    mut c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accum: Accum,
+    epilogue: Epilogue<'_>,
+    plan: Plan,
+) {
+    assert!(
+        K::MR * K::NR <= MAX_TILE && MC.is_multiple_of(K::MR) && NC.is_multiple_of(K::NR),
+        "blocking constants do not fit the kernel"
+    );
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    let (rsc, csc) = (c.row_stride(), c.col_stride());
+
+    // An empty C has no tiles, but the bias gradients are still defined.
+    if m == 0 || n == 0 {
+        match epilogue {
+            Epilogue::BiasGradB(db) => {
+                for (j, d) in db.iter_mut().enumerate() {
+                    *d = (0..k).fold(0.0, |s, p| s + b.get(p, j));
+                }
+            }
+            Epilogue::ReluMaskBiasGrad { dbiases, .. } => dbiases.fill(0.0),
+            _ => {}
+        }
+        return;
+    }
+
+    let tiles_m = m.div_ceil(K::MR);
+    let tiles_n = n.div_ceil(K::NR);
+    let work = m.saturating_mul(n).saturating_mul(k.max(1));
+    let tasks = plan.threads.min(work / plan.min_work_per_thread.max(1)).clamp(1, tiles_m * tiles_n);
+    let (tm, tn) = partition(tasks, tiles_m, tiles_n);
+
+    let (bias, relu, h, mut colsum_out, bgrad) = match epilogue {
+        Epilogue::None => (None, false, None, None, None),
+        Epilogue::Bias(bias) => (Some(bias), false, None, None, None),
+        Epilogue::BiasRelu(bias) => (Some(bias), true, None, None, None),
+        Epilogue::ReluMask(h) => (None, false, Some(h), None, None),
+        Epilogue::ReluMaskBiasGrad { h, dbiases } => (None, false, Some(h), Some(dbiases), None),
+        Epilogue::BiasGradB(db) => (None, false, None, None, Some(SharedMut(db.as_mut_ptr()))),
+    };
+
+    // The calling thread lends its scratch for the tile-row column sums.
+    let mut scratch_vec = if colsum_out.is_some() { BUFFERS.with(|b| b.take()).colsums } else { Vec::new() };
+    let scratch = colsum_out.is_some().then(|| SharedMut(aligned(&mut scratch_vec, tiles_m * n).as_mut_ptr()));
+
+    let job = Job {
+        a,
+        b,
+        c: SharedMut(c.data_mut().as_mut_ptr()),
+        rsc,
+        csc,
+        m,
+        n,
+        k,
+        accum,
+        bias,
+        relu,
+        h,
+        colsums: scratch,
+        bgrad,
+    };
+
+    let task = |t: usize| {
+        let (rows, cols) = task_ranges::<K>(t, tm, tn, tiles_m, tiles_n, m, n);
+        with_buffers(|bufs| job.run_block::<K>(rows, cols, bufs));
+    };
+    if tm * tn == 1 {
+        task(0);
+    } else {
+        (0..tm * tn).into_par_iter().for_each(task);
+    }
+
+    if let (Some(out), Some(SharedMut(s))) = (colsum_out.as_deref_mut(), scratch) {
+        // SAFETY: the tasks have joined; `s` points to `tiles_m * n` floats of
+        // `scratch_vec`, each written by exactly one tile.
+        let partials = unsafe { std::slice::from_raw_parts(s, tiles_m * n) };
+        out.fill(0.0);
+        for row in partials.chunks_exact(n) {
+            for (o, &p) in out.iter_mut().zip(row) {
+                *o += p;
+            }
+        }
+    }
+    if colsum_out.is_some() {
+        BUFFERS.with(|cell| {
+            let mut bufs = cell.take();
+            bufs.colsums = scratch_vec;
+            cell.set(bufs);
+        });
+    }
+}
+
+/// Splits `tasks` over the tile grid the way BLIS does: each prime factor of the task
+/// count goes to the dimension that still has more tiles per part.
+fn partition(tasks: usize, tiles_m: usize, tiles_n: usize) -> (usize, usize) {
+    let (mut tm, mut tn) = (1usize, 1usize);
+    let mut rest = tasks;
+    let mut f = 2;
+    while rest > 1 {
+        if !rest.is_multiple_of(f) {
+            f += 1;
+            continue;
+        }
+        rest /= f;
+        if tiles_m * tn >= tiles_n * tm {
+            tm *= f;
+        } else {
+            tn *= f;
+        }
+    }
+    (tm.min(tiles_m), tn.min(tiles_n))
+}
+
+/// The rows and columns of C owned by task `t`: whole tiles, split as evenly as the
+/// grid allows.
+fn task_ranges<K: Kernel>(
+    t: usize,
+    tm: usize,
+    tn: usize,
+    tiles_m: usize,
+    tiles_n: usize,
+    m: usize,
+    n: usize,
+) -> (Range<usize>, Range<usize>) {
+    let (ti, tj) = (t / tn, t % tn);
+    let r0 = (ti * tiles_m / tm) * K::MR;
+    let r1 = ((ti + 1) * tiles_m / tm * K::MR).min(m);
+    let c0 = (tj * tiles_n / tn) * K::NR;
+    let c1 = ((tj + 1) * tiles_n / tn * K::NR).min(n);
+    (r0..r1, c0..c1)
+}
+
+impl Job<'_> {
+    /// Computes the block `rows × cols` of C: loops 5 to 1.
+    fn run_block<K: Kernel>(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut Buffers) {
+        let nkb = k_blocks(self.k);
+        let owns_bgrad = rows.start == 0;
+        // LOOP 5: n in NC-wide blocks.
+        for jc in cols.clone().step_by(NC) {
+            let nc = NC.min(cols.end - jc);
+            if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
+                // SAFETY: columns jc..jc+nc of the n-long bias gradient belong to this
+                // task alone (the only task with rows starting at 0 for these columns).
+                unsafe { std::slice::from_raw_parts_mut(db.add(jc), nc) }.fill(0.0);
+            }
+            // LOOP 4: k in equal blocks, in order.
+            for kb in 0..nkb {
+                let p0 = k_block_start(self.k, nkb, kb);
+                let kc = k_block_start(self.k, nkb, kb + 1) - p0;
+                let b_packed = aligned(&mut bufs.b, NC * KC);
+                pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
+                if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
+                    // SAFETY: as above; this task owns columns jc..jc+nc.
+                    let db = unsafe { std::slice::from_raw_parts_mut(db.add(jc), nc) };
+                    add_packed_b_colsums(b_packed, kc, nc, K::NR, db);
+                }
+                let (first, last) = (kb == 0, kb + 1 == nkb);
+                // LOOP 3: m in MC-tall blocks.
+                for ic in rows.clone().step_by(MC) {
+                    let mc = MC.min(rows.end - ic);
+                    let a_packed = aligned(&mut bufs.a, MC * KC);
+                    pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
+                    // LOOP 2: MR rows at a time.
+                    for ir in (0..mc).step_by(K::MR) {
+                        let a_panel = &a_packed[ir * kc..(ir + K::MR) * kc];
+                        // LOOP 1: NR columns at a time.
+                        for jr in (0..nc).step_by(K::NR) {
+                            let b_panel = &b_packed[jr * kc..(jr + K::NR) * kc];
+                            let (i, j) = (ic + ir, jc + jr);
+                            let (mr, nr) = (K::MR.min(rows.end - i), K::NR.min(cols.end - j));
+                            self.tile::<K>(kc, a_panel, b_panel, i, j, mr, nr, first, last);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One microkernel call for the tile at `(i, j)` with `mr × nr` valid elements.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn tile<K: Kernel>(
+        &self,
+        kc: usize,
+        a_panel: &[f32],
+        b_panel: &[f32],
+        i: usize,
+        j: usize,
+        mr: usize,
+        nr: usize,
+        first: bool,
+        last: bool,
+    ) {
+        debug_assert!(a_panel.len() == kc * K::MR && b_panel.len() == kc * K::NR);
+        debug_assert!(i < self.m && j < self.n && mr >= 1 && nr >= 1);
+        let load_c = !first || self.accum == Accum::Add;
+        let colsum = match self.colsums {
+            // Tile row i / MR of the scratch, columns j..j+nr.
+            Some(SharedMut(s)) if last => s.wrapping_add((i / K::MR) * self.n + j),
+            _ => std::ptr::null_mut(),
+        };
+        // The activation tile, with its row stride; gathered to the stack when its
+        // columns are not contiguous.
+        let h_stack: [f32; MAX_TILE];
+        let h_tile = match self.h {
+            Some(h) if last => {
+                let (rsh, csh) = (h.row_stride(), h.col_stride());
+                let data = h.as_slice();
+                if csh == 1 {
+                    Some((data[i * rsh + j..].as_ptr(), rsh))
+                } else {
+                    h_stack = std::array::from_fn(|e| {
+                        let (r, q) = (e / K::NR, e % K::NR);
+                        if r < mr && q < nr {
+                            data[(i + r) * rsh + (j + q) * csh]
+                        } else {
+                            0.0
+                        }
+                    });
+                    Some((h_stack.as_ptr(), K::NR))
+                }
+            }
+            _ => None,
+        };
+        let epilogue = match (last, self.bias, h_tile) {
+            (true, Some(bias), _) if self.relu => TileEpilogue::BiasRelu(bias[j..].as_ptr()),
+            (true, Some(bias), _) => TileEpilogue::Bias(bias[j..].as_ptr()),
+            (true, None, Some((h, rsh))) => TileEpilogue::ReluMask { h, rsh, colsum },
+            _ => TileEpilogue::None,
+        };
+
+        // SAFETY: (i, j) with i + mr ≤ m, j + nr ≤ n lies inside the C view, which was
+        // bounds-checked when it was made, so every offset below stays in its slice;
+        // this task owns the tile (tasks own disjoint rectangles of whole tiles), so no
+        // other thread touches it. The panels hold kc·MR and kc·NR floats (asserted
+        // above), the bias slice starts at column j and has ≥ nr floats, the
+        // activation tile covers mr × nr, and `colsum` addresses this tile's own nr
+        // scratch entries. The ISA was checked before the driver was chosen.
+        unsafe {
+            let c_tile = self.c.0.add(i * self.rsc + j * self.csc);
+            if self.csc == 1 {
+                let t = Tile { c: c_tile, rsc: self.rsc, mr, nr, load_c, epilogue };
+                K::tile(kc, a_panel.as_ptr(), b_panel.as_ptr(), &t);
+            } else {
+                // Non-contiguous C (e.g. a transposed output view): run the kernel on
+                // a stack tile and copy the valid part in and out.
+                let mut c_stack = [0.0f32; MAX_TILE];
+                if load_c {
+                    for r in 0..mr {
+                        for q in 0..nr {
+                            c_stack[r * K::NR + q] = *c_tile.add(r * self.rsc + q * self.csc);
+                        }
+                    }
+                }
+                let t = Tile { c: c_stack.as_mut_ptr(), rsc: K::NR, mr, nr, load_c, epilogue };
+                K::tile(kc, a_panel.as_ptr(), b_panel.as_ptr(), &t);
+                for r in 0..mr {
+                    for q in 0..nr {
+                        *c_tile.add(r * self.rsc + q * self.csc) = c_stack[r * K::NR + q];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_follows_the_larger_dimension() {
+        assert_eq!(partition(1, 22, 2), (1, 1));
+        assert_eq!(partition(2, 22, 2), (2, 1));
+        assert_eq!(partition(2, 1, 8), (1, 2));
+        assert_eq!(partition(4, 8, 8), (2, 2));
+        assert_eq!(partition(8, 2, 2), (2, 2)); // capped by the grid
+    }
+}

@@ -1,0 +1,154 @@
+//! AVX-512F microkernels.
+//!
+//! One generic body, `MR` rows × `NV` zmm vectors (16 floats each) of C in registers.
+//! Per k step it loads `NV` vectors of the packed B row and broadcasts `MR` values of
+//! the packed A column: `MR · NV` FMAs against `NV + MR` loads.
+//!
+//! Wide tile, 6 × 64 (24 accumulators; the AOCL/BLIS zen4 "sup" shape):
+//! ```text
+//!            b[p][0..16] b[p][16..32] b[p][32..48] b[p][48..64]
+//! a[p][0]    acc[0][0]   acc[0][1]    acc[0][2]    acc[0][3]
+//!   ...
+//! a[p][5]    acc[5][0]   acc[5][1]    acc[5][2]    acc[5][3]
+//! ```
+//! Narrow tile, 16 × 16 (16 accumulators), for outputs with n ≤ 16 such as the
+//! 10-class layer: a 6 × 64 tile would leave 54 of its 64 lanes idle there.
+//!
+//! Edges: columns past `nr` are masked off in every load and store of C, the bias and
+//! the activation (lane masks suppress faults, so nothing outside the tile is touched);
+//! rows past `mr` are skipped.
+
+use super::{Kernel, Tile, TileEpilogue};
+use std::arch::x86_64::*;
+
+/// 6 × 64 tile: the main AVX-512 kernel.
+pub(crate) struct Avx512Wide;
+/// 16 × 16 tile: for n ≤ 16.
+pub(crate) struct Avx512Narrow;
+
+impl Kernel for Avx512Wide {
+    const MR: usize = 6;
+    const NR: usize = 64;
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+        // SAFETY: the caller upholds the tile contract and has checked avx512f.
+        unsafe { tile_generic::<6, 4>(kc, a, b, t) }
+    }
+}
+
+impl Kernel for Avx512Narrow {
+    const MR: usize = 16;
+    const NR: usize = 16;
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+        // SAFETY: as above.
+        unsafe { tile_generic::<16, 1>(kc, a, b, t) }
+    }
+}
+
+/// Lane masks for the `NV` vectors of a tile row with `nr` valid columns.
+#[inline(always)]
+fn lane_masks<const NV: usize>(nr: usize) -> [__mmask16; NV] {
+    std::array::from_fn(|v| {
+        let valid = nr.saturating_sub(v * 16).min(16);
+        ((1u32 << valid) - 1) as __mmask16
+    })
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    for p in 0..kc {
+        // SAFETY: p < kc, so B row p (NV·16 floats) and A column p (MR floats) are
+        // inside the packed panels the caller passed.
+        unsafe {
+            let bp = b.add(p * NV * 16);
+            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(v * 16)));
+            let ap = a.add(p * MR);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                for (x, bv) in row.iter_mut().zip(bv.iter()) {
+                    *x = _mm512_fmadd_ps(ai, *bv, *x);
+                }
+            }
+        }
+    }
+
+    let masks = lane_masks::<NV>(t.nr);
+    let zero = _mm512_setzero_ps();
+    // SAFETY (whole store phase): every access below is a masked load or store whose
+    // lanes are the tile's valid columns (j < nr), on rows i < mr, at offsets the
+    // caller guarantees valid; masked-off lanes are never touched.
+    unsafe {
+        let add_c = |i: usize, v: usize, x: __m512| -> __m512 {
+            if t.load_c {
+                _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], t.c.add(i * t.rsc + v * 16)))
+            } else {
+                x
+            }
+        };
+        let store = |i: usize, v: usize, x: __m512| _mm512_mask_storeu_ps(t.c.add(i * t.rsc + v * 16), masks[v], x);
+        match t.epilogue {
+            TileEpilogue::None => {
+                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                    for (v, &x) in row.iter().enumerate() {
+                        store(i, v, add_c(i, v, x));
+                    }
+                }
+            }
+            TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
+                let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
+                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bias.add(v * 16)));
+                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                    for (v, &x) in row.iter().enumerate() {
+                        let mut x = _mm512_add_ps(add_c(i, v, x), bv[v]);
+                        if relu {
+                            // max(0, x): NaN in x passes through.
+                            x = _mm512_max_ps(zero, x);
+                        }
+                        store(i, v, x);
+                    }
+                }
+            }
+            TileEpilogue::ReluMask { h, rsh, colsum } => {
+                let mut sums = [zero; NV];
+                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                    for (v, &x) in row.iter().enumerate() {
+                        let hv = _mm512_maskz_loadu_ps(masks[v], h.add(i * rsh + v * 16));
+                        let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(hv, zero);
+                        let x = _mm512_maskz_mov_ps(keep, add_c(i, v, x));
+                        sums[v] = _mm512_add_ps(sums[v], x);
+                        store(i, v, x);
+                    }
+                }
+                if !colsum.is_null() {
+                    for (v, &s) in sums.iter().enumerate() {
+                        _mm512_mask_storeu_ps(colsum.add(v * 16), masks[v], s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Single-core throughput probe: 16 independent zmm FMA chains (Zen 4 needs 4 in
+/// flight, Zen 5 needs 8). Returns the folded result and the flops per iteration.
+pub(crate) fn fma_chains(iters: u64) -> (f32, u64) {
+    assert!(super::Isa::Avx512.is_available(), "fma_chains: avx512f not available");
+    // SAFETY: avx512f was checked just above.
+    unsafe { fma_chains_impl(iters) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
+    let mut acc = [_mm512_set1_ps(1.0); 16];
+    let x = _mm512_set1_ps(std::hint::black_box(0.999_999));
+    let y = _mm512_set1_ps(std::hint::black_box(1e-7));
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, x, y);
+        }
+    }
+    let total = acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
+    (_mm512_reduce_add_ps(total), 16 * 16 * 2)
+}

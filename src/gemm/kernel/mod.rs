@@ -1,0 +1,163 @@
+//! Microkernels, one file per ISA, and the runtime choice between them.
+//!
+//! A microkernel computes one `MR × NR` tile of C from a packed A micro-panel
+//! (`kc` steps of `MR` floats) and a packed B micro-panel (`kc` steps of `NR` floats),
+//! keeps the tile in registers, and on the way out applies the tile's epilogue: add
+//! the old C, add a bias row, ReLU, or mask by a saved activation while summing
+//! columns. The driver (`driver.rs`) decides which of these a tile gets.
+//!
+//! Which ISA runs is decided once: [`GemmOptions::isa`](super::GemmOptions) if set,
+//! else the `FUSEGRAD_KERNEL` environment variable (`avx512`, `avx2`, `portable`), else
+//! the best the CPU supports.
+
+use crate::error::{Error, Result};
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+pub(crate) mod portable;
+
+/// An instruction-set path for the GEMM microkernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// AVX-512F: 6×64 tiles (4 zmm per row), 16×16 tiles for narrow outputs (n ≤ 16).
+    Avx512,
+    /// AVX2 + FMA: 6×16 tiles (2 ymm per row).
+    Avx2,
+    /// Plain Rust, 4×8 tiles; runs everywhere.
+    Portable,
+}
+
+impl Isa {
+    /// Every path, fastest first.
+    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+
+    /// Whether this CPU can run the path.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The fastest path this CPU supports.
+    pub fn best() -> Isa {
+        Isa::ALL.into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Portable)
+    }
+
+    /// The name used by `FUSEGRAD_KERNEL` and the benchmarks.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Parses a name as `FUSEGRAD_KERNEL` accepts it (`avx512`, `avx2`, `portable`).
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] for any other string.
+    pub fn parse(name: &str) -> Result<Isa> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "avx512" | "avx512f" => Ok(Isa::Avx512),
+            "avx2" | "fma" => Ok(Isa::Avx2),
+            "portable" | "scalar" => Ok(Isa::Portable),
+            other => Err(Error::Kernel(format!("unknown kernel {other:?}: expected one of avx512, avx2, portable"))),
+        }
+    }
+
+    /// Checks that the CPU can run this path.
+    ///
+    /// # Errors
+    /// [`Error::Kernel`] naming the missing CPU features.
+    pub fn check_available(self) -> Result<Isa> {
+        if self.is_available() {
+            Ok(self)
+        } else {
+            let needs = match self {
+                Isa::Avx512 => "avx512f",
+                Isa::Avx2 => "avx2 and fma",
+                Isa::Portable => "nothing",
+            };
+            Err(Error::Kernel(format!("the {} kernel needs {needs}, which this CPU does not have", self.name())))
+        }
+    }
+}
+
+/// The path used when [`GemmOptions::isa`](super::GemmOptions) is `None`:
+/// `FUSEGRAD_KERNEL` if set, else [`Isa::best`]. Read once per process.
+///
+/// # Errors
+/// [`Error::Kernel`] when `FUSEGRAD_KERNEL` names an unknown path or one this CPU
+/// cannot run.
+pub fn default_isa() -> Result<Isa> {
+    static CHOICE: OnceLock<Result<Isa>> = OnceLock::new();
+    CHOICE
+        .get_or_init(|| match std::env::var("FUSEGRAD_KERNEL") {
+            Ok(v) if !v.trim().is_empty() => Isa::parse(&v)
+                .and_then(Isa::check_available)
+                .map_err(|e| Error::Kernel(format!("FUSEGRAD_KERNEL={v:?}: {e}"))),
+            _ => Ok(Isa::best()),
+        })
+        .clone()
+}
+
+/// What a tile does after its last k block, while it is still in registers.
+/// Pointers are already offset to the tile's first row and column.
+#[derive(Clone, Copy)]
+pub(crate) enum TileEpilogue {
+    None,
+    /// `c += bias[j]`.
+    Bias(*const f32),
+    /// `c = max(c + bias[j], 0)`.
+    BiasRelu(*const f32),
+    /// `c = if h[i][j] > 0 { c } else { 0 }`; when `colsum` is not null, also
+    /// `colsum[j] = Σ_i c[i][j]` over the tile's valid rows (overwritten, not added).
+    ReluMask {
+        h: *const f32,
+        rsh: usize,
+        colsum: *mut f32,
+    },
+}
+
+/// One output tile as the microkernel sees it: unit column stride, row stride `rsc`,
+/// `mr × nr` valid elements (`1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`).
+#[derive(Clone, Copy)]
+pub(crate) struct Tile {
+    pub c: *mut f32,
+    pub rsc: usize,
+    pub mr: usize,
+    pub nr: usize,
+    /// Add the current C (accumulate, or a k block after the first) instead of
+    /// overwriting it. When false, C is never read.
+    pub load_c: bool,
+    pub epilogue: TileEpilogue,
+}
+
+/// A register-blocked microkernel.
+pub(crate) trait Kernel {
+    /// Rows of the C tile (A is packed in panels of `MR` rows).
+    const MR: usize;
+    /// Columns of the C tile (B is packed in panels of `NR` columns).
+    const NR: usize;
+
+    /// Computes `tile = [tile +] A_panel · B_panel`, then the tile's epilogue.
+    ///
+    /// # Safety
+    /// - `a` points to `kc * MR` readable floats, `b` to `kc * NR` readable floats;
+    /// - for `i < t.mr`, `j < t.nr`: `t.c + i * t.rsc + j` is valid for writes (and
+    ///   reads, when `t.load_c`), and no other thread touches it during the call;
+    /// - a bias pointer has `t.nr` readable floats; `h + i * rsh + j` is readable for
+    ///   the same `(i, j)`; a non-null `colsum` has `t.nr` writable floats;
+    /// - the CPU supports the kernel's ISA;
+    /// - the kernel touches no element outside those ranges.
+    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile);
+}

@@ -1,0 +1,189 @@
+//! Single-precision GEMM, `C = op(A)·op(B)`, with fused epilogues.
+//!
+//! One entry point, [`gemm`] (and [`gemm_with`] to choose the kernel and threads):
+//!
+//! - `op(A)`, `op(B)` are whatever the views say: pass `x.view()` or `x.t()`. NN,
+//!   TN (`dW = Xᵀ·dZ`) and NT (`dX = dZ·Wᵀ`) all run the same packed kernel; a
+//!   transpose is only a different read order in packing.
+//! - [`Accum::Overwrite`] never reads C (an uninitialised or NaN-filled C is fine);
+//!   [`Accum::Add`] computes `C += op(A)·op(B)`.
+//! - The [`Epilogue`] runs on each C tile while it is still in registers, after the
+//!   last k block.
+//!
+//! Results are bit-identical for any thread count: threads split C into disjoint
+//! tiles, each tile sums k in the same fixed order, and the bias-gradient column sums
+//! are reduced in a fixed order after the parallel part.
+//!
+//! ```
+//! use fusegrad::{gemm::{gemm, Accum, Epilogue}, Matrix};
+//! // Dense + ReLU forward: out = max(X·W + b, 0)
+//! let x = Matrix::from_fn(2, 3, |i, j| (i + j) as f32);
+//! let w = Matrix::from_fn(3, 2, |i, j| if j == 0 { 1.0 } else { -1.0 } * i as f32);
+//! let b = [0.5, 0.5];
+//! let mut out = Matrix::zeros(2, 2);
+//! gemm(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::BiasRelu(&b))?;
+//! assert_eq!(out.as_slice(), &[5.5, 0.0, 8.5, 0.0]);
+//! # Ok::<(), fusegrad::Error>(())
+//! ```
+//!
+//! C cannot alias A, B or the epilogue's inputs: C is a `MatMut`, an exclusive
+//! borrow, so the compiler rejects such a call before it can run.
+//!
+//! ```compile_fail
+//! use fusegrad::{gemm::{gemm, Accum, Epilogue}, Matrix};
+//! let mut m = Matrix::zeros(4, 4);
+//! gemm(m.view_mut(), m.view(), m.view(), Accum::Overwrite, Epilogue::None).unwrap();
+//! ```
+
+mod blocking;
+mod driver;
+pub mod kernel;
+mod naive;
+mod pack;
+mod peak;
+
+pub use kernel::{default_isa, Isa};
+pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
+pub use peak::peak_gflops;
+
+use crate::error::{Error, Result};
+use crate::matrix::{MatMut, MatRef};
+
+/// Whether the product overwrites C or is added to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accum {
+    /// `C = op(A)·op(B)`: C is never read, so its old contents do not matter.
+    Overwrite,
+    /// `C = C + op(A)·op(B)`.
+    Add,
+}
+
+/// What happens to each tile of `C = op(A)·op(B)` (after [`Accum`]) before it is
+/// stored. The names follow cuBLASLt's epilogues. Shapes: C is `m × n`.
+#[derive(Debug)]
+pub enum Epilogue<'a> {
+    /// Store C as is.
+    None,
+    /// `C[i][j] += bias[j]` (cuBLASLt `BIAS`); `bias.len() == n`.
+    Bias(&'a [f32]),
+    /// `C[i][j] = max(C[i][j] + bias[j], 0)` (cuBLASLt `RELU_BIAS`): the forward pass of
+    /// Dense + ReLU. NaN is passed through, not clipped.
+    BiasRelu(&'a [f32]),
+    /// `C[i][j] = h[i][j] > 0 ? C[i][j] : 0` (cuBLASLt `DRELU`): backward through a ReLU
+    /// whose output `h` (`m × n`) was saved by the forward pass. No mask buffer is
+    /// needed, because `h > 0` exactly where the pre-activation was positive.
+    ReluMask(MatRef<'a>),
+    /// [`Epilogue::ReluMask`], and also `dbiases[j] = Σ_i C[i][j]` of the masked C
+    /// (cuBLASLt `DRELU_BGRAD`): the bias gradient of the layer below, computed in the
+    /// same pass. `dbiases` is overwritten; `dbiases.len() == n`.
+    ReluMaskBiasGrad {
+        /// The saved ReLU output, `m × n`.
+        h: MatRef<'a>,
+        /// Receives the column sums of the masked C.
+        dbiases: &'a mut [f32],
+    },
+    /// Also `dbiases[j] = Σ_p B[p][j]` over the k rows of `op(B)` (cuBLASLt `BGRADB`):
+    /// in `dW = Xᵀ·dZ` that is `db = colsum(dZ)`, taken while B is packed.
+    /// `dbiases` is overwritten; `dbiases.len() == n`.
+    BiasGradB(&'a mut [f32]),
+}
+
+/// How a GEMM runs. `Default` gives the automatic choice for everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GemmOptions {
+    /// Kernel path; `None` uses [`default_isa`] (`FUSEGRAD_KERNEL`, else the best).
+    pub isa: Option<Isa>,
+    /// Largest number of parallel tasks; `None` uses the current rayon pool's size
+    /// (which honours `RAYON_NUM_THREADS`), `Some(1)` runs on the calling thread.
+    /// Tasks run in the caller's rayon pool: wrap the call in `ThreadPool::install`
+    /// to bound the OS threads.
+    pub threads: Option<usize>,
+    /// Smallest amount of work (multiply-adds) worth a task of its own; `None` uses
+    /// the built-in threshold. `Some(0)` splits every problem (used by tests).
+    pub min_work_per_thread: Option<usize>,
+}
+
+/// `C = op(A)·op(B)` (or `C += …`), then `epilogue`, with the automatic kernel and
+/// thread choice. See the [module docs](self).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `A` is not `m × k`, `B` not `k × n` for C `m × n`,
+/// or a bias, activation or gradient buffer has the wrong size; [`Error::Kernel`]
+/// when `FUSEGRAD_KERNEL` names an unknown or unsupported kernel.
+pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accum: Accum, epilogue: Epilogue<'_>) -> Result<()> {
+    gemm_with(c, a, b, accum, epilogue, &GemmOptions::default())
+}
+
+/// [`gemm`] with explicit [`GemmOptions`].
+///
+/// # Errors
+/// As [`gemm`], and [`Error::Kernel`] when `options.isa` is a kernel this CPU cannot
+/// run, or `options.threads` is `Some(0)`.
+pub fn gemm_with(
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accum: Accum,
+    epilogue: Epilogue<'_>,
+    options: &GemmOptions,
+) -> Result<()> {
+    check_args(&c, &a, &b, &epilogue)?;
+    let isa = match options.isa {
+        Some(isa) => isa.check_available()?,
+        None => default_isa()?,
+    };
+    let threads = match options.threads {
+        Some(0) => return Err(Error::Kernel("threads must be at least 1, got 0".into())),
+        Some(t) => t,
+        None => rayon::current_num_threads(),
+    };
+    let plan = driver::Plan {
+        threads,
+        min_work_per_thread: options.min_work_per_thread.unwrap_or(blocking::MIN_WORK_PER_THREAD),
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, epilogue, plan),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, epilogue, plan),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, epilogue, plan),
+        _ => driver::run::<kernel::portable::Portable>(c, a, b, accum, epilogue, plan),
+    }
+    Ok(())
+}
+
+/// Checks every shape a GEMM call depends on; shared by the fast path and the twin.
+pub(crate) fn check_args(c: &MatMut<'_>, a: &MatRef<'_>, b: &MatRef<'_>, epilogue: &Epilogue<'_>) -> Result<()> {
+    let (m, n) = (c.rows(), c.cols());
+    if a.rows() != m || b.cols() != n || a.cols() != b.rows() {
+        return Err(Error::ShapeMismatch {
+            op: "gemm",
+            expected: format!("C (m×n) = A (m×k) · B (k×n), i.e. A {m}×k and B k×{n} with equal k for C {m}×{n}"),
+            got: format!("A {}×{}, B {}×{}, C {m}×{n}", a.rows(), a.cols(), b.rows(), b.cols()),
+        });
+    }
+    let len_err = |what: &str, got: usize| Error::ShapeMismatch {
+        op: "gemm",
+        expected: format!("{what} of length n = {n} (one per column of C)"),
+        got: format!("length {got}"),
+    };
+    match epilogue {
+        Epilogue::None => {}
+        Epilogue::Bias(bias) | Epilogue::BiasRelu(bias) if bias.len() != n => return Err(len_err("bias", bias.len())),
+        Epilogue::Bias(_) | Epilogue::BiasRelu(_) => {}
+        Epilogue::ReluMask(h) | Epilogue::ReluMaskBiasGrad { h, .. } if h.rows() != m || h.cols() != n => {
+            return Err(Error::ShapeMismatch {
+                op: "gemm",
+                expected: format!("ReLU activation h of shape {m}×{n} (the shape of C)"),
+                got: format!("{}×{}", h.rows(), h.cols()),
+            })
+        }
+        Epilogue::ReluMask(_) => {}
+        Epilogue::ReluMaskBiasGrad { dbiases, .. } | Epilogue::BiasGradB(dbiases) if dbiases.len() != n => {
+            return Err(len_err("dbiases", dbiases.len()))
+        }
+        Epilogue::ReluMaskBiasGrad { .. } | Epilogue::BiasGradB(_) => {}
+    }
+    Ok(())
+}

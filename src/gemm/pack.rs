@@ -1,0 +1,149 @@
+//! Packing: copies a block of A or B, from any strides, into the panel order the
+//! microkernel streams through, zero-padding the edge panels so the kernel never
+//! branches on a short panel.
+//!
+//! A block `mc × kc` → panels of `MR` rows; panel q holds, for each p in `0..kc`,
+//! the `MR` values `A[q·MR + r][p]` (one column of the panel, contiguous).
+//! B block `kc × nc` → panels of `NR` columns; panel q holds, for each p, the `NR`
+//! values `B[p][q·NR + c]` (one row of the panel, contiguous).
+//!
+//! Transposed operands need no separate code path: `Aᵀ` (as in `dW = Xᵀ·dZ`) has unit
+//! row stride, so one packed A column is a contiguous run of X; `Bᵀ` (as in
+//! `dX = dZ·Wᵀ`) has unit row stride, so one packed B column is a contiguous run of W.
+//! Each case gets the loop order that reads memory contiguously.
+
+use crate::matrix::MatRef;
+
+/// Packs `A[i0 .. i0+mc][p0 .. p0+kc]` into `dst` as `ceil(mc/mr)` panels of `mr` rows.
+pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize) {
+    if kc == 0 {
+        return;
+    }
+    let (data, rs, cs) = (a.as_slice(), a.row_stride(), a.col_stride());
+    let panels = mc.div_ceil(mr);
+    let dst = &mut dst[..panels * mr * kc];
+    for (q, panel) in dst.chunks_exact_mut(mr * kc).enumerate() {
+        let rows = mr.min(mc - q * mr);
+        let first_row = i0 + q * mr;
+        if rows < mr {
+            panel.fill(0.0);
+        }
+        if cs == 1 {
+            // Row-major A: read each row contiguously, scatter into the panel.
+            for r in 0..rows {
+                let off = (first_row + r) * rs + p0;
+                for (p, &x) in data[off..off + kc].iter().enumerate() {
+                    panel[p * mr + r] = x;
+                }
+            }
+        } else if rs == 1 {
+            // Transposed A: one panel column is `rows` contiguous elements.
+            for p in 0..kc {
+                let off = (p0 + p) * cs + first_row;
+                panel[p * mr..p * mr + rows].copy_from_slice(&data[off..off + rows]);
+            }
+        } else {
+            for r in 0..rows {
+                for p in 0..kc {
+                    panel[p * mr + r] = data[(first_row + r) * rs + (p0 + p) * cs];
+                }
+            }
+        }
+    }
+}
+
+/// Packs `B[p0 .. p0+kc][j0 .. j0+nc]` into `dst` as `ceil(nc/nr)` panels of `nr` columns.
+pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize) {
+    if kc == 0 {
+        return;
+    }
+    let (data, rs, cs) = (b.as_slice(), b.row_stride(), b.col_stride());
+    let panels = nc.div_ceil(nr);
+    let dst = &mut dst[..panels * nr * kc];
+    for (q, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
+        let cols = nr.min(nc - q * nr);
+        let first_col = j0 + q * nr;
+        if cols < nr {
+            panel.fill(0.0);
+        }
+        if cs == 1 {
+            // Row-major B: one panel row is `cols` contiguous elements.
+            for p in 0..kc {
+                let off = (p0 + p) * rs + first_col;
+                panel[p * nr..p * nr + cols].copy_from_slice(&data[off..off + cols]);
+            }
+        } else if rs == 1 {
+            // Transposed B (Wᵀ): read each column of B, a row of W, contiguously.
+            for c in 0..cols {
+                let off = (first_col + c) * cs + p0;
+                for (p, &x) in data[off..off + kc].iter().enumerate() {
+                    panel[p * nr + c] = x;
+                }
+            }
+        } else {
+            for p in 0..kc {
+                for c in 0..cols {
+                    panel[p * nr + c] = data[(p0 + p) * rs + (first_col + c) * cs];
+                }
+            }
+        }
+    }
+}
+
+/// Adds the column sums of a packed B block (`kc` rows of `ceil(ncols/nr)` panels)
+/// to `sums[0..ncols]`, summing rows in order: the bias gradient `db = Σ_k B[k][·]`
+/// read from the packed copy, which is hot in cache, instead of from B.
+pub fn add_packed_b_colsums(packed: &[f32], kc: usize, ncols: usize, nr: usize, sums: &mut [f32]) {
+    if kc == 0 {
+        return;
+    }
+    for (q, panel) in packed.chunks_exact(nr * kc).take(ncols.div_ceil(nr)).enumerate() {
+        let cols = nr.min(ncols - q * nr);
+        let out = &mut sums[q * nr..q * nr + cols];
+        for row in panel.chunks_exact(nr) {
+            for (s, &x) in out.iter_mut().zip(row) {
+                *s += x;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matrix::Matrix;
+
+    #[test]
+    fn pack_a_layouts_agree_and_pad_with_zeros() {
+        let a = Matrix::from_fn(7, 5, |i, j| (i * 10 + j) as f32 + 1.0);
+        let at = a.view().to_matrix(); // same values, fresh row-major
+        let mut p1 = vec![f32::NAN; 2 * 4 * 3];
+        pack_a(&mut p1, a.view(), 1, 6, 2, 3, 4);
+        // Same block read through a transposed view of the transpose.
+        let tt = Matrix::from_fn(5, 7, |i, j| at[(j, i)]);
+        let mut p2 = vec![f32::NAN; 2 * 4 * 3];
+        pack_a(&mut p2, tt.t(), 1, 6, 2, 3, 4);
+        assert_eq!(p1, p2);
+        // Panel 0, column p=0 holds A[1..5][2].
+        assert_eq!(&p1[0..4], &[13.0, 23.0, 33.0, 43.0]);
+        // Panel 1 has 2 real rows (5, 6) and 2 zero rows.
+        assert_eq!(&p1[12..16], &[53.0, 63.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn pack_b_layouts_agree_and_sum_columns() {
+        let b = Matrix::from_fn(4, 11, |i, j| (i * 100 + j) as f32);
+        let bt = Matrix::from_fn(11, 4, |i, j| b[(j, i)]);
+        let mut p1 = vec![f32::NAN; 2 * 8 * 3];
+        let mut p2 = p1.clone();
+        pack_b(&mut p1, b.view(), 1, 3, 0, 11, 8);
+        pack_b(&mut p2, bt.t(), 1, 3, 0, 11, 8);
+        assert_eq!(p1, p2);
+        assert_eq!(&p1[0..3], &[100.0, 101.0, 102.0]);
+        let mut sums = vec![0.0; 11];
+        add_packed_b_colsums(&p1, 3, 11, 8, &mut sums);
+        for (j, s) in sums.iter().enumerate() {
+            assert_eq!(*s, (100 + 200 + 300 + 3 * j) as f32);
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! Differential tests of the GEMM: every kernel path (each forced), every transpose
+//! combination, overwrite and accumulate, every epilogue, against the naive twin
+//! accumulated in f64, with a tolerance from the f32 rounding-error bound
+//! `|fl(x) - x| ≤ (k + 4)·u·Σ|a·b|` rather than a loose fixed epsilon.
+//!
+//! Elements outside every view are NaN: a kernel that reads outside A, B or h
+//! poisons its result, and one that writes outside C leaves a changed sentinel.
+
+mod common;
+
+use common::Rng;
+use fusegrad::gemm::{gemm_naive, gemm_naive_f64, gemm_with, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::{Error, MatMut, MatRef, Matrix};
+
+const U: f64 = 1.0 / (1u64 << 24) as f64; // unit roundoff of f32
+
+fn sentinel() -> f32 {
+    f32::from_bits(0x7FC0_1234) // a NaN with a recognisable payload
+}
+
+fn isas() -> Vec<Isa> {
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    for isa in Isa::ALL {
+        if !isa.is_available() {
+            eprintln!("skipping {}: this CPU does not support it", isa.name());
+        }
+    }
+    isas
+}
+
+/// How an operand is stored around its view.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// Row-major, contiguous.
+    Row,
+    /// Row-major with padding after each row (a block of a wider matrix).
+    Padded,
+    /// Stored transposed and viewed through `.t()`: unit row stride.
+    Trans,
+    /// Every other column (col stride 2): neither stride is 1.
+    Strided,
+}
+const LAYOUTS: [Layout; 4] = [Layout::Row, Layout::Padded, Layout::Trans, Layout::Strided];
+
+/// A buffer with a `rows × cols` view inside it; everything else is NaN.
+struct Operand {
+    buf: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+}
+
+fn strides(rows: usize, cols: usize, layout: Layout) -> (usize, usize, usize) {
+    let (rs, cs) = match layout {
+        Layout::Row => (cols, 1),
+        Layout::Padded => (cols + 3, 1),
+        Layout::Trans => (1, rows + 2),
+        Layout::Strided => (2 * cols + 1, 2),
+    };
+    let len = if rows == 0 || cols == 0 { 4 } else { (rows - 1) * rs + (cols - 1) * cs + 1 + 3 };
+    (len, rs, cs)
+}
+
+impl Operand {
+    fn new(rows: usize, cols: usize, layout: Layout, mut value: impl FnMut(usize, usize) -> f32) -> Self {
+        let (len, rs, cs) = strides(rows, cols, layout);
+        let mut buf = vec![sentinel(); len];
+        for i in 0..rows {
+            for j in 0..cols {
+                buf[i * rs + j * cs] = value(i, j);
+            }
+        }
+        Operand { buf, rows, cols, layout }
+    }
+    fn view(&self) -> MatRef<'_> {
+        let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        if self.layout == Layout::Trans {
+            // Build the stored (transposed) matrix, then transpose the view, as a user would.
+            MatRef::from_strides(&self.buf, self.cols, self.rows, cs, rs).unwrap().t()
+        } else {
+            MatRef::from_strides(&self.buf, self.rows, self.cols, rs, cs).unwrap()
+        }
+    }
+    fn view_mut(&mut self) -> MatMut<'_> {
+        let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        if self.layout == Layout::Trans {
+            MatMut::from_strides(&mut self.buf, self.cols, self.rows, cs, rs).unwrap().t()
+        } else {
+            MatMut::from_strides(&mut self.buf, self.rows, self.cols, rs, cs).unwrap()
+        }
+    }
+    fn get(&self, i: usize, j: usize) -> f32 {
+        let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        self.buf[i * rs + j * cs]
+    }
+    /// Offsets inside the view.
+    fn in_view(&self) -> Vec<bool> {
+        let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        let mut inside = vec![false; self.buf.len()];
+        for i in 0..self.rows {
+            for j in 0..self.cols {
+                inside[i * rs + j * cs] = true;
+            }
+        }
+        inside
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Epi {
+    None,
+    Bias,
+    BiasRelu,
+    ReluMask,
+    ReluMaskBiasGrad,
+    BiasGradB,
+}
+const EPIS: [Epi; 6] = [Epi::None, Epi::Bias, Epi::BiasRelu, Epi::ReluMask, Epi::ReluMaskBiasGrad, Epi::BiasGradB];
+
+/// Operands of one shape, and the f64 reference product computed once.
+struct Problem {
+    m: usize,
+    k: usize,
+    n: usize,
+    a: Operand,
+    b: Operand,
+    h: Operand,
+    c0: Vec<f32>,
+    bias: Vec<f32>,
+    prod: Vec<f64>,
+    scale: Vec<f64>,
+}
+
+impl Problem {
+    fn new(rng: &mut Rng, (m, k, n): (usize, usize, usize), la: Layout, lb: Layout, lh: Layout) -> Self {
+        let a = Operand::new(m, k, la, |_, _| rng.uniform(-1.0, 1.0));
+        let b = Operand::new(k, n, lb, |_, _| rng.uniform(-1.0, 1.0));
+        // A ReLU output: about half zeros, the rest positive.
+        let h = Operand::new(m, n, lh, |_, _| rng.uniform(-1.0, 1.0).max(0.0));
+        let c0 = rng.vec(m * n);
+        let bias = rng.vec(n);
+        let (prod, scale) = gemm_naive_f64(a.view(), b.view());
+        Problem { m, k, n, a, b, h, c0, bias, prod, scale }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    isa: Isa,
+    lc: Layout,
+    accum: Accum,
+    epi: Epi,
+    threads: usize,
+}
+
+/// Runs one GEMM and checks C, the sentinels around it, and any bias gradient.
+fn check(p: &Problem, r: Run) -> Result<(), String> {
+    let (m, k, n) = (p.m, p.k, p.n);
+    let ctx = || format!("{m}×{k}×{n} A {:?} B {:?} h {:?} {r:?}", p.a.layout, p.b.layout, p.h.layout);
+    // C starts as NaN (overwrite must not read it) or as c0 (accumulate).
+    let mut c = Operand::new(m, n, r.lc, |i, j| if r.accum == Accum::Add { p.c0[i * n + j] } else { sentinel() });
+    let mut db = vec![sentinel(); n];
+    let epilogue = match r.epi {
+        Epi::None => Epilogue::None,
+        Epi::Bias => Epilogue::Bias(&p.bias),
+        Epi::BiasRelu => Epilogue::BiasRelu(&p.bias),
+        Epi::ReluMask => Epilogue::ReluMask(p.h.view()),
+        Epi::ReluMaskBiasGrad => Epilogue::ReluMaskBiasGrad { h: p.h.view(), dbiases: &mut db },
+        Epi::BiasGradB => Epilogue::BiasGradB(&mut db),
+    };
+    let opts = GemmOptions { isa: Some(r.isa), threads: Some(r.threads), min_work_per_thread: Some(0) };
+    gemm_with(c.view_mut(), p.a.view(), p.b.view(), r.accum, epilogue, &opts).map_err(|e| format!("{}: {e}", ctx()))?;
+
+    let mut db_exp = vec![0.0f64; n];
+    let mut db_tol = vec![0.0f64; n];
+    for i in 0..m {
+        for j in 0..n {
+            let add = if r.accum == Accum::Add { p.c0[i * n + j] as f64 } else { 0.0 };
+            let mut x = p.prod[i * n + j] + add;
+            let mut scale = p.scale[i * n + j] + add.abs();
+            match r.epi {
+                Epi::Bias | Epi::BiasRelu => {
+                    x += p.bias[j] as f64;
+                    scale += (p.bias[j] as f64).abs();
+                    if r.epi == Epi::BiasRelu {
+                        x = x.max(0.0);
+                    }
+                }
+                Epi::ReluMask | Epi::ReluMaskBiasGrad if p.h.get(i, j) <= 0.0 => (x, scale) = (0.0, 0.0),
+                _ => {}
+            }
+            let tol = (k + 4) as f64 * U * scale;
+            let got = c.get(i, j) as f64;
+            if got.is_nan() || (got - x).abs() > tol {
+                return Err(format!("{}: C[{i}][{j}] = {got}, expected {x} ± {tol:e}", ctx()));
+            }
+            db_exp[j] += x;
+            db_tol[j] += tol + (m + 1) as f64 * U * x.abs();
+        }
+    }
+    let inside = c.in_view();
+    for (off, (&v, &ins)) in c.buf.iter().zip(&inside).enumerate() {
+        if !ins && v.to_bits() != sentinel().to_bits() {
+            return Err(format!("{}: wrote {v} at offset {off}, outside the C view", ctx()));
+        }
+    }
+    match r.epi {
+        Epi::ReluMaskBiasGrad => {
+            for (j, ((&got, exp), tol)) in db.iter().zip(&db_exp).zip(&db_tol).enumerate() {
+                if (got as f64 - exp).abs() > *tol || got.is_nan() {
+                    return Err(format!("{}: dbiases[{j}] = {got}, expected {exp} ± {tol:e}", ctx()));
+                }
+            }
+        }
+        Epi::BiasGradB => {
+            for (j, &got) in db.iter().enumerate() {
+                let col: Vec<f64> = (0..k).map(|q| p.b.get(q, j) as f64).collect();
+                let exp: f64 = col.iter().sum();
+                let tol = (k + 1) as f64 * U * col.iter().map(|x| x.abs()).sum::<f64>();
+                if (got as f64 - exp).abs() > tol || got.is_nan() {
+                    return Err(format!("{}: dbiases[{j}] = {got}, expected {exp} ± {tol:e}", ctx()));
+                }
+            }
+        }
+        _ => {
+            if db.iter().any(|d| d.to_bits() != sentinel().to_bits()) {
+                return Err(format!("{}: wrote a bias gradient that was not asked for", ctx()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every epilogue and both accumulate modes, on every kernel path.
+fn check_all(p: &Problem, lc: Layout, threads: usize) {
+    for isa in isas() {
+        for epi in EPIS {
+            for accum in [Accum::Overwrite, Accum::Add] {
+                check(p, Run { isa, lc, accum, epi, threads }).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn small_and_edge_shapes_every_path() {
+    // Around every kernel's MR (4, 6, 16) and NR (8, 16, 64), and the empty cases.
+    let mut rng = Rng::new(1);
+    for m in [0, 1, 2, 3, 5, 6, 7, 15, 16, 17] {
+        for n in [0, 1, 2, 7, 8, 9, 15, 16, 17, 33, 63, 64, 65] {
+            for k in [0, 1, 3, 17] {
+                let p = Problem::new(&mut rng, (m, k, n), Layout::Row, Layout::Row, Layout::Row);
+                check_all(&p, Layout::Row, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_transpose_and_stride_combination() {
+    let mut rng = Rng::new(2);
+    for (s, shape) in [(7, 13, 70), (20, 5, 17), (33, 40, 9)].into_iter().enumerate() {
+        for la in LAYOUTS {
+            for lb in LAYOUTS {
+                let lc = LAYOUTS[(s + la as usize + lb as usize) % 4];
+                let lh = LAYOUTS[(s + la as usize) % 4];
+                let p = Problem::new(&mut rng, shape, la, lb, lh);
+                check_all(&p, lc, 1);
+            }
+        }
+    }
+}
+
+#[test]
+fn block_boundaries() {
+    // KC = 512 (k is split into equal blocks above it), MC = 144, NC = 256.
+    let mut rng = Rng::new(3);
+    let shapes = [(7, 511, 17), (7, 512, 17), (7, 513, 17), (5, 1025, 9), (143, 9, 255), (144, 9, 256), (145, 9, 257)];
+    for shape in shapes {
+        let p = Problem::new(&mut rng, shape, Layout::Row, Layout::Row, Layout::Row);
+        check_all(&p, Layout::Row, 1);
+    }
+}
+
+#[test]
+fn mnist_training_shapes() {
+    // 784-128-64-10 at batch 1, 64, 128 and 129: forward X·W (NN), weight gradients
+    // Xᵀ·dZ (TN, Xᵀ a view) and input gradients dZ·Wᵀ (NT, Wᵀ a view).
+    let mut rng = Rng::new(4);
+    for batch in [1, 64, 128, 129] {
+        for (fan_in, fan_out) in [(784, 128), (128, 64), (64, 10)] {
+            let fwd = Problem::new(&mut rng, (batch, fan_in, fan_out), Layout::Row, Layout::Row, Layout::Row);
+            check_all(&fwd, Layout::Row, 2);
+            let dw = Problem::new(&mut rng, (fan_in, batch, fan_out), Layout::Trans, Layout::Row, Layout::Row);
+            check_all(&dw, Layout::Row, 2);
+            let dx = Problem::new(&mut rng, (batch, fan_out, fan_in), Layout::Row, Layout::Trans, Layout::Row);
+            check_all(&dx, Layout::Row, 2);
+        }
+    }
+}
+
+#[test]
+fn random_shapes_layouts_and_threads() {
+    let seed = 5;
+    let mut rng = Rng::new(seed);
+    let isas = isas();
+    for case in 0..300 {
+        let dim = |rng: &mut Rng| if rng.below(4) == 0 { rng.below(4) } else { rng.below(150) };
+        let shape = (dim(&mut rng), dim(&mut rng), dim(&mut rng));
+        let pick = |rng: &mut Rng| LAYOUTS[rng.below(4)];
+        let (la, lb, lh, lc) = (pick(&mut rng), pick(&mut rng), pick(&mut rng), pick(&mut rng));
+        let p = Problem::new(&mut rng, shape, la, lb, lh);
+        let run = Run {
+            isa: isas[rng.below(isas.len())],
+            lc,
+            accum: if rng.below(2) == 0 { Accum::Overwrite } else { Accum::Add },
+            epi: EPIS[rng.below(EPIS.len())],
+            threads: 1 + rng.below(3),
+        };
+        check(&p, run).unwrap_or_else(|e| panic!("seed {seed} case {case}: {e}"));
+    }
+}
+
+#[test]
+fn integer_products_are_exact_and_match_the_f32_twin() {
+    // Small integers: every partial sum is exact in f32, so the fast paths, the f32
+    // twin and the integer truth must agree to the bit.
+    let mut rng = Rng::new(6);
+    for (m, k, n) in [(13, 300, 70), (129, 64, 10), (6, 1100, 64)] {
+        let a = Matrix::from_fn(m, k, |_, _| rng.below(9) as f32 - 4.0);
+        let b = Matrix::from_fn(k, n, |_, _| rng.below(9) as f32 - 4.0);
+        let bias: Vec<f32> = (0..n).map(|_| rng.below(21) as f32 - 10.0).collect();
+        let truth = Matrix::from_fn(m, n, |i, j| {
+            let s: i64 = (0..k).map(|p| a[(i, p)] as i64 * b[(p, j)] as i64).sum();
+            (s + bias[j] as i64).max(0) as f32
+        });
+        let mut twin = Matrix::zeros(m, n);
+        gemm_naive(twin.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::BiasRelu(&bias)).unwrap();
+        assert_eq!(twin, truth);
+        for isa in isas() {
+            let mut c = Matrix::from_fn(m, n, |_, _| f32::NAN);
+            let opts = GemmOptions { isa: Some(isa), ..Default::default() };
+            gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::BiasRelu(&bias), &opts).unwrap();
+            assert_eq!(c, truth, "{isa:?} {m}×{k}×{n}");
+            // C = AB; C += 2AB equals 3AB exactly.
+            let mut c3 = Matrix::zeros(m, n);
+            gemm_with(c3.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+            let a2 = Matrix::from_fn(m, k, |i, j| 2.0 * a[(i, j)]);
+            gemm_with(c3.view_mut(), a2.view(), b.view(), Accum::Add, Epilogue::None, &opts).unwrap();
+            let a3 = Matrix::from_fn(m, k, |i, j| 3.0 * a[(i, j)]);
+            let mut direct = Matrix::zeros(m, n);
+            gemm_with(direct.view_mut(), a3.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+            assert_eq!(c3, direct, "{isa:?} accumulate {m}×{k}×{n}");
+        }
+    }
+}
+
+#[test]
+fn overwrite_ignores_nan_in_c_and_writes_only_the_view() {
+    // A 5×7 view with col stride 2 inside a NaN buffer: the view comes out finite and
+    // every other cell keeps its NaN payload (checked inside `check`).
+    let mut rng = Rng::new(7);
+    let p = Problem::new(&mut rng, (5, 33, 7), Layout::Row, Layout::Row, Layout::Row);
+    for isa in isas() {
+        for lc in LAYOUTS {
+            for epi in EPIS {
+                check(&p, Run { isa, lc, accum: Accum::Overwrite, epi, threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
+    }
+}
+
+fn bits(m: &Matrix) -> Vec<u32> {
+    m.as_slice().iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn bit_identical_for_any_thread_count() {
+    let mut rng = Rng::new(8);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    for (m, k, n) in [(128, 784, 128), (784, 128, 128), (129, 64, 10), (300, 1030, 300)] {
+        let a = Matrix::from_fn(m, k, |_, _| rng.uniform(-1.0, 1.0));
+        let b = Matrix::from_fn(k, n, |_, _| rng.uniform(-1.0, 1.0));
+        let h = Matrix::from_fn(m, n, |_, _| rng.uniform(-1.0, 1.0).max(0.0));
+        for isa in isas() {
+            let mut reference: Option<(Vec<u32>, Vec<u32>, Vec<u32>)> = None;
+            for threads in [1, 2, 3, 4] {
+                let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0) };
+                let (mut c, mut c2, mut db, mut db2) =
+                    (Matrix::zeros(m, n), Matrix::zeros(k, n), vec![0.0; n], vec![0.0; n]);
+                pool.install(|| {
+                    let epi = Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: &mut db };
+                    gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epi, &opts).unwrap();
+                    // Aᵀ·C-shaped product with the B column sums: the dW + db call.
+                    gemm_with(c2.view_mut(), a.t(), h.view(), Accum::Overwrite, Epilogue::BiasGradB(&mut db2), &opts)
+                        .unwrap();
+                });
+                let mut dbs: Vec<u32> = db.iter().map(|x| x.to_bits()).collect();
+                dbs.extend(db2.iter().map(|x| x.to_bits()));
+                let got = (bits(&c), bits(&c2), dbs);
+                match &reference {
+                    None => reference = Some(got),
+                    Some(r) => assert!(r == &got, "{isa:?} {m}×{k}×{n}: {threads} threads differ from 1 thread"),
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn shape_errors_say_what_was_expected() {
+    let a = Matrix::zeros(3, 4);
+    let b = Matrix::zeros(4, 5);
+    let h = Matrix::zeros(3, 5);
+    let run = |c: &mut Matrix, a: &Matrix, b: &Matrix, epi: Epilogue<'_>| {
+        let before = c.clone();
+        let r = gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epi, &GemmOptions::default());
+        assert_eq!(*c, before, "a failed call must leave C unchanged");
+        r
+    };
+    let mut c = Matrix::zeros(3, 5);
+    assert!(run(&mut c, &a, &b, Epilogue::None).is_ok());
+    // Inner dimensions disagree.
+    let err = run(&mut c, &a, &Matrix::zeros(5, 5), Epilogue::None).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { op: "gemm", .. }));
+    assert!(err.to_string().contains("A 3×4, B 5×5, C 3×5"), "{err}");
+    // C has the wrong number of rows, or of columns.
+    assert!(run(&mut Matrix::zeros(2, 5), &a, &b, Epilogue::None).is_err());
+    assert!(run(&mut Matrix::zeros(3, 6), &a, &b, Epilogue::None).is_err());
+    // Bias of the wrong length.
+    let err = run(&mut c, &a, &b, Epilogue::Bias(&[0.0; 4])).unwrap_err();
+    assert!(err.to_string().contains("bias of length n = 5") && err.to_string().contains("length 4"), "{err}");
+    assert!(run(&mut c, &a, &b, Epilogue::BiasRelu(&[0.0; 6])).is_err());
+    // Activation of the wrong shape.
+    let err = run(&mut c, &a, &b, Epilogue::ReluMask(h.t())).unwrap_err();
+    assert!(err.to_string().contains("3×5") && err.to_string().contains("got 5×3"), "{err}");
+    // Gradient buffers of the wrong length.
+    let mut short = [0.0f32; 4];
+    assert!(run(&mut c, &a, &b, Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: &mut short }).is_err());
+    assert!(run(&mut c, &a, &b, Epilogue::BiasGradB(&mut short)).is_err());
+    // Zero threads.
+    let opts = GemmOptions { threads: Some(0), ..Default::default() };
+    assert!(matches!(
+        gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts),
+        Err(Error::Kernel(_))
+    ));
+}
+
+#[test]
+fn kernel_names_parse_and_unavailable_kernels_are_errors() {
+    for isa in Isa::ALL {
+        assert_eq!(Isa::parse(isa.name()).unwrap(), isa);
+    }
+    assert_eq!(Isa::parse(" AVX2 ").unwrap(), Isa::Avx2);
+    assert!(matches!(Isa::parse("neon"), Err(Error::Kernel(_))));
+    for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+        let mut c = Matrix::zeros(1, 1);
+        let opts = GemmOptions { isa: Some(isa), ..Default::default() };
+        let one = Matrix::zeros(1, 1);
+        let r = gemm_with(c.view_mut(), one.view(), one.view(), Accum::Overwrite, Epilogue::None, &opts);
+        assert!(matches!(r, Err(Error::Kernel(_))), "{isa:?} should be refused");
+    }
+    assert!(Isa::best().is_available());
+}
