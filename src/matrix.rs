@@ -350,9 +350,9 @@ impl<'a> MatMut<'a> {
         Ok(MatMut { data: &mut self.data[start..], rows, cols, rs: self.rs, cs: self.cs })
     }
 
-    /// The underlying slice, mutable. Crate-internal: the GEMM driver turns it into
-    /// the raw pointer its tiles write through.
-    pub(crate) fn data_mut(&mut self) -> &mut [f32] {
+    /// The underlying slice, mutable (element `(0, 0)` is at index 0 when the view is
+    /// non-empty; elements between the view's rows and columns are in it too).
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
         self.data
     }
 }

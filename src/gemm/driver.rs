@@ -145,7 +145,7 @@ pub(crate) fn run<K: Kernel>(
     let job = Job {
         a,
         b,
-        c: SharedMut(c.data_mut().as_mut_ptr()),
+        c: SharedMut(c.as_mut_slice().as_mut_ptr()),
         rsc,
         csc,
         m,
