@@ -18,7 +18,7 @@
 //! in tile order after the join, so they too are independent of the thread count.
 
 use super::blocking::{k_block_start, k_blocks, KC, MAX_TILE, MC, NC};
-use super::kernel::{Kernel, Tile, TileEpilogue};
+use super::kernel::{APanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
 use crate::matrix::{MatMut, MatRef};
@@ -257,11 +257,26 @@ impl Job<'_> {
                 // LOOP 3: m in MC-tall blocks.
                 for ic in rows.clone().step_by(MC) {
                     let mc = MC.min(rows.end - ic);
+                    // Row-major A is read in place: the kernel broadcasts from MR
+                    // strided rows (AOCL's "sup" kernels do the same), which saves a
+                    // scalar transpose of the whole of A per call. Other layouts
+                    // (Xᵀ in dW = Xᵀ·dZ) are packed: for them packing is a plain copy.
+                    let direct_a = self.a.col_stride() == 1;
                     let a_packed = aligned(&mut bufs.a, MC * KC);
-                    pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
+                    if !direct_a {
+                        pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
+                    }
                     // LOOP 2: MR rows at a time.
                     for ir in (0..mc).step_by(K::MR) {
-                        let a_panel = &a_packed[ir * kc..(ir + K::MR) * kc];
+                        let a_panel = if direct_a {
+                            // Rows ic+ir.. from column p0; the kernel reads only rows
+                            // below this tile's mr, all inside the A view. An empty k
+                            // block reads nothing.
+                            let off = if kc == 0 { 0 } else { (ic + ir) * self.a.row_stride() + p0 };
+                            APanel { ptr: self.a.as_slice()[off..].as_ptr(), rs: self.a.row_stride(), cs: 1 }
+                        } else {
+                            APanel { ptr: a_packed[ir * kc..(ir + K::MR) * kc].as_ptr(), rs: 1, cs: K::MR }
+                        };
                         // LOOP 1: NR columns at a time.
                         for jr in (0..nc).step_by(K::NR) {
                             let b_panel = &b_packed[jr * kc..(jr + K::NR) * kc];
@@ -281,7 +296,7 @@ impl Job<'_> {
     fn tile<K: Kernel>(
         &self,
         kc: usize,
-        a_panel: &[f32],
+        a_panel: APanel,
         b_panel: &[f32],
         i: usize,
         j: usize,
@@ -290,7 +305,7 @@ impl Job<'_> {
         first: bool,
         last: bool,
     ) {
-        debug_assert!(a_panel.len() == kc * K::MR && b_panel.len() == kc * K::NR);
+        debug_assert!(b_panel.len() == kc * K::NR);
         debug_assert!(i < self.m && j < self.n && mr >= 1 && nr >= 1);
         let load_c = !first || self.accum == Accum::Add;
         let colsum = match self.colsums {
@@ -331,15 +346,15 @@ impl Job<'_> {
         // SAFETY: (i, j) with i + mr ≤ m, j + nr ≤ n lies inside the C view, which was
         // bounds-checked when it was made, so every offset below stays in its slice;
         // this task owns the tile (tasks own disjoint rectangles of whole tiles), so no
-        // other thread touches it. The panels hold kc·MR and kc·NR floats (asserted
-        // above), the bias slice starts at column j and has ≥ nr floats, the
+        // other thread touches it. `a_panel` addresses rows i..i+mr, k steps 0..kc of
+        // either the packed block or the A view itself; the B panel holds kc·NR floats, the bias slice starts at column j and has ≥ nr floats, the
         // activation tile covers mr × nr, and `colsum` addresses this tile's own nr
         // scratch entries. The ISA was checked before the driver was chosen.
         unsafe {
             let c_tile = self.c.0.add(i * self.rsc + j * self.csc);
             if self.csc == 1 {
                 let t = Tile { c: c_tile, rsc: self.rsc, mr, nr, load_c, epilogue };
-                K::tile(kc, a_panel.as_ptr(), b_panel.as_ptr(), &t);
+                K::tile(kc, a_panel, b_panel.as_ptr(), &t);
             } else {
                 // Non-contiguous C (e.g. a transposed output view): run the kernel on
                 // a stack tile and copy the valid part in and out.
@@ -352,7 +367,7 @@ impl Job<'_> {
                     }
                 }
                 let t = Tile { c: c_stack.as_mut_ptr(), rsc: K::NR, mr, nr, load_c, epilogue };
-                K::tile(kc, a_panel.as_ptr(), b_panel.as_ptr(), &t);
+                K::tile(kc, a_panel, b_panel.as_ptr(), &t);
                 for r in 0..mr {
                     for q in 0..nr {
                         *c_tile.add(r * self.rsc + q * self.csc) = c_stack[r * K::NR + q];

@@ -12,7 +12,7 @@
 //! Edges: a partial vector (columns past `nr`) uses `vmaskmovps`, which neither reads
 //! nor writes masked-off lanes; rows past `mr` are skipped.
 
-use super::{Kernel, Tile, TileEpilogue};
+use super::{APanel, Kernel, Tile, TileEpilogue};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2;
@@ -21,24 +21,25 @@ impl Kernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<6, 2>(kc, a, b, t) }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: *const f32, t: &Tile) {
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
+    // Rows at or past mr re-read row mr - 1 (never stored): A is not read outside the tile.
+    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
     for p in 0..kc {
-        // SAFETY: p < kc: B row p (NV·8 floats) and A column p (MR floats) lie inside
-        // the packed panels.
+        // SAFETY: p < kc: B row p (NV·8 floats) lies inside the packed panel, and each
+        // row pointer addresses a row i < mr at step p, readable by contract.
         unsafe {
             let bp = b.add(p * NV * 8);
             let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * 8)));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.add(i));
+            for (row, ap) in acc.iter_mut().zip(rows.iter()) {
+                let ai = _mm256_broadcast_ss(&*ap.add(p * a.cs));
                 for (x, bv) in row.iter_mut().zip(bv.iter()) {
                     *x = _mm256_fmadd_ps(ai, *bv, *x);
                 }

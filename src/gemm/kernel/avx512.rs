@@ -18,7 +18,7 @@
 //! the activation (lane masks suppress faults, so nothing outside the tile is touched);
 //! rows past `mr` are skipped.
 
-use super::{Kernel, Tile, TileEpilogue};
+use super::{APanel, Kernel, Tile, TileEpilogue};
 use std::arch::x86_64::*;
 
 /// 6 × 64 tile: the main AVX-512 kernel.
@@ -30,7 +30,7 @@ impl Kernel for Avx512Wide {
     const MR: usize = 6;
     const NR: usize = 64;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx512f.
         unsafe { tile_generic::<6, 4>(kc, a, b, t) }
     }
@@ -40,7 +40,7 @@ impl Kernel for Avx512Narrow {
     const MR: usize = 16;
     const NR: usize = 16;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
         // SAFETY: as above.
         unsafe { tile_generic::<16, 1>(kc, a, b, t) }
     }
@@ -56,17 +56,19 @@ fn lane_masks<const NV: usize>(nr: usize) -> [__mmask16; NV] {
 }
 
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: *const f32, t: &Tile) {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
+    // Rows at or past mr read row mr - 1 instead (their results are never stored),
+    // so no row of A outside the tile is touched.
+    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
     for p in 0..kc {
-        // SAFETY: p < kc, so B row p (NV·16 floats) and A column p (MR floats) are
-        // inside the packed panels the caller passed.
+        // SAFETY: p < kc, so B row p (NV·16 floats) lies inside the packed panel, and
+        // every row pointer addresses a row i < mr at step p, readable by contract.
         unsafe {
             let bp = b.add(p * NV * 16);
             let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(v * 16)));
-            let ap = a.add(p * MR);
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*ap.add(i));
+            for (row, ap) in acc.iter_mut().zip(rows.iter()) {
+                let ai = _mm512_set1_ps(*ap.add(p * a.cs));
                 for (x, bv) in row.iter_mut().zip(bv.iter()) {
                     *x = _mm512_fmadd_ps(ai, *bv, *x);
                 }

@@ -128,6 +128,16 @@ pub(crate) enum TileEpilogue {
     },
 }
 
+/// The A operand of one tile: element `(i, p)` (row i of the tile, step p of the k
+/// block) is at `ptr + i * rs + p * cs`. A packed panel has `rs = 1, cs = MR`; a
+/// row-major A read in place has `rs` = its row stride and `cs = 1`.
+#[derive(Clone, Copy)]
+pub(crate) struct APanel {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
 /// One output tile as the microkernel sees it: unit column stride, row stride `rsc`,
 /// `mr × nr` valid elements (`1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`).
 #[derive(Clone, Copy)]
@@ -152,12 +162,14 @@ pub(crate) trait Kernel {
     /// Computes `tile = [tile +] A_panel · B_panel`, then the tile's epilogue.
     ///
     /// # Safety
-    /// - `a` points to `kc * MR` readable floats, `b` to `kc * NR` readable floats;
+    /// - `a.ptr + i * a.rs + p * a.cs` is readable for `i < t.mr`, `p < kc` (the
+    ///   kernel reads no row of A at or past `t.mr`); `b` points to `kc * NR`
+    ///   readable floats;
     /// - for `i < t.mr`, `j < t.nr`: `t.c + i * t.rsc + j` is valid for writes (and
     ///   reads, when `t.load_c`), and no other thread touches it during the call;
     /// - a bias pointer has `t.nr` readable floats; `h + i * rsh + j` is readable for
     ///   the same `(i, j)`; a non-null `colsum` has `t.nr` writable floats;
     /// - the CPU supports the kernel's ISA;
     /// - the kernel touches no element outside those ranges.
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile);
+    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile);
 }

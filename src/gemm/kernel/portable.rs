@@ -12,7 +12,7 @@
 //! a[p][3]  acc[3][0..8]
 //! ```
 
-use super::{Kernel, Tile, TileEpilogue};
+use super::{APanel, Kernel, Tile, TileEpilogue};
 
 pub(crate) struct Portable;
 
@@ -20,13 +20,17 @@ impl Kernel for Portable {
     const MR: usize = 4;
     const NR: usize = 8;
 
-    unsafe fn tile(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
-        // SAFETY: the caller guarantees `kc * MR` floats at `a` and `kc * NR` at `b`.
-        let (a, b) = unsafe { (std::slice::from_raw_parts(a, kc * MR), std::slice::from_raw_parts(b, kc * NR)) };
+        // SAFETY: the caller guarantees `kc * NR` floats at `b`.
+        let b = unsafe { std::slice::from_raw_parts(b, kc * NR) };
+        // Rows at or past mr re-read row mr - 1 (never stored).
+        let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
         let mut acc = [[0.0f32; NR]; MR];
-        for (ap, bp) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+        for (p, bp) in b.chunks_exact(NR).enumerate() {
+            // SAFETY: each row pointer addresses a row i < mr at step p < kc.
+            let ap: [f32; MR] = std::array::from_fn(|i| unsafe { *rows[i].add(p * a.cs) });
             for i in 0..MR {
                 for j in 0..NR {
                     acc[i][j] += ap[i] * bp[j];
