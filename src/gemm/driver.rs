@@ -261,7 +261,7 @@ impl Job<'_> {
                     // strided rows (AOCL's "sup" kernels do the same), which saves a
                     // scalar transpose of the whole of A per call. Other layouts
                     // (Xᵀ in dW = Xᵀ·dZ) are packed: for them packing is a plain copy.
-                    let direct_a = self.a.col_stride() == 1;
+                    let direct_a = self.a.col_stride() == 1 || self.a.row_stride() == 1;
                     let a_packed = aligned(&mut bufs.a, MC * KC);
                     if !direct_a {
                         pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
@@ -272,8 +272,9 @@ impl Job<'_> {
                             // Rows ic+ir.. from column p0; the kernel reads only rows
                             // below this tile's mr, all inside the A view. An empty k
                             // block reads nothing.
-                            let off = if kc == 0 { 0 } else { (ic + ir) * self.a.row_stride() + p0 };
-                            APanel { ptr: self.a.as_slice()[off..].as_ptr(), rs: self.a.row_stride(), cs: 1 }
+                            let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
+                            let off = if kc == 0 { 0 } else { (ic + ir) * rsa + p0 * csa };
+                            APanel { ptr: self.a.as_slice()[off..].as_ptr(), rs: rsa, cs: csa }
                         } else {
                             APanel { ptr: a_packed[ir * kc..(ir + K::MR) * kc].as_ptr(), rs: 1, cs: K::MR }
                         };
