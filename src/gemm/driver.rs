@@ -17,9 +17,9 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, k_blocks, KC, MAX_TILE, MC, NC};
-use super::kernel::{APanel, Kernel, Tile, TileEpilogue};
-use super::pack::{add_packed_b_colsums, pack_a, pack_b};
+use super::blocking::{k_block_start, k_blocks, DIRECT_B_MAX_ROWS, KC, MAX_TILE, MC, NC};
+use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
+use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
 use crate::matrix::{MatMut, MatRef};
 use rayon::prelude::*;
@@ -246,12 +246,24 @@ impl Job<'_> {
             for kb in 0..nkb {
                 let p0 = k_block_start(self.k, nkb, kb);
                 let kc = k_block_start(self.k, nkb, kb + 1) - p0;
+                // A row-major B is read in place by kernels that mask their B loads
+                // (no copy at all for NN and TN) when few row panels reuse it;
+                // otherwise B is packed (see DIRECT_B_MAX_ROWS).
+                let direct_b = K::READS_B_IN_PLACE
+                    && self.b.col_stride() == 1
+                    && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR);
                 let b_packed = aligned(&mut bufs.b, NC * KC);
-                pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
+                if !direct_b {
+                    pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
+                }
                 if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
                     // SAFETY: as above; this task owns columns jc..jc+nc.
                     let db = unsafe { std::slice::from_raw_parts_mut(db.add(jc), nc) };
-                    add_packed_b_colsums(b_packed, kc, nc, K::NR, db);
+                    if direct_b {
+                        add_b_colsums(self.b, p0, kc, jc, db);
+                    } else {
+                        add_packed_b_colsums(b_packed, kc, nc, K::NR, db);
+                    }
                 }
                 let (first, last) = (kb == 0, kb + 1 == nkb);
                 // LOOP 3: m in MC-tall blocks.
@@ -280,7 +292,18 @@ impl Job<'_> {
                         };
                         // LOOP 1: NR columns at a time.
                         for jr in (0..nc).step_by(K::NR) {
-                            let b_panel = &b_packed[jr * kc..(jr + K::NR) * kc];
+                            let b_panel = if direct_b {
+                                // Row p0 of B from column jc + jr; the kernel reads
+                                // only columns below this tile's nr, all in the view.
+                                let off = if kc == 0 { 0 } else { p0 * self.b.row_stride() + jc + jr };
+                                BPanel {
+                                    ptr: self.b.as_slice()[off..].as_ptr(),
+                                    rs: self.b.row_stride(),
+                                    padded: false,
+                                }
+                            } else {
+                                BPanel { ptr: b_packed[jr * kc..(jr + K::NR) * kc].as_ptr(), rs: K::NR, padded: true }
+                            };
                             let (i, j) = (ic + ir, jc + jr);
                             let (mr, nr) = (K::MR.min(rows.end - i), K::NR.min(cols.end - j));
                             self.tile::<K>(kc, a_panel, b_panel, i, j, mr, nr, first, last);
@@ -298,7 +321,7 @@ impl Job<'_> {
         &self,
         kc: usize,
         a_panel: APanel,
-        b_panel: &[f32],
+        b_panel: BPanel,
         i: usize,
         j: usize,
         mr: usize,
@@ -306,7 +329,6 @@ impl Job<'_> {
         first: bool,
         last: bool,
     ) {
-        debug_assert!(b_panel.len() == kc * K::NR);
         debug_assert!(i < self.m && j < self.n && mr >= 1 && nr >= 1);
         let load_c = !first || self.accum == Accum::Add;
         let colsum = match self.colsums {
@@ -348,14 +370,16 @@ impl Job<'_> {
         // bounds-checked when it was made, so every offset below stays in its slice;
         // this task owns the tile (tasks own disjoint rectangles of whole tiles), so no
         // other thread touches it. `a_panel` addresses rows i..i+mr, k steps 0..kc of
-        // either the packed block or the A view itself; the B panel holds kc·NR floats, the bias slice starts at column j and has ≥ nr floats, the
+        // either the packed block or the A view itself; `b_panel` addresses k steps
+        // 0..kc of a packed, padded panel or (kernels that mask B) columns j..j+nr of
+        // the B view itself, the bias slice starts at column j and has ≥ nr floats, the
         // activation tile covers mr × nr, and `colsum` addresses this tile's own nr
         // scratch entries. The ISA was checked before the driver was chosen.
         unsafe {
             let c_tile = self.c.0.add(i * self.rsc + j * self.csc);
             if self.csc == 1 {
                 let t = Tile { c: c_tile, rsc: self.rsc, mr, nr, load_c, epilogue };
-                K::tile(kc, a_panel, b_panel.as_ptr(), &t);
+                K::tile(kc, a_panel, b_panel, &t);
             } else {
                 // Non-contiguous C (e.g. a transposed output view): run the kernel on
                 // a stack tile and copy the valid part in and out.
@@ -368,7 +392,7 @@ impl Job<'_> {
                     }
                 }
                 let t = Tile { c: c_stack.as_mut_ptr(), rsc: K::NR, mr, nr, load_c, epilogue };
-                K::tile(kc, a_panel, b_panel.as_ptr(), &t);
+                K::tile(kc, a_panel, b_panel, &t);
                 for r in 0..mr {
                     for q in 0..nr {
                         *c_tile.add(r * self.rsc + q * self.csc) = c_stack[r * K::NR + q];

@@ -108,6 +108,17 @@ pub fn add_packed_b_colsums(packed: &[f32], kc: usize, ncols: usize, nr: usize, 
     }
 }
 
+/// Adds `Σ_p B[p0 + p][j0 + c]` over `p < kc` to `sums[c]`, rows in order: the same
+/// sums, in the same order, as [`add_packed_b_colsums`], for a B read in place.
+pub fn add_b_colsums(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, sums: &mut [f32]) {
+    let (data, rs, cs) = (b.as_slice(), b.row_stride(), b.col_stride());
+    for p in p0..p0 + kc {
+        for (c, s) in sums.iter_mut().enumerate() {
+            *s += data[p * rs + (j0 + c) * cs];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! Edges: a partial vector (columns past `nr`) uses `vmaskmovps`, which neither reads
 //! nor writes masked-off lanes; rows past `mr` are skipped.
 
-use super::{APanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use std::arch::x86_64::*;
 
 pub(crate) struct Avx2;
@@ -20,15 +20,16 @@ pub(crate) struct Avx2;
 impl Kernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
+    const READS_B_IN_PLACE: bool = false;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<6, 2>(kc, a, b, t) }
     }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: BPanel, t: &Tile) {
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     // Rows at or past mr re-read row mr - 1 (never stored): A is not read outside the tile.
     let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
@@ -36,7 +37,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         // SAFETY: p < kc: B row p (NV·8 floats) lies inside the packed panel, and each
         // row pointer addresses a row i < mr at step p, readable by contract.
         unsafe {
-            let bp = b.add(p * NV * 8);
+            let bp = b.ptr.add(p * b.rs);
             let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * 8)));
             for (row, ap) in acc.iter_mut().zip(rows.iter()) {
                 let ai = _mm256_broadcast_ss(&*ap.add(p * a.cs));

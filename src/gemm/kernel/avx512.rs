@@ -18,7 +18,7 @@
 //! the activation (lane masks suppress faults, so nothing outside the tile is touched);
 //! rows past `mr` are skipped.
 
-use super::{APanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use std::arch::x86_64::*;
 
 /// 6 × 64 tile: the main AVX-512 kernel.
@@ -29,8 +29,9 @@ pub(crate) struct Avx512Narrow;
 impl Kernel for Avx512Wide {
     const MR: usize = 6;
     const NR: usize = 64;
+    const READS_B_IN_PLACE: bool = true;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx512f.
         unsafe { tile_generic::<6, 4>(kc, a, b, t) }
     }
@@ -39,8 +40,9 @@ impl Kernel for Avx512Wide {
 impl Kernel for Avx512Narrow {
     const MR: usize = 16;
     const NR: usize = 16;
+    const READS_B_IN_PLACE: bool = true;
     #[inline(always)]
-    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: as above.
         unsafe { tile_generic::<16, 1>(kc, a, b, t) }
     }
@@ -55,18 +57,37 @@ fn lane_masks<const NV: usize>(nr: usize) -> [__mmask16; NV] {
     })
 }
 
+/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
+///
+/// # Safety
+/// The tile contract; when `!MASKED`, B rows must have `NV·16` readable columns; the
+/// CPU supports avx512f.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+#[inline]
+unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: APanel,
+    b: BPanel,
+    mr: usize,
+    masks: &[__mmask16; NV],
+) -> [[__m512; NV]; MR] {
     let mut acc = [[_mm512_setzero_ps(); NV]; MR];
     // Rows at or past mr read row mr - 1 instead (their results are never stored),
     // so no row of A outside the tile is touched.
-    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
+    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
     for p in 0..kc {
-        // SAFETY: p < kc, so B row p (NV·16 floats) lies inside the packed panel, and
-        // every row pointer addresses a row i < mr at step p, readable by contract.
+        // SAFETY: p < kc: B row p is read at columns the caller vouched for (all NV·16
+        // when unmasked, j < nr when masked), and every row pointer addresses a row
+        // i < mr at step p, readable by contract.
         unsafe {
-            let bp = b.add(p * NV * 16);
-            let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(v * 16)));
+            let bp = b.ptr.add(p * b.rs);
+            let bv: [__m512; NV] = std::array::from_fn(|v| {
+                if MASKED {
+                    _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16))
+                } else {
+                    _mm512_loadu_ps(bp.add(v * 16))
+                }
+            });
             for (row, ap) in acc.iter_mut().zip(rows.iter()) {
                 let ai = _mm512_set1_ps(*ap.add(p * a.cs));
                 for (x, bv) in row.iter_mut().zip(bv.iter()) {
@@ -75,8 +96,23 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
             }
         }
     }
+    acc
+}
 
+#[target_feature(enable = "avx512f")]
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: BPanel, t: &Tile) {
     let masks = lane_masks::<NV>(t.nr);
+    // A packed panel is zero-padded to NR columns and a full tile reads only valid
+    // columns, so both take plain loads; only a partial tile of an unpacked B needs
+    // its B loads masked (a masked load costs a little even with a full mask).
+    let acc = if !b.padded && t.nr < NV * 16 {
+        // SAFETY: forwarded contract; masked loads stay within columns j < nr.
+        unsafe { accumulate::<MR, NV, true>(kc, a, b, t.mr, &masks) }
+    } else {
+        // SAFETY: forwarded contract; every B row has NV·16 readable columns here.
+        unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
+    };
+
     let zero = _mm512_setzero_ps();
     // SAFETY (whole store phase): every access below is a masked load or store whose
     // lanes are the tile's valid columns (j < nr), on rows i < mr, at offsets the

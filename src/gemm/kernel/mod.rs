@@ -138,6 +138,16 @@ pub(crate) struct APanel {
     pub cs: usize,
 }
 
+/// The B operand of one tile: element `(p, j)` is at `ptr + p * rs + j`. A packed
+/// panel has `rs = NR`; a row-major B read in place has its own row stride.
+#[derive(Clone, Copy)]
+pub(crate) struct BPanel {
+    pub ptr: *const f32,
+    pub rs: usize,
+    /// A packed panel, zero-padded to `NR` columns (all `NR` readable).
+    pub padded: bool,
+}
+
 /// One output tile as the microkernel sees it: unit column stride, row stride `rsc`,
 /// `mr × nr` valid elements (`1 ≤ mr ≤ MR`, `1 ≤ nr ≤ NR`).
 #[derive(Clone, Copy)]
@@ -158,18 +168,22 @@ pub(crate) trait Kernel {
     const MR: usize;
     /// Columns of the C tile (B is packed in panels of `NR` columns).
     const NR: usize;
+    /// Whether the kernel reads only the `nr` valid columns of each B row (with lane
+    /// masks), so that a row-major B can be read in place instead of packed.
+    const READS_B_IN_PLACE: bool;
 
     /// Computes `tile = [tile +] A_panel · B_panel`, then the tile's epilogue.
     ///
     /// # Safety
     /// - `a.ptr + i * a.rs + p * a.cs` is readable for `i < t.mr`, `p < kc` (the
-    ///   kernel reads no row of A at or past `t.mr`); `b` points to `kc * NR`
-    ///   readable floats;
+    ///   kernel reads no row of A at or past `t.mr`);
+    /// - `b.ptr + p * b.rs + j` is readable for `p < kc` and `j < NR` (a packed, padded
+    ///   panel), or only `j < t.nr` when `READS_B_IN_PLACE`;
     /// - for `i < t.mr`, `j < t.nr`: `t.c + i * t.rsc + j` is valid for writes (and
     ///   reads, when `t.load_c`), and no other thread touches it during the call;
     /// - a bias pointer has `t.nr` readable floats; `h + i * rsh + j` is readable for
     ///   the same `(i, j)`; a non-null `colsum` has `t.nr` writable floats;
     /// - the CPU supports the kernel's ISA;
     /// - the kernel touches no element outside those ranges.
-    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile);
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile);
 }

@@ -12,19 +12,21 @@
 //! a[p][3]  acc[3][0..8]
 //! ```
 
-use super::{APanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 
 pub(crate) struct Portable;
 
 impl Kernel for Portable {
     const MR: usize = 4;
     const NR: usize = 8;
+    const READS_B_IN_PLACE: bool = false;
 
-    unsafe fn tile(kc: usize, a: APanel, b: *const f32, t: &Tile) {
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         const MR: usize = Portable::MR;
         const NR: usize = Portable::NR;
-        // SAFETY: the caller guarantees `kc * NR` floats at `b`.
-        let b = unsafe { std::slice::from_raw_parts(b, kc * NR) };
+        debug_assert!(b.padded && b.rs == NR, "the portable kernel reads packed B panels");
+        // SAFETY: the caller guarantees a packed panel of `kc * NR` floats at `b`.
+        let b = unsafe { std::slice::from_raw_parts(b.ptr, kc * NR) };
         // Rows at or past mr re-read row mr - 1 (never stored).
         let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
         let mut acc = [[0.0f32; NR]; MR];
