@@ -25,6 +25,7 @@ usage: cargo run --release --example gemm -- [options]
   --epilogue E   none | bias | biasrelu            (default none)
   --threads N    rayon threads                     (default: all cores)
   --kernel K     avx512 | avx2 | portable          (default: FUSEGRAD_KERNEL, else best)
+  --min-work N   smallest multiply-add count worth a thread (default: built-in threshold)
   --peer         also time matrixmultiply::sgemm (single-threaded) on the same shape
   --seconds S    time budget per contender         (default 1.0)
   --help         this text
@@ -42,6 +43,7 @@ struct Args {
     isa: Option<Isa>,
     peer: bool,
     seconds: f64,
+    min_work: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -55,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         isa: None,
         peer: false,
         seconds: 1.0,
+        min_work: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Args, String> {
             "--epilogue" => args.epilogue = value()?,
             "--kernel" => args.isa = Some(Isa::parse(&value()?).map_err(|e| e.to_string())?),
             "--seconds" => args.seconds = value()?.parse().map_err(|_| "--seconds takes a number".to_string())?,
+            "--min-work" => args.min_work = Some(num(value()?)?),
             "--peer" => args.peer = true,
             "--help" | "-h" => {
                 println!("{HELP}");
@@ -146,7 +150,7 @@ fn main() {
     println!("peak (measured FMA throughput): {peak1:.1} GFLOP/s per core, {peak:.1} for {} threads", args.threads);
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().expect("thread pool");
-    let opts = GemmOptions { isa: Some(isa), threads: Some(args.threads), ..Default::default() };
+    let opts = GemmOptions { isa: Some(isa), threads: Some(args.threads), min_work_per_thread: args.min_work };
     let (best, median) = pool.install(|| {
         time(budget, || {
             let epi = match args.epilogue.as_str() {
