@@ -65,6 +65,12 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     r
 }
 
+/// Takes only the column-sum scratch out of this thread's buffers (leaving the
+/// packing buffers in place for the tasks this thread will run).
+fn take_colsum_scratch() -> Vec<f32> {
+    with_buffers(|bufs| std::mem::take(&mut bufs.colsums))
+}
+
 /// A 64-byte-aligned window of `len` floats inside `v`, growing `v` if needed.
 fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if v.len() < len + 16 {
@@ -139,7 +145,7 @@ pub(crate) fn run<K: Kernel>(
     };
 
     // The calling thread lends its scratch for the tile-row column sums.
-    let mut scratch_vec = if colsum_out.is_some() { BUFFERS.with(|b| b.take()).colsums } else { Vec::new() };
+    let mut scratch_vec = if colsum_out.is_some() { take_colsum_scratch() } else { Vec::new() };
     let scratch = colsum_out.is_some().then(|| SharedMut(aligned(&mut scratch_vec, tiles_m * n).as_mut_ptr()));
 
     let job = Job {
@@ -181,11 +187,7 @@ pub(crate) fn run<K: Kernel>(
         }
     }
     if colsum_out.is_some() {
-        BUFFERS.with(|cell| {
-            let mut bufs = cell.take();
-            bufs.colsums = scratch_vec;
-            cell.set(bufs);
-        });
+        with_buffers(|bufs| bufs.colsums = scratch_vec);
     }
 }
 

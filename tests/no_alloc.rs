@@ -1,0 +1,78 @@
+//! Once warm, a GEMM performs no heap allocation: packing buffers are per thread and
+//! reused. Counted with a global allocator; this file is its own test binary, and its
+//! single test runs alone in it.
+
+use fusegrad::gemm::{gemm_with, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::Matrix;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Three GEMMs of a training step: forward, weight gradient with fused bias gradient,
+/// and an input gradient through a ReLU mask with fused column sums.
+#[allow(clippy::too_many_arguments)]
+fn gemm_calls(
+    isa: Isa,
+    threads: usize,
+    x: &Matrix,
+    w: &Matrix,
+    h: &Matrix,
+    out: &mut Matrix,
+    dw: &mut Matrix,
+    db: &mut [f32],
+) {
+    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0) };
+    gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+    gemm_with(dw.view_mut(), x.t(), out.view(), Accum::Overwrite, Epilogue::BiasGradB(db), &opts).unwrap();
+    let epi = Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: db };
+    gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, epi, &opts).unwrap();
+}
+
+#[test]
+fn warm_gemm_calls_do_not_allocate() {
+    let (m, k, n) = (129, 300, 70);
+    let x = Matrix::from_fn(m, k, |i, j| ((i + j) % 7) as f32 - 3.0);
+    let w = Matrix::from_fn(k, n, |i, j| ((i * j) % 5) as f32 - 2.0);
+    let h = Matrix::from_fn(m, n, |i, j| ((i + 2 * j) % 3) as f32 - 1.0);
+    let (mut out, mut dw, mut db) = (Matrix::zeros(m, n), Matrix::zeros(k, n), vec![0.0f32; n]);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for threads in [1, 2] {
+            pool.install(|| {
+                // Warm up: every thread of the pool gets its buffers.
+                for _ in 0..20 {
+                    gemm_calls(isa, threads, &x, &w, &h, &mut out, &mut dw, &mut db);
+                }
+                let before = ALLOCS.load(Ordering::SeqCst);
+                for _ in 0..50 {
+                    gemm_calls(isa, threads, &x, &w, &h, &mut out, &mut dw, &mut db);
+                }
+                let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+                assert_eq!(allocs, 0, "{isa:?}, {threads} threads: {allocs} allocations in 150 warm GEMM calls");
+            });
+        }
+    }
+}
