@@ -26,6 +26,30 @@ pub enum Error {
     /// A kernel was requested (through the API or `FUSEGRAD_KERNEL`) that this CPU
     /// cannot run, or the environment variable holds an unknown value.
     Kernel(String),
+    /// A class label that is not below the number of classes.
+    LabelOutOfRange {
+        /// Row (sample) of the offending label.
+        index: usize,
+        /// The label found there.
+        label: usize,
+        /// Number of classes: labels must be in `0..classes`.
+        classes: usize,
+    },
+    /// NaN or infinity appeared during training.
+    NonFinite {
+        /// Training step (0-based, counted over the whole `fit`) where it appeared.
+        step: u64,
+        /// Where: a layer such as `"layer 2 (Dense 128→64)"`, or `"loss"`.
+        layer: String,
+        /// Which tensor: `"loss"`, `"dweights"`, `"dbiases"`, `"output"`, ….
+        tensor: String,
+    },
+    /// A hyperparameter or argument outside its valid range.
+    InvalidArgument(String),
+    /// A file could not be read or written.
+    Io(String),
+    /// A file was read but its contents are not what they claim to be.
+    Format(String),
 }
 
 impl fmt::Display for Error {
@@ -36,6 +60,15 @@ impl fmt::Display for Error {
             }
             Error::InvalidView(msg) => write!(f, "invalid matrix view: {msg}"),
             Error::Kernel(msg) => write!(f, "kernel selection: {msg}"),
+            Error::LabelOutOfRange { index, label, classes } => {
+                write!(f, "label {label} at row {index} is out of range: expected a class in 0..{classes}")
+            }
+            Error::NonFinite { step, layer, tensor } => {
+                write!(f, "training stopped at step {step}: {tensor} of {layer} contains NaN or infinity")
+            }
+            Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Io(msg) => write!(f, "i/o error: {msg}"),
+            Error::Format(msg) => write!(f, "bad file format: {msg}"),
         }
     }
 }

@@ -53,6 +53,8 @@
 mod error;
 pub mod gemm;
 mod matrix;
+pub mod ops;
+mod rng;
 
 pub use error::{Error, Result};
 
@@ -61,3 +63,4 @@ pub use error::{Error, Result};
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 pub use matrix::{MatMut, MatRef, Matrix};
+pub use rng::Rng;

@@ -87,6 +87,24 @@ impl Matrix {
         &self.data[i * self.cols..(i + 1) * self.cols]
     }
 
+    /// Row `i` as a mutable slice.
+    ///
+    /// # Panics
+    /// If `i >= rows`.
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
+        &mut self.data[i * self.cols..(i + 1) * self.cols]
+    }
+
+    /// Makes the matrix `rows × cols`, reusing its allocation when it is large
+    /// enough; contents are unspecified afterwards (zeros where it grew).
+    pub fn resize(&mut self, rows: usize, cols: usize) {
+        let len = rows.checked_mul(cols).expect("matrix size overflows usize");
+        self.data.resize(len, 0.0);
+        self.rows = rows;
+        self.cols = cols;
+    }
+
     /// A borrowed view of the whole matrix.
     pub fn view(&self) -> MatRef<'_> {
         MatRef { data: &self.data, rows: self.rows, cols: self.cols, rs: self.cols, cs: 1 }
@@ -232,6 +250,25 @@ impl<'a> MatRef<'a> {
         Ok(MatRef { data: &self.data[start..], rows, cols, rs: self.rs, cs: self.cs })
     }
 
+    /// Row `i` as a slice.
+    ///
+    /// # Panics
+    /// If `i >= rows`, or the view's columns are not contiguous (col stride ≠ 1).
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
+        assert!(self.cs == 1 || self.cols <= 1, "row() needs contiguous columns, col stride is {}", self.cs);
+        let start = i * self.rs;
+        &self.data[start..start + self.cols]
+    }
+
+    /// The first `rows` rows, as a view.
+    ///
+    /// # Errors
+    /// [`Error::InvalidView`] when `rows` exceeds the view's rows.
+    pub fn rows_head(self, rows: usize) -> Result<MatRef<'a>> {
+        self.submatrix(0, 0, rows, self.cols)
+    }
+
     /// Copies the view into an owned row-major matrix.
     pub fn to_matrix(&self) -> Matrix {
         Matrix::from_fn(self.rows, self.cols, |i, j| self.get(i, j))
@@ -329,6 +366,17 @@ impl<'a> MatMut<'a> {
     /// If `(i, j)` is out of range.
     pub fn get(&self, i: usize, j: usize) -> f32 {
         self.rb().get(i, j)
+    }
+
+    /// Row `i` as a mutable slice.
+    ///
+    /// # Panics
+    /// If `i >= rows`, or the view's columns are not contiguous (col stride ≠ 1).
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
+        assert!(self.cs == 1 || self.cols <= 1, "row_mut() needs contiguous columns, col stride is {}", self.cs);
+        let start = i * self.rs;
+        &mut self.data[start..start + self.cols]
     }
 
     /// Sets element `(i, j)`.

@@ -1,0 +1,80 @@
+//! Reductions: column sums (bias gradients, where the GEMM epilogue cannot compute
+//! them), row argmax (predictions), and a finiteness check. Each runs in one fixed
+//! order, so the result does not depend on the thread count.
+
+use super::check_rows_contiguous;
+use crate::error::{Error, Result};
+use crate::matrix::MatRef;
+
+/// `out[j] = Σ_i x[i][j]`, rows added in order (overwrites `out`).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `out.len() != x.cols()`.
+pub fn colsum(x: MatRef<'_>, out: &mut [f32]) -> Result<()> {
+    super::check_len("colsum", "out (one per column)", x.cols(), out.len())?;
+    check_rows_contiguous("colsum", "x", x.rows(), x.cols(), x.col_stride())?;
+    out.fill(0.0);
+    for i in 0..x.rows() {
+        for (o, &v) in out.iter_mut().zip(x.row(i)) {
+            *o += v;
+        }
+    }
+    Ok(())
+}
+
+/// `out[i]` = index of the first maximum of row `i`.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] when `out.len() != x.rows()`; [`Error::InvalidArgument`]
+/// when `x` has no columns.
+pub fn argmax_rows(x: MatRef<'_>, out: &mut [usize]) -> Result<()> {
+    super::check_len("argmax_rows", "out (one per row)", x.rows(), out.len())?;
+    if x.cols() == 0 && x.rows() > 0 {
+        return Err(Error::InvalidArgument("argmax_rows of a matrix with no columns".into()));
+    }
+    check_rows_contiguous("argmax_rows", "x", x.rows(), x.cols(), x.col_stride())?;
+    for (i, o) in out.iter_mut().enumerate() {
+        let row = x.row(i);
+        *o = (1..row.len()).fold(0, |best, c| if row[c] > row[best] { c } else { best });
+    }
+    Ok(())
+}
+
+/// Whether every element is finite (no NaN, no ±∞). One vectorisable pass:
+/// `x · 0` is 0 for finite x and NaN otherwise, summed in 16 independent lanes.
+pub fn all_finite(x: &[f32]) -> bool {
+    let mut lanes = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v * 0.0;
+        }
+    }
+    let mut acc = tail.iter().fold(0.0f32, |a, &v| a + v * 0.0);
+    for l in lanes {
+        acc += l;
+    }
+    acc == 0.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_finite_finds_any_bad_element() {
+        let mut v = vec![1.0f32; 37];
+        assert!(all_finite(&v));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            for pos in [0, 15, 16, 36] {
+                let old = v[pos];
+                v[pos] = bad;
+                assert!(!all_finite(&v), "{bad} at {pos}");
+                v[pos] = old;
+            }
+        }
+        assert!(all_finite(&[]));
+        assert!(all_finite(&[f32::MAX, f32::MIN]));
+    }
+}

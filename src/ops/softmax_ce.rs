@@ -1,0 +1,140 @@
+//! Softmax + categorical cross-entropy, fused: one pass over the logits gives the mean
+//! loss, the gradient `dlogits = (softmax − onehot) / N` and the row argmax (accuracy),
+//! without materialising the probabilities or the one-hot matrix.
+//!
+//! Numerically stable: each row is shifted by its max before `exp` (so no overflow),
+//! and the loss is `log Σ exp(z) − z_label` computed as log-sum-exp, not `−log p`
+//! of a rounded probability. So, unlike NNFS's clipping to `[1e-7, 1 − 1e-7]`, a very
+//! confident wrong answer costs its true loss rather than at most 16.1.
+
+use super::{check_rows_contiguous, check_same_shape};
+use crate::error::{Error, Result};
+use crate::matrix::{MatMut, MatRef};
+
+/// What one pass of softmax + cross-entropy gives back.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SoftmaxCeStats {
+    /// Mean over rows of `log Σ_c exp(z_c) − z_label`.
+    pub loss: f32,
+    /// Rows whose argmax (first maximum) equals the label.
+    pub correct: usize,
+}
+
+fn check_args(logits: &MatRef<'_>, labels: &[usize], dlogits: Option<&MatMut<'_>>) -> Result<()> {
+    let (n, classes) = (logits.rows(), logits.cols());
+    if labels.len() != n {
+        return Err(Error::ShapeMismatch {
+            op: "softmax_cross_entropy",
+            expected: format!("one label per row of the {n}×{classes} logits ({n} labels)"),
+            got: format!("{} labels", labels.len()),
+        });
+    }
+    if n == 0 || classes == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "softmax_cross_entropy needs at least one row and one class, got {n}×{classes} logits"
+        )));
+    }
+    check_rows_contiguous("softmax_cross_entropy", "logits", n, classes, logits.col_stride())?;
+    if let Some(d) = dlogits {
+        check_same_shape("softmax_cross_entropy", "dlogits", logits, d.rows(), d.cols())?;
+        check_rows_contiguous("softmax_cross_entropy", "dlogits", d.rows(), d.cols(), d.col_stride())?;
+    }
+    // Every label is checked before anything is written.
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, &l)| l >= classes) {
+        return Err(Error::LabelOutOfRange { index, label, classes });
+    }
+    Ok(())
+}
+
+/// Mean loss and accuracy of `logits` (N × C) against class indices `labels` (N), and,
+/// when `dlogits` is given, `dlogits = (softmax(logits) − onehot(labels)) / N`
+/// (overwritten; N × C).
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] for a label count or `dlogits` shape that does not match;
+/// [`Error::LabelOutOfRange`] for a label ≥ C (nothing is written then);
+/// [`Error::InvalidArgument`] for an empty batch.
+pub fn softmax_cross_entropy(
+    logits: MatRef<'_>,
+    labels: &[usize],
+    mut dlogits: Option<MatMut<'_>>,
+) -> Result<SoftmaxCeStats> {
+    check_args(&logits, labels, dlogits.as_ref())?;
+    let n = logits.rows();
+    let inv_n = 1.0 / n as f32;
+    let mut loss = 0.0f64;
+    let mut correct = 0;
+    for (i, &label) in labels.iter().enumerate() {
+        let z = logits.row(i);
+        // Row max (shift for stability) and first argmax.
+        let (mut arg, mut max) = (0, z[0]);
+        for (c, &v) in z.iter().enumerate().skip(1) {
+            if v > max {
+                (arg, max) = (c, v);
+            }
+        }
+        correct += usize::from(arg == label);
+        let sum = match dlogits.as_mut() {
+            Some(d) => {
+                // exp once, kept in the gradient row, then scaled in place.
+                let d = d.row_mut(i);
+                let mut sum = 0.0f32;
+                for (e, &v) in d.iter_mut().zip(z) {
+                    *e = (v - max).exp();
+                    sum += *e;
+                }
+                let scale = inv_n / sum;
+                for e in d.iter_mut() {
+                    *e *= scale;
+                }
+                d[label] -= inv_n;
+                sum
+            }
+            None => z.iter().map(|&v| (v - max).exp()).sum(),
+        };
+        loss += (max + sum.ln() - z[label]) as f64;
+    }
+    Ok(SoftmaxCeStats { loss: (loss / n as f64) as f32, correct })
+}
+
+/// The naive twin: softmax, then the one-hot matrix, then `−ln p_label`, then
+/// `(p − onehot)/N`, each as its own pass in f64, exactly as NNFS writes it (minus
+/// the clipping). Same arguments, checks and results as [`softmax_cross_entropy`].
+///
+/// # Errors
+/// As [`softmax_cross_entropy`].
+pub fn softmax_cross_entropy_naive(
+    logits: MatRef<'_>,
+    labels: &[usize],
+    mut dlogits: Option<MatMut<'_>>,
+) -> Result<SoftmaxCeStats> {
+    check_args(&logits, labels, dlogits.as_ref())?;
+    let (n, classes) = (logits.rows(), logits.cols());
+    let mut probs = vec![vec![0.0f64; classes]; n];
+    for (i, p) in probs.iter_mut().enumerate() {
+        let max = (0..classes).map(|c| logits.get(i, c) as f64).fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = (0..classes).map(|c| (logits.get(i, c) as f64 - max).exp()).sum();
+        for (c, pc) in p.iter_mut().enumerate() {
+            *pc = (logits.get(i, c) as f64 - max).exp() / sum;
+        }
+    }
+    let onehot: Vec<Vec<f64>> =
+        labels.iter().map(|&l| (0..classes).map(|c| if c == l { 1.0 } else { 0.0 }).collect()).collect();
+    let loss = probs.iter().zip(labels).map(|(p, &l)| -p[l].ln()).sum::<f64>() / n as f64;
+    let correct = probs
+        .iter()
+        .zip(labels)
+        .filter(|(p, &l)| {
+            let arg = (0..classes).fold(0, |best, c| if p[c] > p[best] { c } else { best });
+            arg == l
+        })
+        .count();
+    if let Some(d) = dlogits.as_mut() {
+        for i in 0..n {
+            for c in 0..classes {
+                d.set(i, c, ((probs[i][c] - onehot[i][c]) / n as f64) as f32);
+            }
+        }
+    }
+    Ok(SoftmaxCeStats { loss: loss as f32, correct })
+}
