@@ -50,9 +50,11 @@
 #![warn(missing_docs)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod data;
 mod error;
 pub mod gemm;
 mod matrix;
+pub mod nn;
 pub mod ops;
 mod rng;
 

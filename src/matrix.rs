@@ -12,8 +12,8 @@
 
 use crate::error::{Error, Result};
 
-/// An owned, row-major, contiguous f32 matrix.
-#[derive(Clone, Debug, PartialEq)]
+/// An owned, row-major, contiguous f32 matrix. `Default` is the empty 0 × 0 matrix.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Matrix {
     data: Vec<f32>,
     rows: usize,

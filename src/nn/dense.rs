@@ -1,0 +1,306 @@
+//! The Dense layer: `output = X·W + b` (optionally followed by a fused ReLU), with
+//! NNFS's names and layout: `weights` is `n_inputs × n_neurons`, `biases` has
+//! `n_neurons` entries, one sample per row of X.
+//!
+//! Backward *overwrites* `dweights`, `dbiases` and `dinputs` (as NNFS does; nothing
+//! accumulates across calls):
+//!
+//! ```text
+//! dweights = inputsᵀ · dz          (Xᵀ read in place, no transpose copy)
+//! dbiases  = colsum(dz)            (fused into the same GEMM: BGRADB)
+//! dinputs  = dz · weightsᵀ         (skipped for the first layer)
+//!          ⊙ 1[h_below > 0]        (when the layer below is a ReLU: DRELU, fused)
+//! ```
+//! where `dz = ∂L/∂(X·W + b)`; with a fused ReLU, `dz = dvalues ⊙ 1[output > 0]`.
+
+use crate::error::{Error, Result};
+use crate::gemm::{gemm_with, Accum, Epilogue, GemmOptions};
+use crate::matrix::{MatRef, Matrix};
+use crate::nn::init::{init_weights, Init};
+use crate::nn::optim::Optimizer;
+use crate::ops::activation::relu_backward;
+use crate::rng::Rng;
+
+/// L1 and L2 penalties on a layer's weights and biases (NNFS chapter 14):
+/// `loss += l1·Σ|w| + l2·Σw²`, so `dw += l1·sign(w) + 2·l2·w` (sign(0) = +1, as the
+/// book has it).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Regularization {
+    /// L1 factor on weights.
+    pub weight_l1: f32,
+    /// L2 factor on weights.
+    pub weight_l2: f32,
+    /// L1 factor on biases.
+    pub bias_l1: f32,
+    /// L2 factor on biases.
+    pub bias_l2: f32,
+}
+
+impl Regularization {
+    fn is_zero(&self) -> bool {
+        *self == Regularization::default()
+    }
+}
+
+/// What the backward pass does about `dinputs`.
+#[derive(Clone, Copy, Debug)]
+pub enum Dinputs<'a> {
+    /// Do not compute it (the first layer: nothing below needs it).
+    Skip,
+    /// `dinputs = dz · Wᵀ`.
+    Compute,
+    /// `dinputs = (dz · Wᵀ) ⊙ 1[h > 0]`, where `h` is the output of the ReLU below
+    /// (batch × n_inputs): the `dz` of the layer below, in the same GEMM.
+    ComputeReluMasked(MatRef<'a>),
+}
+
+/// A fully connected layer.
+#[derive(Clone, Debug)]
+pub struct Dense {
+    /// `n_inputs × n_neurons`.
+    pub weights: Matrix,
+    /// `n_neurons`.
+    pub biases: Vec<f32>,
+    /// Gradient of the loss with respect to `weights`, from the last backward.
+    pub dweights: Matrix,
+    /// Gradient of the loss with respect to `biases`, from the last backward.
+    pub dbiases: Vec<f32>,
+    /// `batch × n_neurons`, from the last forward.
+    pub output: Matrix,
+    /// `batch × n_inputs`, from the last backward (unless skipped).
+    pub dinputs: Matrix,
+    /// Penalties added to the loss and the gradients.
+    pub regularization: Regularization,
+    relu: bool,
+    /// `dz` when it has to be formed from `dvalues` (NNFS-style `backward`).
+    dz: Matrix,
+    /// Optimizer state: weights then biases, up to two buffers each.
+    state: [Vec<f32>; 4],
+    pub(crate) gemm: GemmOptions,
+}
+
+impl Dense {
+    /// A layer of `n_neurons` over `n_inputs` inputs, weights drawn per `init`, biases 0.
+    pub fn new(n_inputs: usize, n_neurons: usize, init: Init, rng: &mut Rng) -> Self {
+        Dense {
+            weights: init_weights(n_inputs, n_neurons, init, rng),
+            biases: vec![0.0; n_neurons],
+            dweights: Matrix::zeros(n_inputs, n_neurons),
+            dbiases: vec![0.0; n_neurons],
+            output: Matrix::zeros(0, n_neurons),
+            dinputs: Matrix::zeros(0, n_inputs),
+            regularization: Regularization::default(),
+            relu: false,
+            dz: Matrix::zeros(0, n_neurons),
+            state: Default::default(),
+            gemm: GemmOptions::default(),
+        }
+    }
+
+    /// The same layer with a ReLU fused into it: `output = max(X·W + b, 0)`.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
+    }
+
+    /// The same layer with L1/L2 penalties.
+    pub fn with_regularization(mut self, r: Regularization) -> Self {
+        self.regularization = r;
+        self
+    }
+
+    /// Whether a ReLU is fused into this layer.
+    pub fn has_relu(&self) -> bool {
+        self.relu
+    }
+
+    /// Number of inputs (rows of `weights`).
+    pub fn n_inputs(&self) -> usize {
+        self.weights.rows()
+    }
+
+    /// Number of neurons (columns of `weights`).
+    pub fn n_neurons(&self) -> usize {
+        self.weights.cols()
+    }
+
+    /// Caps the threads of this layer's GEMMs (`None`: the rayon pool's size).
+    pub fn set_threads(&mut self, threads: Option<usize>) {
+        self.gemm.threads = threads;
+    }
+
+    /// `"Dense 784→128"`, as errors name the layer.
+    pub fn describe(&self) -> String {
+        format!("Dense {}→{}{}", self.n_inputs(), self.n_neurons(), if self.relu { " + ReLU" } else { "" })
+    }
+
+    fn shape_error(&self, what: &str, expected: String, got: String) -> Error {
+        Error::ShapeMismatch { op: "Dense", expected: format!("{what} {expected} for {}", self.describe()), got }
+    }
+
+    fn check_inputs(&self, inputs: &MatRef<'_>) -> Result<()> {
+        if inputs.cols() != self.n_inputs() {
+            return Err(self.shape_error(
+                "inputs with",
+                format!("{} columns (batch × {})", self.n_inputs(), self.n_inputs()),
+                format!("{}×{}", inputs.rows(), inputs.cols()),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `output = X·W + b` (then ReLU if fused), in one GEMM with the bias (and ReLU)
+    /// applied in registers. `output` is resized to the batch.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `inputs` does not have `n_inputs` columns.
+    pub fn forward(&mut self, inputs: MatRef<'_>) -> Result<()> {
+        self.check_inputs(&inputs)?;
+        self.output.resize(inputs.rows(), self.n_neurons());
+        let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
+        gemm_with(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm)
+    }
+
+    /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if
+    /// any), with `inputs` the same batch given to [`Self::forward`]. Computes
+    /// `dweights`, `dbiases` and `dinputs`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other.
+    pub fn backward(&mut self, inputs: MatRef<'_>, dvalues: MatRef<'_>) -> Result<()> {
+        self.backward_with(inputs, dvalues, Dinputs::Compute)
+    }
+
+    /// [`Self::backward`] with a choice of what to do about `dinputs`.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other.
+    pub fn backward_with(&mut self, inputs: MatRef<'_>, dvalues: MatRef<'_>, dinputs: Dinputs<'_>) -> Result<()> {
+        if !self.relu {
+            return self.backward_dz(inputs, dvalues, dinputs);
+        }
+        if dvalues.rows() != self.output.rows() || dvalues.cols() != self.n_neurons() {
+            return Err(self.shape_error(
+                "dvalues of shape",
+                format!("{}×{} (the last output)", self.output.rows(), self.n_neurons()),
+                format!("{}×{}", dvalues.rows(), dvalues.cols()),
+            ));
+        }
+        // dz = dvalues ⊙ 1[output > 0], in this layer's own buffer.
+        let mut dz = std::mem::take(&mut self.dz);
+        dz.resize(dvalues.rows(), self.n_neurons());
+        let r = relu_backward(dvalues, self.output.view(), dz.view_mut())
+            .and_then(|()| self.backward_dz(inputs, dz.view(), dinputs));
+        self.dz = dz;
+        r
+    }
+
+    /// Backward from `dz = ∂L/∂(X·W + b)`, the gradient *before* this layer's ReLU
+    /// (a softmax-CE output gives it directly; a layer above that applied this
+    /// layer's ReLU mask in its own backward gives it too).
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other.
+    pub fn backward_dz(&mut self, inputs: MatRef<'_>, dz: MatRef<'_>, dinputs: Dinputs<'_>) -> Result<()> {
+        self.check_inputs(&inputs)?;
+        let batch = inputs.rows();
+        if dz.rows() != batch || dz.cols() != self.n_neurons() {
+            return Err(self.shape_error(
+                "dz of shape",
+                format!("{batch}×{} (batch × n_neurons)", self.n_neurons()),
+                format!("{}×{}", dz.rows(), dz.cols()),
+            ));
+        }
+        if let Dinputs::ComputeReluMasked(h) = dinputs {
+            if h.rows() != batch || h.cols() != self.n_inputs() {
+                return Err(self.shape_error(
+                    "ReLU mask of shape",
+                    format!("{batch}×{} (batch × n_inputs)", self.n_inputs()),
+                    format!("{}×{}", h.rows(), h.cols()),
+                ));
+            }
+        }
+        // dweights = Xᵀ·dz, dbiases = colsum(dz) in the same GEMM.
+        gemm_with(
+            self.dweights.view_mut(),
+            inputs.t(),
+            dz,
+            Accum::Overwrite,
+            Epilogue::BiasGradB(&mut self.dbiases),
+            &self.gemm,
+        )?;
+        if !self.regularization.is_zero() {
+            self.add_regularization_gradients();
+        }
+        match dinputs {
+            Dinputs::Skip => Ok(()),
+            Dinputs::Compute | Dinputs::ComputeReluMasked(_) => {
+                self.dinputs.resize(batch, self.n_inputs());
+                let epilogue = match dinputs {
+                    Dinputs::ComputeReluMasked(h) => Epilogue::ReluMask(h),
+                    _ => Epilogue::None,
+                };
+                gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &self.gemm)
+            }
+        }
+    }
+
+    fn add_regularization_gradients(&mut self) {
+        let r = self.regularization;
+        let sign = |x: f32| if x < 0.0 { -1.0 } else { 1.0 };
+        for (d, &w) in self.dweights.as_mut_slice().iter_mut().zip(self.weights.as_slice()) {
+            *d += r.weight_l1 * sign(w) + 2.0 * r.weight_l2 * w;
+        }
+        for (d, &b) in self.dbiases.iter_mut().zip(&self.biases) {
+            *d += r.bias_l1 * sign(b) + 2.0 * r.bias_l2 * b;
+        }
+    }
+
+    /// The penalty this layer adds to the loss: `l1·Σ|w| + l2·Σw²` for weights and
+    /// biases (summed in f64).
+    pub fn regularization_loss(&self) -> f32 {
+        let r = self.regularization;
+        if r.is_zero() {
+            return 0.0;
+        }
+        let l1 = |v: &[f32]| v.iter().map(|&x| (x as f64).abs()).sum::<f64>();
+        let l2 = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+        let (w, b) = (self.weights.as_slice(), self.biases.as_slice());
+        (r.weight_l1 as f64 * l1(w) + r.weight_l2 as f64 * l2(w) + r.bias_l1 as f64 * l1(b) + r.bias_l2 as f64 * l2(b))
+            as f32
+    }
+
+    /// Sizes the optimizer state for `optimizer` (zeros); called once when a model is
+    /// built, so that updates never allocate.
+    pub fn prepare_optimizer(&mut self, optimizer: &Optimizer) {
+        let k = optimizer.state_buffers();
+        let (nw, nb) = (self.weights.as_slice().len(), self.biases.len());
+        for (i, s) in self.state.iter_mut().enumerate() {
+            let (slot, len) = (i % 2, if i < 2 { nw } else { nb });
+            s.clear();
+            s.resize(if slot < k { len } else { 0 }, 0.0);
+        }
+    }
+
+    /// Applies one `optimizer` step to the weights and biases (NNFS's
+    /// `update_params`), `iterations` updates having been done before.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] if the state was prepared for another optimizer.
+    pub fn update_params(&mut self, optimizer: &Optimizer, iterations: u64) -> Result<()> {
+        let k = optimizer.state_buffers();
+        if self.state[0].len() != if k > 0 { self.weights.as_slice().len() } else { 0 }
+            || self.state[1].len() != if k > 1 { self.weights.as_slice().len() } else { 0 }
+        {
+            self.prepare_optimizer(optimizer);
+        }
+        let [w0, w1, b0, b1] = &mut self.state;
+        optimizer.update(self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations)?;
+        optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
+    }
+
+    /// Borrows the optimizer state for tests and inspection: `[w0, w1, b0, b1]`.
+    pub fn optimizer_state(&self) -> &[Vec<f32>; 4] {
+        &self.state
+    }
+}

@@ -1,0 +1,21 @@
+//! The layer API of "Neural Networks from Scratch", at kernel speed: [`Dense`]
+//! (with NNFS's `weights`, `biases`, `dweights`, `dbiases`, `dinputs`, `forward`,
+//! `backward`), activation layers, [`Dropout`], losses, [`Optimizer`]s, and a
+//! [`Sequential`] model that plans its buffers once and trains without allocating.
+
+mod activation;
+mod dense;
+mod dropout;
+mod init;
+mod io;
+mod loss;
+mod model;
+mod optim;
+
+pub use activation::{Activation, ActivationLayer};
+pub use dense::{Dense, Dinputs, Regularization};
+pub use dropout::Dropout;
+pub use init::{init_weights, Init};
+pub use loss::{BatchLoss, Loss, Targets};
+pub use model::{EpochReport, Evaluation, FitOptions, Layer, ModelBuilder, Sequential};
+pub use optim::Optimizer;
