@@ -1,0 +1,300 @@
+//! The Sequential model end to end: it learns, it is reproducible bit for bit, it
+//! saves and loads, and every bad input is an error that leaves it unchanged.
+
+mod common;
+
+use common::Rng;
+use fusegrad::data::spiral;
+use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, Sequential, Targets};
+use fusegrad::{Error, Matrix};
+
+fn spiral_model(seed: u64) -> Sequential {
+    Sequential::builder(2)
+        .seed(seed)
+        .dense(64)
+        .relu()
+        .dense(3)
+        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.05).with_decay(5e-7))
+        .unwrap()
+}
+
+#[test]
+fn spiral_2_64_3_with_adam_reaches_90_percent() {
+    // NNFS chapter 10's setup: 100 points per class, full batch, Adam lr 0.05.
+    let (x, y) = spiral(100, 3, 0);
+    let mut model = spiral_model(0);
+    let opts = FitOptions { epochs: 3000, batch_size: 300, shuffle: false, seed: 0, validation: None };
+    let reports = model.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+    let last = reports.last().unwrap();
+    let eval = model.evaluate(x.view(), Targets::Classes(&y), 300).unwrap();
+    assert!(eval.accuracy.unwrap() >= 0.90, "training accuracy {:?}, loss {}", eval.accuracy, eval.loss);
+    assert!(last.loss < reports[0].loss / 3.0, "loss {} → {}", reports[0].loss, last.loss);
+    assert_eq!(model.iterations(), 3000);
+}
+
+fn params(model: &Sequential) -> Vec<u32> {
+    let mut out = Vec::new();
+    for layer in model.layers() {
+        if let Layer::Dense(d) = layer {
+            out.extend(d.weights.as_slice().iter().chain(&d.biases).map(|x| x.to_bits()));
+            for s in d.optimizer_state() {
+                out.extend(s.iter().map(|x| x.to_bits()));
+            }
+        }
+    }
+    out
+}
+
+fn mnist_like(n: usize, seed: u64) -> (Matrix, Vec<usize>) {
+    let mut rng = Rng::new(seed);
+    let x = Matrix::from_fn(n, 784, |_, _| if rng.below(4) == 0 { rng.uniform(0.0, 1.0) } else { 0.0 });
+    let y = (0..n).map(|_| rng.below(10)).collect();
+    (x, y)
+}
+
+fn mnist_model(seed: u64, optimizer: Optimizer) -> Sequential {
+    Sequential::builder(784)
+        .seed(seed)
+        .dense(128)
+        .relu()
+        .dense(64)
+        .relu()
+        .dense(10)
+        .build(Loss::SoftmaxCrossEntropy, optimizer)
+        .unwrap()
+}
+
+#[test]
+fn a_seed_fixes_the_whole_run_bit_for_bit_on_1_and_2_threads() {
+    let (x, y) = mnist_like(300, 1);
+    let opts = FitOptions { epochs: 2, batch_size: 128, shuffle: true, seed: 7, validation: None };
+    let mut runs = Vec::new();
+    for threads in [1, 2, 2, 1] {
+        let mut m = mnist_model(3, Optimizer::sgd_momentum(0.1, 0.5));
+        m.set_threads(Some(threads)).unwrap();
+        let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+        runs.push((params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>()));
+    }
+    assert!(runs.iter().all(|r| *r == runs[0]), "runs differ between thread counts or repeats");
+    // And the seed matters.
+    let mut other = mnist_model(4, Optimizer::sgd_momentum(0.1, 0.5));
+    other.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+    assert_ne!(params(&other), runs[0].0);
+}
+
+#[test]
+fn predict_and_evaluate_agree_and_dropout_is_off_at_inference() {
+    let (x, y) = spiral(30, 3, 2);
+    let mut model = Sequential::builder(2)
+        .seed(5)
+        .dense(16)
+        .relu()
+        .dropout(0.5)
+        .dense(3)
+        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
+        .unwrap();
+    model.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 5, batch_size: 32, ..Default::default() }).unwrap();
+    let p1 = model.predict(x.view()).unwrap();
+    let p2 = model.predict(x.view()).unwrap();
+    assert_eq!(p1, p2, "inference must not drop anything");
+    for i in 0..p1.rows() {
+        let s: f32 = p1.row(i).iter().sum();
+        assert!((s - 1.0).abs() < 1e-5, "probabilities of row {i} sum to {s}");
+    }
+    let eval = model.evaluate(x.view(), Targets::Classes(&y), 7).unwrap();
+    let argmax_correct = (0..p1.rows())
+        .filter(|&i| {
+            let row = p1.row(i);
+            (0..3).fold(0, |b, c| if row[c] > row[b] { c } else { b }) == y[i]
+        })
+        .count();
+    assert!((eval.accuracy.unwrap() - argmax_correct as f32 / 90.0).abs() < 1e-6);
+    let mean_ce: f64 = (0..90).map(|i| -(p1[(i, y[i])] as f64).ln()).sum::<f64>() / 90.0;
+    assert!((eval.loss as f64 - mean_ce).abs() < 1e-4, "{} vs {mean_ce}", eval.loss);
+}
+
+#[test]
+fn fit_reports_each_epoch_with_validation() {
+    let (x, y) = spiral(40, 3, 3);
+    let (vx, vy) = spiral(20, 3, 4);
+    let mut model = spiral_model(1);
+    let mut seen = Vec::new();
+    let opts = FitOptions {
+        epochs: 4,
+        batch_size: 50,
+        shuffle: true,
+        seed: 1,
+        validation: Some((vx.view(), Targets::Classes(&vy))),
+    };
+    let reports = model.fit_with(x.view(), Targets::Classes(&y), &opts, |r| seen.push(r.epoch)).unwrap();
+    assert_eq!(seen, vec![1, 2, 3, 4]);
+    assert_eq!(reports.len(), 4);
+    // 120 samples in batches of 50: 3 steps per epoch.
+    assert_eq!(reports[3].iterations, 12);
+    let v = reports[3].validation.unwrap();
+    assert_eq!(v, model.evaluate(vx.view(), Targets::Classes(&vy), 50).unwrap());
+    assert!(reports.iter().all(|r| r.train_seconds > 0.0 && r.accuracy.is_some()));
+}
+
+#[test]
+fn saved_parameters_reload_to_the_same_predictions() {
+    let dir = std::env::temp_dir().join(format!("fusegrad-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("spiral.params");
+    let (x, y) = spiral(50, 3, 6);
+    let mut model = spiral_model(2);
+    model
+        .fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 20, batch_size: 150, ..Default::default() })
+        .unwrap();
+    model.save_parameters(&path).unwrap();
+    let mut fresh = spiral_model(99);
+    assert_ne!(fresh.predict(x.view()).unwrap(), model.predict(x.view()).unwrap());
+    fresh.load_parameters(&path).unwrap();
+    assert_eq!(fresh.predict(x.view()).unwrap(), model.predict(x.view()).unwrap());
+
+    // Corrupt files: each an error that names the problem, and the model unchanged.
+    let good = std::fs::read(&path).unwrap();
+    let before = params(&fresh);
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("magic", [b"NOTPARAM".as_slice(), &good[8..]].concat(), "magic"),
+        ("truncated", good[..good.len() - 3].to_vec(), "ends inside"),
+        ("trailing", [good.as_slice(), &[0u8; 4]].concat(), "unexpected bytes"),
+        (
+            "version",
+            {
+                let mut b = good.clone();
+                b[8] = 9;
+                b
+            },
+            "version 9",
+        ),
+    ];
+    for (name, bytes, says) in cases {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let err = fresh.load_parameters(&p).unwrap_err();
+        assert!(matches!(err, Error::Format(_)) && err.to_string().contains(says), "{name}: {err}");
+        assert_eq!(params(&fresh), before, "{name}: model changed");
+    }
+    let mut wider =
+        Sequential::builder(2).dense(32).relu().dense(3).build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1)).unwrap();
+    let err = wider.load_parameters(&path).unwrap_err();
+    assert!(err.to_string().contains("Dense layer 0 is 2→64 in the file, 2→32 in the model"), "{err}");
+    let err = fresh.load_parameters(dir.join("missing")).unwrap_err();
+    assert!(matches!(err, Error::Io(_)) && err.to_string().contains("missing"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs `bad` on a trained model and checks it fails with `check` and changes nothing
+/// that training state depends on.
+fn assert_rejected(
+    name: &str,
+    model: &mut Sequential,
+    bad: impl FnOnce(&mut Sequential) -> fusegrad::Result<()>,
+    check: impl Fn(&Error) -> bool,
+) {
+    let (before, iterations) = (params(model), model.iterations());
+    let err = bad(model).expect_err(name);
+    assert!(check(&err), "{name}: unexpected error {err:?}");
+    assert_eq!(params(model), before, "{name}: parameters or optimizer state changed");
+    assert_eq!(model.iterations(), iterations, "{name}: iteration count changed");
+}
+
+#[test]
+fn bad_inputs_are_errors_and_leave_the_model_unchanged() {
+    let (x, y) = spiral(20, 3, 8);
+    let mut m = spiral_model(3);
+    m.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 2, batch_size: 16, ..Default::default() }).unwrap();
+    let opts = FitOptions { epochs: 1, batch_size: 16, ..Default::default() };
+    let wide = Matrix::zeros(60, 3);
+    assert_rejected(
+        "wrong width",
+        &mut m,
+        |m| m.fit(wide.view(), Targets::Classes(&y), &opts).map(|_| ()),
+        |e| {
+            matches!(e, Error::ShapeMismatch { .. })
+                && e.to_string().contains("2 columns")
+                && e.to_string().contains("60×3")
+        },
+    );
+    let mut bad_labels = y.clone();
+    bad_labels[41] = 3;
+    assert_rejected(
+        "label out of range",
+        &mut m,
+        |m| m.fit(x.view(), Targets::Classes(&bad_labels), &opts).map(|_| ()),
+        |e| *e == Error::LabelOutOfRange { index: 41, label: 3, classes: 3 },
+    );
+    assert_rejected(
+        "target count",
+        &mut m,
+        |m| m.train_step(x.view(), Targets::Classes(&y[..59])).map(|_| ()),
+        |e| matches!(e, Error::ShapeMismatch { .. }),
+    );
+    let values = Matrix::zeros(60, 3);
+    assert_rejected(
+        "values for softmax-CE",
+        &mut m,
+        |m| m.train_step(x.view(), Targets::Values(values.view())).map(|_| ()),
+        |e| matches!(e, Error::InvalidArgument(_)),
+    );
+    assert_rejected(
+        "zero batch",
+        &mut m,
+        |m| m.fit(x.view(), Targets::Classes(&y), &FitOptions { batch_size: 0, ..opts }).map(|_| ()),
+        |e| matches!(e, Error::InvalidArgument(_)),
+    );
+    assert_rejected(
+        "wrong predict width",
+        &mut m,
+        |m| m.predict(wide.view()).map(|_| ()),
+        |e| matches!(e, Error::ShapeMismatch { .. }),
+    );
+    let mut nan_x = x.clone();
+    nan_x[(5, 1)] = f32::NAN;
+    assert_rejected(
+        "NaN input",
+        &mut m,
+        |m| m.train_step(nan_x.view(), Targets::Classes(&y)).map(|_| ()),
+        |e| {
+            matches!(e, Error::NonFinite { step: 8, tensor, .. } if tensor == "loss")
+                && e.to_string().contains("step 8")
+        },
+    );
+}
+
+#[test]
+fn an_infinite_gradient_is_named_by_step_layer_and_tensor() {
+    // One linear layer, MSE: the prediction 1e19 gives a finite loss (1e38) but
+    // dweights = x·dpred ≈ 1e20 · 2e19 overflows to infinity.
+    let mut m = Sequential::builder(1).dense(1).build(Loss::MeanSquaredError, Optimizer::sgd(0.1)).unwrap();
+    if let Layer::Dense(d) = &mut m.layers_mut()[0] {
+        d.weights.as_mut_slice()[0] = 0.1;
+    }
+    let x = Matrix::from_vec(1, 1, vec![1e20]).unwrap();
+    let t = Matrix::zeros(1, 1);
+    assert_rejected(
+        "infinite gradient",
+        &mut m,
+        |m| m.train_step(x.view(), Targets::Values(t.view())).map(|_| ()),
+        |e| matches!(e, Error::NonFinite { step: 0, layer, tensor } if layer == "layer 0 (Dense 1→1)" && tensor == "dweights"),
+    );
+}
+
+#[test]
+fn bad_hyperparameters_are_refused_at_build() {
+    let build = |o: Optimizer| Sequential::builder(2).dense(3).build(Loss::SoftmaxCrossEntropy, o);
+    assert!(matches!(build(Optimizer::sgd(0.0)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(build(Optimizer::sgd(f32::NAN)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(build(Optimizer::sgd_momentum(0.1, 1.0)), Err(Error::InvalidArgument(_))));
+    assert!(matches!(build(Optimizer::adam(0.1).with_decay(-1.0)), Err(Error::InvalidArgument(_))));
+    let err =
+        Sequential::builder(2).dense(3).dropout(1.0).build(Loss::MeanSquaredError, Optimizer::sgd(0.1)).unwrap_err();
+    assert!(err.to_string().contains("dropout rate"), "{err}");
+    let err =
+        Sequential::builder(2).dense(3).softmax().build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1)).unwrap_err();
+    assert!(err.to_string().contains("remove the final softmax"), "{err}");
+    assert!(Sequential::builder(2).relu().build(Loss::MeanSquaredError, Optimizer::sgd(0.1)).is_err());
+    let mut m = build(Optimizer::sgd(0.1)).unwrap();
+    assert!(m.set_threads(Some(0)).is_err());
+}

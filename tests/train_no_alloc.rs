@@ -1,0 +1,94 @@
+//! After the first step, a training step performs no heap allocation: counted with a
+//! global allocator (this file is its own test binary with a single test).
+
+use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};
+use fusegrad::Matrix;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn data(n: usize) -> (Matrix, Vec<usize>) {
+    let x = Matrix::from_fn(n, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let y = (0..n).map(|i| i % 10).collect();
+    (x, y)
+}
+
+#[test]
+fn training_steps_do_not_allocate() {
+    let optimizers =
+        [Optimizer::sgd(0.1), Optimizer::sgd_momentum(0.1, 0.9), Optimizer::adam(1e-3), Optimizer::rmsprop(1e-3)];
+    let (x, y) = data(128);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    for optimizer in optimizers {
+        for threads in [1, 2] {
+            let mut m = Sequential::builder(784)
+                .seed(1)
+                .dense(128)
+                .relu()
+                .dense(64)
+                .relu()
+                .dropout(0.1)
+                .dense(10)
+                .build(Loss::SoftmaxCrossEntropy, optimizer)
+                .unwrap();
+            m.set_threads(Some(threads)).unwrap();
+            pool.install(|| {
+                for _ in 0..3 {
+                    m.train_step(x.view(), Targets::Classes(&y)).unwrap();
+                }
+                let before = ALLOCS.load(Ordering::SeqCst);
+                for _ in 0..30 {
+                    m.train_step(x.view(), Targets::Classes(&y)).unwrap();
+                }
+                let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+                assert_eq!(allocs, 0, "{optimizer:?}, {threads} threads: {allocs} allocations in 30 steps");
+            });
+        }
+    }
+
+    // `fit` allocates per call and per epoch (the shuffle order, the reports), never
+    // per step: an epoch of 40 steps allocates exactly as much as one of 10. (Run inside
+    // an existing pool: a pool that `fit` starts itself has worker threads whose own
+    // start-up allocations race with the count.)
+    let count_fit = |n: usize| {
+        let (x, y) = data(n);
+        let mut m = Sequential::builder(784)
+            .seed(2)
+            .dense(32)
+            .relu()
+            .dense(10)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1))
+            .unwrap();
+        let opts = FitOptions { epochs: 2, batch_size: 16, shuffle: true, seed: 3, validation: None };
+        pool.install(|| {
+            m.fit(x.view(), Targets::Classes(&y), &opts).unwrap(); // warm
+            let before = ALLOCS.load(Ordering::SeqCst);
+            m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+            ALLOCS.load(Ordering::SeqCst) - before
+        })
+    };
+    assert_eq!(count_fit(160), count_fit(640), "fit allocates per step");
+}
