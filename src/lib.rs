@@ -4,10 +4,19 @@
 //! of "Neural Networks from Scratch" on top of them. Batch-major, row-major f32: a
 //! Dense layer computes `X·W + b` with `X` batch × inputs and `W` inputs × outputs.
 //!
-//! The core is [`gemm`]: a cache-blocked, runtime-dispatched (AVX-512, AVX2+FMA,
-//! portable), rayon-parallel single-precision GEMM that reads transposed operands in
-//! place and fuses the epilogues a training step needs (bias, bias + ReLU, the ReLU
-//! mask of the backward pass, and the bias-gradient column sums).
+//! - [`nn`]: the layer API of NNFS — [`nn::Dense`] (`weights`, `biases`, `dweights`,
+//!   `dbiases`, `dinputs`, `forward`, `backward`), activations, dropout, losses,
+//!   optimizers, and [`nn::Sequential`], which fuses Dense + ReLU, plans its buffers
+//!   once and trains without allocating per step.
+//! - [`ops`]: the fused row/element kernels (softmax + cross-entropy in one pass,
+//!   activations, losses, optimizer updates), each with a naive twin.
+//! - [`gemm`]: a cache-blocked, runtime-dispatched (AVX-512, AVX2+FMA, portable),
+//!   rayon-parallel single-precision GEMM that reads transposed operands in place and
+//!   fuses the epilogues a training step needs (bias, bias + ReLU, the ReLU mask of the
+//!   backward pass, and the bias-gradient column sums).
+//! - [`data`]: NNFS's spiral data set.
+//!
+//! The GEMM directly, as one Dense + ReLU layer forward and backward:
 //!
 //! ```
 //! use fusegrad::{gemm::{gemm, Accum, Epilogue}, Matrix};

@@ -1,0 +1,52 @@
+//! `cargo bench --bench train`: one full training step (forward, loss, backward,
+//! finiteness check, update) of 784-128-64-10 at batch 128, on 1 and 2 threads.
+//! One step is ≈ 58 MFLOP (forward 2·128·(784·128 + 128·64 + 64·10), backward about
+//! twice that without layer 1's dX).
+
+use criterion::Criterion;
+use fusegrad::nn::{Loss, Optimizer, Sequential, Targets};
+use fusegrad::Matrix;
+use std::time::{Duration, Instant};
+
+fn bench_train(c: &mut Criterion) {
+    let x = Matrix::from_fn(128, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let y: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let mut g = c.benchmark_group("train step 784-128-64-10 batch 128");
+    for (name, optimizer) in [("sgd", Optimizer::sgd(0.01)), ("adam", Optimizer::adam(1e-4))] {
+        for threads in [1, 2] {
+            let mut m = Sequential::builder(784)
+                .seed(1)
+                .dense(128)
+                .relu()
+                .dense(64)
+                .relu()
+                .dense(10)
+                .build(Loss::SoftmaxCrossEntropy, optimizer)
+                .unwrap();
+            m.set_threads(Some(threads)).unwrap();
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            g.bench_function(format!("{name} {threads}T"), |bch| {
+                bch.iter_custom(|iters| {
+                    pool.install(|| {
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            m.train_step(x.view(), Targets::Classes(&y)).unwrap();
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20)
+        .configure_from_args();
+    bench_train(&mut c);
+    c.final_summary();
+}
