@@ -1,5 +1,6 @@
-//! Data sets: NNFS's spiral toy data (here), and the real MNIST (issue #5).
+//! Data sets: NNFS's spiral toy data, and the real MNIST ([`mnist`]).
 
+pub mod mnist;
 mod spiral;
 
 pub use spiral::spiral;
