@@ -17,5 +17,5 @@ pub use dense::{Dense, Dinputs, Regularization};
 pub use dropout::Dropout;
 pub use init::{init_weights, Init};
 pub use loss::{BatchLoss, Loss, Targets};
-pub use model::{EpochReport, Evaluation, FitOptions, Layer, ModelBuilder, Sequential};
+pub use model::{EpochReport, Evaluation, FitObserver, FitOptions, Layer, ModelBuilder, Sequential};
 pub use optim::Optimizer;

@@ -216,6 +216,24 @@ pub struct EpochReport {
     pub learning_rate: f32,
 }
 
+/// Hooks into [`Sequential::fit_observed`]: called on the training thread after every
+/// step and every epoch. Both default to doing nothing.
+pub trait FitObserver: Send {
+    /// After step `step` (1-based) of `steps` in epoch `epoch` (1-based).
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize) {}
+    /// After each epoch, with its report.
+    fn on_epoch(&mut self, _report: &EpochReport) {}
+}
+
+/// Adapts an epoch callback to a [`FitObserver`].
+struct OnEpoch<F>(F);
+
+impl<F: FnMut(&EpochReport) + Send> FitObserver for OnEpoch<F> {
+    fn on_epoch(&mut self, report: &EpochReport) {
+        (self.0)(report)
+    }
+}
+
 /// How [`Sequential::fit`] runs.
 #[derive(Clone, Copy, Debug)]
 pub struct FitOptions<'a> {
@@ -478,7 +496,22 @@ impl Sequential {
         x: MatRef<'_>,
         targets: Targets<'_>,
         options: &FitOptions<'_>,
-        mut on_epoch: impl FnMut(&EpochReport) + Send,
+        on_epoch: impl FnMut(&EpochReport) + Send,
+    ) -> Result<Vec<EpochReport>> {
+        self.fit_observed(x, targets, options, &mut OnEpoch(on_epoch))
+    }
+
+    /// [`Self::fit_with`] with a [`FitObserver`] that also hears about every step
+    /// (for a progress bar).
+    ///
+    /// # Errors
+    /// As [`Self::fit_with`].
+    pub fn fit_observed(
+        &mut self,
+        x: MatRef<'_>,
+        targets: Targets<'_>,
+        options: &FitOptions<'_>,
+        observer: &mut dyn FitObserver,
     ) -> Result<Vec<EpochReport>> {
         self.check_inputs(&x, Some(&targets))?;
         if options.batch_size == 0 {
@@ -491,7 +524,7 @@ impl Sequential {
             self.check_inputs(vx, Some(vt))?;
         }
         let options = *options;
-        self.in_pool(move |m| m.fit_loop(x, targets, &options, &mut on_epoch))?
+        self.in_pool(move |m| m.fit_loop(x, targets, &options, observer))?
     }
 
     fn fit_loop(
@@ -499,7 +532,7 @@ impl Sequential {
         x: MatRef<'_>,
         targets: Targets<'_>,
         options: &FitOptions<'_>,
-        on_epoch: &mut (dyn FnMut(&EpochReport) + Send),
+        observer: &mut dyn FitObserver,
     ) -> Result<Vec<EpochReport>> {
         let n = x.rows();
         let batch = options.batch_size.min(n);
@@ -517,11 +550,13 @@ impl Sequential {
                     rng.shuffle(&mut order);
                 }
                 let (mut loss_sum, mut correct, mut total) = (0.0f64, 0usize, 0usize);
-                for chunk in order.chunks(batch) {
+                let steps = n.div_ceil(batch);
+                for (step, chunk) in order.chunks(batch).enumerate() {
                     let t = gather(x, targets, chunk, &mut bx, &mut bc, &mut bv);
                     let b = self.step_checked(bx.view(), t)?;
                     loss_sum += b.loss as f64 * chunk.len() as f64;
                     (correct, total) = (correct + b.correct, total + b.total);
+                    observer.on_step(epoch, step + 1, steps);
                 }
                 let train_seconds = start.elapsed().as_secs_f64();
                 let eval_start = Instant::now();
@@ -540,7 +575,7 @@ impl Sequential {
                     iterations: self.iterations,
                     learning_rate: self.optimizer.current_learning_rate(self.iterations),
                 };
-                on_epoch(&report);
+                observer.on_epoch(&report);
                 reports.push(report);
             }
             Ok(reports)
