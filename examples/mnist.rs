@@ -8,7 +8,9 @@
 
 use fusegrad::data::mnist;
 use fusegrad::gemm::{default_isa, peak_gflops, Isa};
-use fusegrad::nn::{EpochReport, FitObserver, FitOptions, Init, Loss, Optimizer, Regularization, Sequential, Targets};
+use fusegrad::nn::{
+    EpochReport, FitObserver, FitOptions, Init, Loss, Optimizer, Regularization, ScaledBytes, Sequential, Targets,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -188,7 +190,10 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
         seed: args.seed,
         validation: Some((data.test_images.view(), Targets::Classes(&data.test_labels))),
     };
-    model.fit_observed(data.train_images.view(), Targets::Classes(&data.train_labels), &options, &mut progress)?;
+    // Batches are gathered from the pixel bytes: a quarter of the memory traffic of the
+    // f32 images, with exactly their values.
+    let train = ScaledBytes::new(&data.train_pixels, 784, mnist::PIXEL_SCALE)?;
+    model.fit_observed(train, Targets::Classes(&data.train_labels), &options, &mut progress)?;
 
     let reports = progress.reports;
     let mut times: Vec<f64> = reports.iter().map(|r| r.train_seconds).collect();

@@ -65,6 +65,7 @@ pub mod gemm;
 mod matrix;
 pub mod nn;
 pub mod ops;
+pub mod parallel;
 mod rng;
 
 pub use error::{Error, Result};

@@ -5,7 +5,7 @@ mod common;
 
 use common::Rng;
 use fusegrad::data::spiral;
-use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, Sequential, Targets};
+use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, ScaledBytes, Sequential, Targets};
 use fusegrad::{Error, Matrix};
 
 fn spiral_model(seed: u64) -> Sequential {
@@ -297,4 +297,21 @@ fn bad_hyperparameters_are_refused_at_build() {
     assert!(Sequential::builder(2).relu().build(Loss::MeanSquaredError, Optimizer::sgd(0.1)).is_err());
     let mut m = build(Optimizer::sgd(0.1)).unwrap();
     assert!(m.set_threads(Some(0)).is_err());
+}
+
+#[test]
+fn training_from_scaled_bytes_equals_training_from_the_f32_matrix() {
+    let mut rng = Rng::new(30);
+    let bytes: Vec<u8> = (0..200 * 784).map(|_| rng.below(256) as u8).collect();
+    let x = Matrix::from_fn(200, 784, |i, j| bytes[i * 784 + j] as f32 * (1.0 / 255.0));
+    let y: Vec<usize> = (0..200).map(|_| rng.below(10)).collect();
+    let opts = FitOptions { epochs: 2, batch_size: 64, shuffle: true, seed: 5, validation: None };
+    let mut a = mnist_model(6, Optimizer::adam(1e-3));
+    let mut b = mnist_model(6, Optimizer::adam(1e-3));
+    a.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+    b.fit(ScaledBytes::new(&bytes, 784, 1.0 / 255.0).unwrap(), Targets::Classes(&y), &opts).unwrap();
+    assert_eq!(params(&a), params(&b));
+    assert!(ScaledBytes::new(&bytes[..1000], 784, 1.0).is_err());
+    let err = b.fit(ScaledBytes::new(&bytes, 392, 1.0).unwrap(), Targets::Classes(&y), &opts).unwrap_err();
+    assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }

@@ -21,6 +21,31 @@ use crate::nn::optim::Optimizer;
 use crate::ops::activation::relu_backward;
 use crate::rng::Rng;
 
+/// Elements per task of a parallel update: big enough that a task outweighs its
+/// scheduling (a few µs), small enough that a 784×128 weight matrix splits.
+const UPDATE_CHUNK: usize = 16 * 1024;
+
+/// [`Optimizer::update`] split over the current rayon pool at fixed `UPDATE_CHUNK`
+/// boundaries. The update is elementwise, so the split cannot change a bit.
+fn par_update(opt: &Optimizer, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32], it: u64) -> Result<()> {
+    if p.len() <= UPDATE_CHUNK || rayon::current_num_threads() == 1 {
+        return opt.update(p, g, s0, s1, it);
+    }
+    let mid = p.len().div_ceil(2 * UPDATE_CHUNK) * UPDATE_CHUNK;
+    // State buffers an optimizer does not use are empty, and stay empty on both sides.
+    fn split(s: &mut [f32], mid: usize) -> (&mut [f32], &mut [f32]) {
+        if s.is_empty() {
+            (&mut [], &mut [])
+        } else {
+            s.split_at_mut(mid)
+        }
+    }
+    let ((p1, p2), (g1, g2)) = (p.split_at_mut(mid), g.split_at(mid));
+    let ((a1, a2), (b1, b2)) = (split(s0, mid), split(s1, mid));
+    let (r1, r2) = rayon::join(|| par_update(opt, p1, g1, a1, b1, it), || par_update(opt, p2, g2, a2, b2, it));
+    r1.and(r2)
+}
+
 /// L1 and L2 penalties on a layer's weights and biases (NNFS chapter 14):
 /// `loss += l1·Σ|w| + l2·Σw²`, so `dw += l1·sign(w) + 2·l2·w` (sign(0) = +1, as the
 /// book has it).
@@ -295,7 +320,7 @@ impl Dense {
             self.prepare_optimizer(optimizer);
         }
         let [w0, w1, b0, b1] = &mut self.state;
-        optimizer.update(self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations)?;
+        par_update(optimizer, self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations)?;
         optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
     }
 

@@ -58,6 +58,18 @@ pub fn all_finite(x: &[f32]) -> bool {
     acc == 0.0
 }
 
+/// [`all_finite`] split over the current rayon pool (for large buffers, when the
+/// pool has more than one thread).
+pub fn par_all_finite(x: &[f32]) -> bool {
+    const CHUNK: usize = 32 * 1024;
+    if x.len() <= CHUNK || rayon::current_num_threads() == 1 {
+        return all_finite(x);
+    }
+    let (a, b) = x.split_at(x.len().div_ceil(2 * CHUNK) * CHUNK);
+    let (fa, fb) = rayon::join(|| par_all_finite(a), || par_all_finite(b));
+    fa && fb
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +88,13 @@ mod tests {
         }
         assert!(all_finite(&[]));
         assert!(all_finite(&[f32::MAX, f32::MIN]));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut big = vec![0.5f32; 100_000];
+        assert!(pool.install(|| par_all_finite(&big)));
+        for pos in [0, 32_767, 32_768, 65_536, 99_999] {
+            big[pos] = f32::NAN;
+            assert!(!pool.install(|| par_all_finite(&big)), "NaN at {pos}");
+            big[pos] = 0.5;
+        }
     }
 }
