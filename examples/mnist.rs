@@ -24,6 +24,7 @@ usage: cargo run --release --example mnist -- [options]
   --batch N                  batch size                               (default 128)
   --optimizer sgd|momentum|adam                                       (default sgd)
   --lr X                     learning rate (default 0.1; 0.001 for adam)
+  --decay X                  learning-rate decay per step, NNFS-style  (default 0)
   --threads N                threads (default: all cores)
   --data DIR                 MNIST directory (default: $MNIST_DIR, else data/mnist)
   --seed N                   seed of the weights and the shuffling    (default 42)
@@ -43,6 +44,7 @@ struct Args {
     batch: usize,
     optimizer: String,
     lr: Option<f32>,
+    decay: f32,
     threads: usize,
     data: Option<PathBuf>,
     seed: u64,
@@ -55,6 +57,7 @@ fn parse_args() -> Result<Args, String> {
         batch: 128,
         optimizer: "sgd".into(),
         lr: None,
+        decay: 0.0,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         data: None,
         seed: 42,
@@ -74,6 +77,7 @@ fn parse_args() -> Result<Args, String> {
             "--threads" => a.threads = num(&value)?.max(1),
             "--seed" => a.seed = num(&value)? as u64,
             "--lr" => a.lr = Some(value.parse().map_err(|_| format!("--lr: {value:?} is not a number"))?),
+            "--decay" => a.decay = value.parse().map_err(|_| format!("--decay: {value:?} is not a number"))?,
             "--optimizer" if ["sgd", "momentum", "adam"].contains(&value.as_str()) => a.optimizer = value,
             "--optimizer" => return Err(format!("--optimizer must be sgd, momentum or adam, got {value:?}")),
             "--data" => a.data = Some(value.into()),
@@ -160,9 +164,10 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
         "momentum" => (Optimizer::sgd_momentum(args.lr.unwrap_or(0.1), 0.9), args.lr.unwrap_or(0.1)),
         _ => (Optimizer::sgd(args.lr.unwrap_or(0.1)), args.lr.unwrap_or(0.1)),
     };
+    let optimizer = optimizer.with_decay(args.decay);
     println!(
-        "784-128-64-10, {} lr {lr}, batch {}, He init, seed {}, {} thread(s), kernel {}; peak {:.1} GFLOP/s per core ({:.1} in all)",
-        args.optimizer, args.batch, args.seed, args.threads, isa.name(), peak1, peak
+        "784-128-64-10, {} lr {lr} decay {}, batch {}, He init, seed {}, {} thread(s), kernel {}; peak {:.1} GFLOP/s per core ({:.1} in all)",
+        args.optimizer, args.decay, args.batch, args.seed, args.threads, isa.name(), peak1, peak
     );
 
     let none = Regularization::default();
@@ -233,11 +238,12 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     if let Some(path) = &args.json {
         let list = |v: Vec<String>| format!("[{}]", v.join(", "));
         let json = format!(
-            "{{\n  \"epochs\": {},\n  \"threads\": {},\n  \"batch\": {},\n  \"optimizer\": \"{}\",\n  \"learning_rate\": {lr},\n  \"seed\": {},\n  \"kernel\": \"{}\",\n  \"peak_gflops_per_core\": {peak1:.2},\n  \"epoch_seconds\": {},\n  \"median_epoch_seconds\": {median:.5},\n  \"train_loss\": {},\n  \"test_accuracy\": {},\n  \"final_test_accuracy\": {},\n  \"samples_per_second\": {samples_per_second:.1},\n  \"gflops\": {gflops:.2},\n  \"percent_of_peak_median_epoch\": {:.2},\n  \"seconds_to_97\": {},\n  \"seconds_to_98\": {},\n  \"peak_memory_mib\": {}\n}}\n",
+            "{{\n  \"epochs\": {},\n  \"threads\": {},\n  \"batch\": {},\n  \"optimizer\": \"{}\",\n  \"learning_rate\": {lr},\n  \"decay\": {},\n  \"seed\": {},\n  \"kernel\": \"{}\",\n  \"peak_gflops_per_core\": {peak1:.2},\n  \"epoch_seconds\": {},\n  \"median_epoch_seconds\": {median:.5},\n  \"train_loss\": {},\n  \"test_accuracy\": {},\n  \"final_test_accuracy\": {},\n  \"samples_per_second\": {samples_per_second:.1},\n  \"gflops\": {gflops:.2},\n  \"percent_of_peak_median_epoch\": {:.2},\n  \"seconds_to_97\": {},\n  \"seconds_to_98\": {},\n  \"peak_memory_mib\": {}\n}}\n",
             reports.len(),
             args.threads,
             args.batch,
             args.optimizer,
+            args.decay,
             args.seed,
             isa.name(),
             list(reports.iter().map(|r| format!("{:.5}", r.train_seconds)).collect()),
