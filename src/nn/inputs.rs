@@ -5,7 +5,8 @@
 //! the memory traffic of f32) and converts while gathering.
 
 use crate::error::{Error, Result};
-use crate::matrix::{MatRef, Matrix};
+use crate::gemm::Isa;
+use crate::matrix::MatRef;
 
 /// A source of training rows.
 pub trait Inputs: Copy + Send + Sync {
@@ -13,8 +14,9 @@ pub trait Inputs: Copy + Send + Sync {
     fn rows(&self) -> usize;
     /// Features per sample.
     fn cols(&self) -> usize;
-    /// Writes samples `rows` (in that order) into `out`, resized to `rows.len() × cols()`.
-    fn gather(&self, rows: &[usize], out: &mut Matrix);
+    /// Writes samples `rows` (in that order) into `out`, row-major:
+    /// `out.len() == rows.len() * cols()`.
+    fn gather(&self, rows: &[usize], out: &mut [f32]);
     /// Starts loading samples `rows` into cache ahead of their [`gather`](Self::gather)
     /// (called one step ahead). The default does nothing.
     fn prefetch(&self, _rows: &[usize]) {}
@@ -27,10 +29,10 @@ impl Inputs for MatRef<'_> {
     fn cols(&self) -> usize {
         MatRef::cols(self)
     }
-    fn gather(&self, rows: &[usize], out: &mut Matrix) {
-        out.resize(rows.len(), MatRef::cols(self));
-        for (dst, &r) in rows.iter().enumerate() {
-            out.row_mut(dst).copy_from_slice(self.row(r));
+    fn gather(&self, rows: &[usize], out: &mut [f32]) {
+        let cols = MatRef::cols(self);
+        for (dst, &r) in out.chunks_exact_mut(cols.max(1)).zip(rows) {
+            dst.copy_from_slice(self.row(r));
         }
     }
 }
@@ -68,13 +70,9 @@ impl Inputs for ScaledBytes<'_> {
     fn cols(&self) -> usize {
         self.cols
     }
-    fn gather(&self, rows: &[usize], out: &mut Matrix) {
-        out.resize(rows.len(), self.cols);
-        for (dst, &r) in rows.iter().enumerate() {
-            let src = &self.data[r * self.cols..(r + 1) * self.cols];
-            for (o, &b) in out.row_mut(dst).iter_mut().zip(src) {
-                *o = b as f32 * self.scale;
-            }
+    fn gather(&self, rows: &[usize], out: &mut [f32]) {
+        for (dst, &r) in out.chunks_exact_mut(self.cols).zip(rows) {
+            bytes_to_f32(&self.data[r * self.cols..(r + 1) * self.cols], dst, self.scale);
         }
     }
 
@@ -85,6 +83,49 @@ impl Inputs for ScaledBytes<'_> {
     fn prefetch(&self, rows: &[usize]) {
         for &r in rows {
             crate::gemm::kernel::prefetch(&self.data[r * self.cols..(r + 1) * self.cols]);
+        }
+    }
+}
+
+/// `dst[i] = src[i] as f32 * scale`, with AVX-512 when the CPU has it: the byte
+/// gather is a quarter of an MNIST step's non-GEMM time, and the baseline (SSE2)
+/// conversion runs at under 2 elements per cycle.
+///
+/// # Panics
+/// If the lengths differ.
+pub fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.is_available() {
+        return crate::gemm::kernel::avx512::bytes_to_f32(src, dst, scale);
+    }
+    bytes_to_f32_portable(src, dst, scale);
+}
+
+/// The portable twin of [`bytes_to_f32`].
+///
+/// # Panics
+/// If the lengths differ.
+pub fn bytes_to_f32_portable(src: &[u8], dst: &mut [f32], scale: f32) {
+    assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
+    for (o, &b) in dst.iter_mut().zip(src) {
+        *o = b as f32 * scale;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn simd_and_portable_conversions_agree_on_every_length() {
+        let src: Vec<u8> = (0..300u32).map(|i| (i * 37 % 256) as u8).collect();
+        for len in [0, 1, 15, 16, 17, 31, 33, 64, 299, 300] {
+            let (mut a, mut b) = (vec![f32::NAN; len + 3], vec![f32::NAN; len + 3]);
+            bytes_to_f32(&src[..len], &mut a[..len], 1.0 / 255.0);
+            bytes_to_f32_portable(&src[..len], &mut b[..len], 1.0 / 255.0);
+            assert_eq!(a[..len], b[..len], "length {len}");
+            assert!(a[len..].iter().all(|v| v.is_nan()), "length {len}: wrote past the end");
+            assert!(a[..len].iter().zip(&src).all(|(&x, &s)| x == s as f32 * (1.0 / 255.0)));
         }
     }
 }

@@ -688,7 +688,20 @@ fn gather<'b>(
     bc: &'b mut Vec<usize>,
     bv: &'b mut Matrix,
 ) -> Targets<'b> {
-    x.gather(rows, bx);
+    bx.resize(rows.len(), x.cols());
+    // Rows in fixed groups, spread over the pool: the gather is latency-bound on
+    // random rows, and the other workers are idle at this point of the step.
+    const GROUP: usize = 32;
+    let cols = x.cols().max(1);
+    if rayon::current_num_threads() > 1 && rows.len() > GROUP {
+        use rayon::prelude::*;
+        bx.as_mut_slice()
+            .par_chunks_mut(GROUP * cols)
+            .zip(rows.par_chunks(GROUP))
+            .for_each(|(out, group)| x.gather(group, out));
+    } else {
+        x.gather(rows, bx.as_mut_slice());
+    }
     match targets {
         Targets::Classes(c) => {
             bc.clear();

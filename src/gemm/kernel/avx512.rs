@@ -190,3 +190,35 @@ unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
     let total = acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
     (_mm512_reduce_add_ps(total), 16 * 16 * 2)
 }
+
+/// `dst[i] = src[i] as f32 * scale` for `i < dst.len()` (= `src.len()`), 16 bytes per
+/// instruction (zero-extend to i32, convert, multiply); the tail with a lane mask.
+///
+/// # Panics
+/// If the lengths differ, or the CPU lacks avx512f.
+pub(crate) fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
+    assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
+    assert!(super::Isa::Avx512.is_available(), "bytes_to_f32: avx512f not available");
+    // SAFETY: avx512f was checked just above; the lengths are equal.
+    unsafe { bytes_to_f32_impl(src, dst, scale) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
+    let s = _mm512_set1_ps(scale);
+    let n = src.len();
+    let mut i = 0;
+    while i < n {
+        let lanes = (n - i).min(16);
+        let mask = ((1u32 << lanes) - 1) as __mmask16;
+        // SAFETY: lanes i..i + lanes are inside both slices (i + lanes ≤ n); the
+        // 16-byte load is masked to them (lane masks suppress faults), and so is the
+        // store.
+        unsafe {
+            let bytes = _mm_maskz_loadu_epi8(mask, src.as_ptr().add(i).cast());
+            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s);
+            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, x);
+        }
+        i += lanes;
+    }
+}
