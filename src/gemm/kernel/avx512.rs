@@ -205,20 +205,24 @@ pub(crate) fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
 
 #[target_feature(enable = "avx512f")]
 unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
+    // Only AVX-512F instructions: a byte-masked load would need AVX-512BW, which the
+    // dispatch does not check, so the tail goes through a zeroed 16-byte buffer.
     let s = _mm512_set1_ps(scale);
-    let n = src.len();
-    let mut i = 0;
-    while i < n {
-        let lanes = (n - i).min(16);
-        let mask = ((1u32 << lanes) - 1) as __mmask16;
-        // SAFETY: lanes i..i + lanes are inside both slices (i + lanes ≤ n); the
-        // 16-byte load is masked to them (lane masks suppress faults), and so is the
-        // store.
-        unsafe {
-            let bytes = _mm_maskz_loadu_epi8(mask, src.as_ptr().add(i).cast());
-            let x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s);
-            _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, x);
-        }
-        i += lanes;
+    let convert = |bytes: __m128i| _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s);
+    let mut chunks = src.chunks_exact(16);
+    let mut out = dst.chunks_exact_mut(16);
+    for (c, o) in (&mut chunks).zip(&mut out) {
+        // SAFETY: `c` has exactly 16 bytes and `o` exactly 16 floats.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), convert(_mm_loadu_si128(c.as_ptr().cast()))) };
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        let mut buf = [0u8; 16];
+        buf[..tail.len()].copy_from_slice(tail);
+        let o = out.into_remainder();
+        let mask = ((1u32 << tail.len()) - 1) as __mmask16;
+        // SAFETY: `buf` has 16 bytes; the store is masked to the `tail.len()` floats
+        // left in `o`.
+        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, convert(_mm_loadu_si128(buf.as_ptr().cast()))) };
     }
 }
