@@ -69,9 +69,10 @@ fn a_seed_fixes_the_whole_run_bit_for_bit_on_1_and_2_threads() {
     let (x, y) = mnist_like(300, 1);
     let opts = FitOptions { epochs: 2, batch_size: 128, shuffle: true, seed: 7, validation: None };
     let mut runs = Vec::new();
-    for threads in [1, 2, 2, 1] {
+    for (threads, pin) in [(1, true), (2, true), (2, false), (1, false)] {
         let mut m = mnist_model(3, Optimizer::sgd_momentum(0.1, 0.5));
         m.set_threads(Some(threads)).unwrap();
+        m.set_pin_threads(pin);
         let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
         runs.push((params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>()));
     }

@@ -5,11 +5,9 @@
 
 mod common;
 
-use common::Rng;
+use common::{numerical_grad, Rng};
 use fusegrad::ops::{activation, loss, reduce, softmax_ce};
 use fusegrad::{Error, MatMut, MatRef, Matrix};
-
-const H: f64 = 1e-5;
 
 fn mat(rng: &mut Rng, rows: usize, cols: usize, lo: f32, hi: f32) -> Matrix {
     Matrix::from_fn(rows, cols, |_, _| rng.uniform(lo, hi))
@@ -19,32 +17,9 @@ fn to_f64(m: &Matrix) -> Vec<f64> {
     m.as_slice().iter().map(|&x| x as f64).collect()
 }
 
-/// Numerical gradient of `f` at `x` by central differences.
-fn numerical_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
-    let mut xp = x.to_vec();
-    (0..x.len())
-        .map(|i| {
-            let orig = xp[i];
-            xp[i] = orig + H;
-            let up = f(&xp);
-            xp[i] = orig - H;
-            let down = f(&xp);
-            xp[i] = orig;
-            (up - down) / (2.0 * H)
-        })
-        .collect()
-}
-
-/// Every analytic entry within `1e-3` relative (plus a floor of 1e-5 of the largest
-/// gradient, for entries that are nearly zero).
+/// The ops' tolerance: 1e-3 relative, floor 1e-5 of the largest entry.
 fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f64]) {
-    assert_eq!(analytic.len(), numeric.len());
-    let scale = numeric.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    assert!(scale > 0.0, "{what}: numerical gradient is all zero; the check would prove nothing");
-    for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
-        let tol = 1e-3 * n.abs() + 1e-5 * scale;
-        assert!((a as f64 - n).abs() <= tol, "{what}[{i}]: analytic {a}, numerical {n} (tol {tol:e})");
-    }
+    common::assert_grad_close(what, analytic, numeric, 1e-3, 1e-5);
 }
 
 fn assert_close(what: &str, fast: &[f32], reference: &[f64], rel: f64) {

@@ -27,3 +27,60 @@ impl Rng {
         (0..len).map(|_| self.uniform(-1.0, 1.0)).collect()
     }
 }
+
+/// Central-difference step for the f64 numerical gradients.
+pub const H: f64 = 1e-5;
+
+/// Numerical gradient of `f` at `x` by central differences in f64 (NNFS chapter 7).
+pub fn numerical_grad(x: &[f64], f: impl Fn(&[f64]) -> f64) -> Vec<f64> {
+    let mut xp = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = xp[i];
+            xp[i] = orig + H;
+            let up = f(&xp);
+            xp[i] = orig - H;
+            let down = f(&xp);
+            xp[i] = orig;
+            (up - down) / (2.0 * H)
+        })
+        .collect()
+}
+
+/// Every analytic entry within `rel` of the numerical one, plus `floor` times the
+/// largest numerical entry (for entries that are nearly zero).
+pub fn assert_grad_close(what: &str, analytic: &[f32], numeric: &[f64], rel: f64, floor: f64) {
+    assert_eq!(analytic.len(), numeric.len(), "{what}: lengths");
+    let scale = numeric.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: numerical gradient is all zero; the check would prove nothing");
+    for (i, (&a, &n)) in analytic.iter().zip(numeric).enumerate() {
+        let tol = rel * n.abs() + floor * scale;
+        assert!((a as f64 - n).abs() <= tol, "{what}[{i}]: analytic {a}, numerical {n} (tol {tol:e})");
+    }
+}
+
+/// A global allocator that counts allocations: a test binary declares
+/// `#[global_allocator] static GLOBAL: common::Counting = common::Counting;` and reads
+/// [`ALLOCS`].
+pub struct Counting;
+
+/// Allocations (and reallocations) so far in this test binary.
+pub static ALLOCS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting calls.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+}
