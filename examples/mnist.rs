@@ -28,6 +28,7 @@ usage: cargo run --release --example mnist -- [options]
   --threads N                threads (default: all cores)
   --data DIR                 MNIST directory (default: $MNIST_DIR, else data/mnist)
   --seed N                   seed of the weights and the shuffling    (default 42)
+  --init he|xavier|nnfs      weight initialisation                    (default he)
   --json PATH                also write the figures as JSON
   --help                     this text
 
@@ -48,6 +49,7 @@ struct Args {
     threads: usize,
     data: Option<PathBuf>,
     seed: u64,
+    init: Init,
     json: Option<PathBuf>,
 }
 
@@ -61,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         data: None,
         seed: 42,
+        init: Init::He,
         json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -80,6 +83,14 @@ fn parse_args() -> Result<Args, String> {
             "--decay" => a.decay = value.parse().map_err(|_| format!("--decay: {value:?} is not a number"))?,
             "--optimizer" if ["sgd", "momentum", "adam"].contains(&value.as_str()) => a.optimizer = value,
             "--optimizer" => return Err(format!("--optimizer must be sgd, momentum or adam, got {value:?}")),
+            "--init" => {
+                a.init = match value.as_str() {
+                    "he" => Init::He,
+                    "xavier" => Init::Xavier,
+                    "nnfs" => Init::Nnfs,
+                    _ => return Err(format!("--init must be he, xavier or nnfs, got {value:?}")),
+                }
+            }
             "--data" => a.data = Some(value.into()),
             "--json" => a.json = Some(value.into()),
             other => return Err(format!("unknown option {other:?} (try --help)")),
@@ -166,18 +177,18 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     };
     let optimizer = optimizer.with_decay(args.decay);
     println!(
-        "784-128-64-10, {} lr {lr} decay {}, batch {}, He init, seed {}, {} thread(s), kernel {}; peak {:.1} GFLOP/s per core ({:.1} in all)",
-        args.optimizer, args.decay, args.batch, args.seed, args.threads, isa.name(), peak1, peak
+        "784-128-64-10, {} lr {lr} decay {}, batch {}, {:?} init, seed {}, {} thread(s), kernel {}; peak {:.1} GFLOP/s per core ({:.1} in all)",
+        args.optimizer, args.decay, args.batch, args.init, args.seed, args.threads, isa.name(), peak1, peak
     );
 
     let none = Regularization::default();
     let mut model = Sequential::builder(784)
         .seed(args.seed)
-        .dense_with(128, Init::He, none)
+        .dense_with(128, args.init, none)
         .relu()
-        .dense_with(64, Init::He, none)
+        .dense_with(64, args.init, none)
         .relu()
-        .dense_with(10, Init::He, none)
+        .dense_with(10, args.init, none)
         .build(Loss::SoftmaxCrossEntropy, optimizer)?;
     model.set_threads(Some(args.threads))?;
 
