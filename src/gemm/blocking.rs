@@ -26,6 +26,10 @@ pub const MC: usize = 144;
 /// Measured: 128×784×128 gains 92% → 97% of peak unpacked; 1024³ loses 92% → 86%.
 pub const DIRECT_B_MAX_ROWS: usize = 256;
 
+/// ... or when all of B fits in a quarter of L2 (256 KiB), where re-reading it costs
+/// no more than reading a packed copy: dW1 = Xᵀ·dZ (784×128×128, B = dZ of 64 KiB).
+pub const DIRECT_B_MAX_FLOATS: usize = 64 * 1024;
+
 /// A GEMM gets one task per this many multiply-adds (up to the thread count); below
 /// it, it runs on the calling thread: a rayon fork/join costs 1–3 µs, the whole
 /// runtime of the small MNIST products. Measured on 2 Zen 4 cores (`examples/gemm

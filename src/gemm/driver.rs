@@ -17,7 +17,7 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, k_blocks, DIRECT_B_MAX_ROWS, KC, MAX_TILE, MC, NC};
+use super::blocking::{k_block_start, k_blocks, DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS, KC, MAX_TILE, MC, NC};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
@@ -253,7 +253,7 @@ impl Job<'_> {
                 // otherwise B is packed (see DIRECT_B_MAX_ROWS).
                 let direct_b = K::READS_B_IN_PLACE
                     && self.b.col_stride() == 1
-                    && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR);
+                    && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR || self.k * self.n <= DIRECT_B_MAX_FLOATS);
                 let b_packed = aligned(&mut bufs.b, NC * KC);
                 if !direct_b {
                     pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
