@@ -112,9 +112,18 @@ pub fn add_packed_b_colsums(packed: &[f32], kc: usize, ncols: usize, nr: usize, 
 /// sums, in the same order, as [`add_packed_b_colsums`], for a B read in place.
 pub fn add_b_colsums(b: MatRef<'_>, p0: usize, kc: usize, j0: usize, sums: &mut [f32]) {
     let (data, rs, cs) = (b.as_slice(), b.row_stride(), b.col_stride());
+    let n = sums.len();
     for p in p0..p0 + kc {
-        for (c, s) in sums.iter_mut().enumerate() {
-            *s += data[p * rs + (j0 + c) * cs];
+        if cs == 1 {
+            // Contiguous row segment: a vectorised add of whole rows.
+            let row = &data[p * rs + j0..p * rs + j0 + n];
+            for (s, &x) in sums.iter_mut().zip(row) {
+                *s += x;
+            }
+        } else {
+            for (c, s) in sums.iter_mut().enumerate() {
+                *s += data[p * rs + (j0 + c) * cs];
+            }
         }
     }
 }
