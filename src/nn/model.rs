@@ -1,21 +1,4 @@
-//! A sequential model: layers, a loss and an optimizer, trained with buffers that are
-//! planned once.
-//!
-//! Building the model fuses every Dense layer followed by a ReLU into one layer
-//! (bias and ReLU in the forward GEMM's epilogue; the ReLU mask applied by the backward
-//! GEMM of the layer above). A training step is then, for 784-128-64-10:
-//!
-//! ```text
-//! forward   h1 = relu(x·W1 + b1)    h2 = relu(h1·W2 + b2)    z3 = h2·W3 + b3      3 GEMMs
-//! loss      loss, dz3 = softmax_ce(z3, labels)                                     1 pass
-//! backward  dW3 = h2ᵀ·dz3 (+ db3)   dz2 = (dz3·W3ᵀ) ⊙ 1[h2>0]                     5 GEMMs
-//!           dW2 = h1ᵀ·dz2 (+ db2)   dz1 = (dz2·W2ᵀ) ⊙ 1[h1>0]    dW1 = xᵀ·dz1 (+ db1)
-//! check     every gradient finite (else an error naming step, layer and tensor)
-//! update    one pass per parameter buffer
-//! ```
-//!
-//! Every buffer (activations, gradients, optimizer state, GEMM packing buffers) is
-//! sized by the first step and reused: after it, a training step allocates nothing.
+//! The sequential model: layers, a loss and an optimizer (see [`Sequential`]).
 
 use crate::error::{Error, Result};
 use crate::matrix::{MatRef, Matrix};
@@ -257,7 +240,24 @@ impl Default for FitOptions<'_> {
     }
 }
 
-/// Layers, a loss and an optimizer. See the [module docs](self).
+/// A sequential model: layers, a loss and an optimizer, trained with buffers that are
+/// planned once.
+///
+/// Building the model fuses every Dense layer followed by a ReLU into one layer
+/// (bias and ReLU in the forward GEMM's epilogue; the ReLU mask applied by the backward
+/// GEMM of the layer above). A training step is then, for 784-128-64-10:
+///
+/// ```text
+/// forward   h1 = relu(x·W1 + b1)    h2 = relu(h1·W2 + b2)    z3 = h2·W3 + b3      3 GEMMs
+/// loss      loss, dz3 = softmax_ce(z3, labels)                                     1 pass
+/// backward  dW3 = h2ᵀ·dz3 (+ db3)   dz2 = (dz3·W3ᵀ) ⊙ 1[h2>0]                     5 GEMMs
+///           dW2 = h1ᵀ·dz2 (+ db2)   dz1 = (dz2·W2ᵀ) ⊙ 1[h1>0]    dW1 = xᵀ·dz1 (+ db1)
+/// check     every gradient finite (else an error naming step, layer and tensor)
+/// update    one pass per parameter buffer
+/// ```
+///
+/// Every buffer (activations, gradients, optimizer state, GEMM packing buffers) is
+/// sized by the first step and reused: after it, a training step allocates nothing.
 #[derive(Clone, Debug)]
 pub struct Sequential {
     layers: Vec<Layer>,

@@ -5,7 +5,7 @@
 //!
 //! Matrices are batch-major (one sample per row) and must have contiguous columns
 //! (col stride 1); rows may be padded. Shapes are checked and reported as
-//! [`Error::ShapeMismatch`](crate::Error::ShapeMismatch). Every reduction runs in a
+//! [`crate::Error::ShapeMismatch`]. Every reduction runs in a
 //! fixed order, so results do not depend on the thread count.
 
 pub mod activation;
