@@ -12,6 +12,7 @@
 //! `dX = dZ·Wᵀ`) has unit row stride, so one packed B column is a contiguous run of W.
 //! Each case gets the loop order that reads memory contiguously.
 
+use super::kernel::try_transpose16;
 use crate::matrix::MatRef;
 
 /// Packs `A[i0 .. i0+mc][p0 .. p0+kc]` into `dst` as `ceil(mc/mr)` panels of `mr` rows.
@@ -73,8 +74,29 @@ pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, n
                 panel[p * nr..p * nr + cols].copy_from_slice(&data[off..off + cols]);
             }
         } else if rs == 1 {
-            // Transposed B (Wᵀ): read each column of B, a row of W, contiguously.
-            for c in 0..cols {
+            // Transposed B (Wᵀ): 16 × 16 blocks transposed in registers where the CPU
+            // allows; the rest reads each column of B (a row of W) contiguously.
+            let mut done_cols = 0;
+            if nr.is_multiple_of(16) {
+                while done_cols + 16 <= cols {
+                    let mut pb = 0;
+                    while pb + 16 <= kc {
+                        let src = &data[(first_col + done_cols) * cs + p0 + pb..];
+                        if !try_transpose16(src, cs, &mut panel[pb * nr + done_cols..], nr) {
+                            break;
+                        }
+                        pb += 16;
+                    }
+                    for c in done_cols..done_cols + 16 {
+                        let off = (first_col + c) * cs + p0;
+                        for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
+                            panel[(pb + p) * nr + c] = x;
+                        }
+                    }
+                    done_cols += 16;
+                }
+            }
+            for c in done_cols..cols {
                 let off = (first_col + c) * cs + p0;
                 for (p, &x) in data[off..off + kc].iter().enumerate() {
                     panel[p * nr + c] = x;
@@ -148,6 +170,21 @@ mod tests {
         assert_eq!(&p1[0..4], &[13.0, 23.0, 33.0, 43.0]);
         // Panel 1 has 2 real rows (5, 6) and 2 zero rows.
         assert_eq!(&p1[12..16], &[53.0, 63.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn transposed_b_packs_like_row_major_b_at_every_edge() {
+        // Widths and depths around the 16 × 16 blocks, panel widths 16 and 64.
+        for (kc, nc, nr) in [(16, 16, 16), (37, 50, 64), (15, 17, 16), (33, 64, 64), (64, 130, 64)] {
+            let (k, n) = (kc + 3, nc + 5);
+            let b = Matrix::from_fn(k, n, |i, j| (i * 1000 + j) as f32);
+            let bt = Matrix::from_fn(n, k, |i, j| b[(j, i)]);
+            let len = nc.div_ceil(nr) * nr * kc;
+            let (mut p1, mut p2) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+            pack_b(&mut p1, b.view(), 2, kc, 3, nc, nr);
+            pack_b(&mut p2, bt.t(), 2, kc, 3, nc, nr);
+            assert_eq!(p1, p2, "kc {kc} nc {nc} nr {nr}");
+        }
     }
 
     #[test]

@@ -127,6 +127,20 @@ pub fn prefetch(data: &[u8]) {
     let _ = data;
 }
 
+/// Transposes a 16 × 16 block with AVX-512 when the CPU has it: returns false (and
+/// does nothing) otherwise, so the caller falls back to its own loop.
+/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for `r, c < 16`.
+#[inline]
+pub(crate) fn try_transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::Avx512.is_available() {
+        avx512::transpose16(src, src_stride, dst, dst_stride);
+        return true;
+    }
+    let _ = (src, src_stride, dst, dst_stride);
+    false
+}
+
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
 #[derive(Clone, Copy)]
