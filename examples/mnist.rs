@@ -29,6 +29,7 @@ usage: cargo run --release --example mnist -- [options]
   --data DIR                 MNIST directory (default: $MNIST_DIR, else data/mnist)
   --seed N                   seed of the weights and the shuffling    (default 42)
   --init he|xavier|nnfs      weight initialisation                    (default he)
+  --dropout P                dropout after each hidden layer (training only; default 0)
   --json PATH                also write the figures as JSON
   --help                     this text
 
@@ -50,6 +51,7 @@ struct Args {
     data: Option<PathBuf>,
     seed: u64,
     init: Init,
+    dropout: f32,
     json: Option<PathBuf>,
 }
 
@@ -64,6 +66,7 @@ fn parse_args() -> Result<Args, String> {
         data: None,
         seed: 42,
         init: Init::He,
+        dropout: 0.0,
         json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -91,6 +94,7 @@ fn parse_args() -> Result<Args, String> {
                     _ => return Err(format!("--init must be he, xavier or nnfs, got {value:?}")),
                 }
             }
+            "--dropout" => a.dropout = value.parse().map_err(|_| format!("--dropout: {value:?} is not a number"))?,
             "--data" => a.data = Some(value.into()),
             "--json" => a.json = Some(value.into()),
             other => return Err(format!("unknown option {other:?} (try --help)")),
@@ -182,14 +186,15 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     );
 
     let none = Regularization::default();
-    let mut model = Sequential::builder(784)
-        .seed(args.seed)
-        .dense_with(128, args.init, none)
-        .relu()
-        .dense_with(64, args.init, none)
-        .relu()
-        .dense_with(10, args.init, none)
-        .build(Loss::SoftmaxCrossEntropy, optimizer)?;
+    let mut builder = Sequential::builder(784).seed(args.seed).dense_with(128, args.init, none).relu();
+    if args.dropout > 0.0 {
+        builder = builder.dropout(args.dropout);
+    }
+    builder = builder.dense_with(64, args.init, none).relu();
+    if args.dropout > 0.0 {
+        builder = builder.dropout(args.dropout);
+    }
+    let mut model = builder.dense_with(10, args.init, none).build(Loss::SoftmaxCrossEntropy, optimizer)?;
     model.set_threads(Some(args.threads))?;
 
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
