@@ -5,7 +5,6 @@
 //! the memory traffic of f32) and converts while gathering.
 
 use crate::error::{Error, Result};
-use crate::gemm::Isa;
 use crate::matrix::MatRef;
 
 /// A source of training rows.
@@ -95,7 +94,7 @@ impl Inputs for ScaledBytes<'_> {
 /// If the lengths differ.
 pub fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.is_available() {
+    if crate::gemm::Isa::Avx512.is_available() {
         return crate::gemm::kernel::avx512::bytes_to_f32(src, dst, scale);
     }
     bytes_to_f32_portable(src, dst, scale);
