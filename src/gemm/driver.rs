@@ -236,6 +236,12 @@ impl Job<'_> {
     fn run_block<K: Kernel>(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut Buffers) {
         let nkb = k_blocks(self.k);
         let owns_bgrad = rows.start == 0;
+        // A row-major B is read in place by kernels that mask their B loads (no copy at
+        // all for NN and TN) when few row panels reuse it or it is small; otherwise it
+        // is packed (see DIRECT_B_MAX_ROWS / DIRECT_B_MAX_FLOATS). Fixed for the task.
+        let direct_b = K::READS_B_IN_PLACE
+            && self.b.col_stride() == 1
+            && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR || self.k * self.n <= DIRECT_B_MAX_FLOATS);
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(NC) {
             let nc = NC.min(cols.end - jc);
@@ -248,12 +254,9 @@ impl Job<'_> {
             for kb in 0..nkb {
                 let p0 = k_block_start(self.k, nkb, kb);
                 let kc = k_block_start(self.k, nkb, kb + 1) - p0;
-                // A row-major B is read in place by kernels that mask their B loads
-                // (no copy at all for NN and TN) when few row panels reuse it;
-                // otherwise B is packed (see DIRECT_B_MAX_ROWS).
-                let direct_b = K::READS_B_IN_PLACE
-                    && self.b.col_stride() == 1
-                    && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR || self.k * self.n <= DIRECT_B_MAX_FLOATS);
+                // Sized even when B is read in place: every task sizes both pack
+                // buffers, so one warm call leaves every thread allocation-free
+                // whichever tasks it later runs (tests/no_alloc.rs).
                 let b_packed = aligned(&mut bufs.b, NC * KC);
                 if !direct_b {
                     pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
