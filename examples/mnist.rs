@@ -234,7 +234,8 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     let total_train: f64 = reports.iter().map(|r| r.train_seconds).sum();
     let samples_per_second = 60_000.0 * reports.len() as f64 / total_train.max(1e-9);
     let gflops = samples_per_second * FLOP_PER_SAMPLE / 1e9;
-    println!("summary: median epoch {median:.3} s ({:.1}% of peak), {samples_per_second:.0} samples/s, {gflops:.1} GFLOP/s over all epochs", 100.0 * 60_000.0 * FLOP_PER_SAMPLE / median.max(1e-9) / 1e9 / peak);
+    let median_pct = 100.0 * 60_000.0 * FLOP_PER_SAMPLE / median.max(1e-9) / 1e9 / peak;
+    println!("summary: median epoch {median:.3} s ({median_pct:.1}% of peak), {samples_per_second:.0} samples/s, {gflops:.1} GFLOP/s over all epochs");
     for target in [0.97, 0.98] {
         match milestone(target) {
             Some((epoch, secs)) => {
@@ -266,7 +267,7 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
             list(reports.iter().map(|r| format!("{:.5}", r.loss)).collect()),
             list(test_acc.iter().map(|a| format!("{a:.4}")).collect()),
             test_acc.last().map_or("null".into(), |a| format!("{a:.4}")),
-            100.0 * 60_000.0 * FLOP_PER_SAMPLE / median.max(1e-9) / 1e9 / peak,
+            median_pct,
             milestone(0.97).map_or("null".into(), |(_, s)| format!("{s:.3}")),
             milestone(0.98).map_or("null".into(), |(_, s)| format!("{s:.3}")),
             mem.map_or("null".into(), |m| format!("{m:.1}")),
