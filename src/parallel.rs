@@ -9,6 +9,31 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Where to cut `len` elements in two for a balanced split over `parts` tasks:
+/// `None` when one task should do it all (`parts` ≤ 1), else the end of the first
+/// `parts / 2` tasks' share. Shares are whole multiples of 16 elements (a cache line of
+/// f32), so neighbouring tasks never write the same line; the last share takes the rest.
+///
+/// Elementwise passes (the optimizer update, the finiteness check) split this way
+/// with the first half on the calling thread, as rayon's `join` does: the same halves
+/// a 2-thread GEMM wrote row-block by row-block, so each core finds its half of a
+/// gradient in its own cache.
+pub(crate) fn split_point(len: usize, parts: usize) -> Option<usize> {
+    if parts <= 1 {
+        return None;
+    }
+    let share = len.div_ceil(parts).next_multiple_of(16);
+    let mid = (share * (parts / 2)).min(len);
+    Some(mid)
+}
+
+/// How many tasks an elementwise pass over `len` elements deserves: one per thread of
+/// the current pool, but none smaller than `min_len` (below that, scheduling a task
+/// costs more than the work).
+pub(crate) fn parts_for(len: usize, min_len: usize) -> usize {
+    rayon::current_num_threads().min(len / min_len.max(1)).max(1)
+}
+
 /// Sets the flag when dropped, so helpers stop even if the closure panics.
 struct StopOnDrop<'a>(&'a AtomicBool);
 
@@ -55,6 +80,20 @@ pub fn with_hot_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_points_are_balanced_and_aligned() {
+        assert_eq!(split_point(100_352, 1), None);
+        assert_eq!(split_point(100_352, 2), Some(50_176)); // 784×128 in equal halves
+        assert_eq!(split_point(100, 2), Some(64)); // shares round up to 16
+        assert_eq!(split_point(10, 2), Some(10)); // the second share is empty, not negative
+        assert_eq!(split_point(99, 3), Some(48));
+        for (len, parts) in [(0, 2), (1, 4), (1000, 3), (100_352, 4), (17, 16)] {
+            if let Some(mid) = split_point(len, parts) {
+                assert!(mid <= len && (mid % 16 == 0 || mid == len), "{len} {parts}: {mid}");
+            }
+        }
+    }
 
     #[test]
     fn runs_the_closure_and_returns_in_any_pool() {

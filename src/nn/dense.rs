@@ -19,19 +19,31 @@ use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
 use crate::nn::optim::Optimizer;
 use crate::ops::activation::relu_backward;
+use crate::parallel::{parts_for, split_point};
 use crate::rng::Rng;
 
-/// Elements per task of a parallel update: big enough that a task outweighs its
-/// scheduling (a few µs), small enough that a 784×128 weight matrix splits.
-const UPDATE_CHUNK: usize = 16 * 1024;
+/// Fewest elements worth a task of its own in a parallel update: below this the
+/// scheduling (a few µs) outweighs the pass.
+const UPDATE_MIN_PER_TASK: usize = 16 * 1024;
 
-/// [`Optimizer::update`] split over the current rayon pool at fixed `UPDATE_CHUNK`
-/// boundaries. The update is elementwise, so the split cannot change a bit.
+/// [`Optimizer::update`] split over the current rayon pool, one even share per thread
+/// (see [`split_point`]). The update is elementwise, so the split cannot change a bit.
 fn par_update(opt: &Optimizer, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32], it: u64) -> Result<()> {
-    if p.len() <= UPDATE_CHUNK || rayon::current_num_threads() == 1 {
+    par_update_parts(opt, p, g, s0, s1, it, parts_for(p.len(), UPDATE_MIN_PER_TASK))
+}
+
+fn par_update_parts(
+    opt: &Optimizer,
+    p: &mut [f32],
+    g: &[f32],
+    s0: &mut [f32],
+    s1: &mut [f32],
+    it: u64,
+    parts: usize,
+) -> Result<()> {
+    let Some(mid) = split_point(p.len(), parts) else {
         return opt.update(p, g, s0, s1, it);
-    }
-    let mid = p.len().div_ceil(2 * UPDATE_CHUNK) * UPDATE_CHUNK;
+    };
     // State buffers an optimizer does not use are empty, and stay empty on both sides.
     fn split(s: &mut [f32], mid: usize) -> (&mut [f32], &mut [f32]) {
         if s.is_empty() {
@@ -42,7 +54,11 @@ fn par_update(opt: &Optimizer, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mu
     }
     let ((p1, p2), (g1, g2)) = (p.split_at_mut(mid), g.split_at(mid));
     let ((a1, a2), (b1, b2)) = (split(s0, mid), split(s1, mid));
-    let (r1, r2) = rayon::join(|| par_update(opt, p1, g1, a1, b1, it), || par_update(opt, p2, g2, a2, b2, it));
+    let (first, second) = (parts / 2, parts - parts / 2);
+    let (r1, r2) = rayon::join(
+        || par_update_parts(opt, p1, g1, a1, b1, it, first),
+        || par_update_parts(opt, p2, g2, a2, b2, it, second),
+    );
     r1.and(r2)
 }
 

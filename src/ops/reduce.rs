@@ -5,6 +5,7 @@
 use super::check_rows_contiguous;
 use crate::error::{Error, Result};
 use crate::matrix::MatRef;
+use crate::parallel::{parts_for, split_point};
 
 /// `out[j] = Σ_i x[i][j]`, rows added in order (overwrites `out`).
 ///
@@ -58,16 +59,20 @@ pub fn all_finite(x: &[f32]) -> bool {
     acc == 0.0
 }
 
-/// [`all_finite`] split over the current rayon pool (for large buffers, when the
-/// pool has more than one thread).
+/// [`all_finite`] split over the current rayon pool, one even share per thread (for
+/// buffers of at least two shares of 32 Ki elements).
 pub fn par_all_finite(x: &[f32]) -> bool {
-    const CHUNK: usize = 32 * 1024;
-    if x.len() <= CHUNK || rayon::current_num_threads() == 1 {
-        return all_finite(x);
+    fn split_check(x: &[f32], parts: usize) -> bool {
+        match split_point(x.len(), parts) {
+            None => all_finite(x),
+            Some(mid) => {
+                let (a, b) = x.split_at(mid);
+                let (fa, fb) = rayon::join(|| split_check(a, parts / 2), || split_check(b, parts - parts / 2));
+                fa && fb
+            }
+        }
     }
-    let (a, b) = x.split_at(x.len().div_ceil(2 * CHUNK) * CHUNK);
-    let (fa, fb) = rayon::join(|| par_all_finite(a), || par_all_finite(b));
-    fa && fb
+    split_check(x, parts_for(x.len(), 32 * 1024))
 }
 
 #[cfg(test)]
