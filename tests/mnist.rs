@@ -4,6 +4,7 @@
 //! The real data comes from `MNIST_DIR` (CI points it at `../shared/data/mnist`), else
 //! `data/mnist`. Without it the real-data test is skipped with a message, except under
 //! `CI=true`, where a missing data set is a failure.
+#![cfg(feature = "mnist")]
 
 use fusegrad::data::mnist::{self, IdxKind};
 use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};

@@ -1,5 +1,7 @@
-//! Data sets: NNFS's spiral toy data, and the real MNIST ([`mnist`]).
+//! Data sets: NNFS's spiral toy data, and the real MNIST (`mnist`, with the default
+//! feature `mnist`).
 
+#[cfg(feature = "mnist")]
 pub mod mnist;
 mod spiral;
 
