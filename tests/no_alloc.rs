@@ -5,7 +5,7 @@
 mod common;
 
 use common::ALLOCS;
-use fusegrad::gemm::{gemm_with, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::gemm::{gemm_with, reserve_workspace, Accum, Epilogue, GemmOptions, Isa};
 use fusegrad::Matrix;
 use std::sync::atomic::Ordering;
 
@@ -56,4 +56,21 @@ fn warm_gemm_calls_do_not_allocate() {
             });
         }
     }
+
+    // A fresh pool whose workspace was reserved up front: not even its first split
+    // GEMMs allocate (the fused bias gradients use the caller's scratch, sized by its
+    // first call, so only plain products here).
+    let fresh = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let isa = Isa::best();
+    fresh.install(|| {
+        reserve_workspace(); // returns once every worker has run it
+        let opts = GemmOptions { isa: Some(isa), threads: Some(2), min_work_per_thread: Some(0) };
+        let before = ALLOCS.load(Ordering::SeqCst);
+        for _ in 0..20 {
+            gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+            gemm_with(dw.view_mut(), x.t(), out.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+        }
+        let allocs = ALLOCS.load(Ordering::SeqCst) - before;
+        assert_eq!(allocs, 0, "{isa:?}: {allocs} allocations in the first GEMMs after reserve_workspace");
+    });
 }

@@ -65,6 +65,23 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     r
 }
 
+/// Sizes the packing buffers of the calling thread and of every thread of the pool
+/// its GEMMs run in (the current rayon pool, else the global one) to their largest, so
+/// no later GEMM run by them allocates: a worker that happened not to take a task
+/// during warm-up would otherwise allocate on its first one.
+pub(crate) fn reserve_workspace() {
+    let reserve = || {
+        with_buffers(|bufs| {
+            aligned(&mut bufs.a, MC * KC);
+            aligned(&mut bufs.b, NC * KC);
+        })
+    };
+    if rayon::current_thread_index().is_none() {
+        reserve();
+    }
+    rayon::broadcast(|_| reserve());
+}
+
 /// Takes only the column-sum scratch out of this thread's buffers (leaving the
 /// packing buffers in place for the tasks this thread will run).
 fn take_colsum_scratch() -> Vec<f32> {

@@ -441,6 +441,10 @@ impl Sequential {
     /// One training step on a batch: forward, loss, backward, finiteness check,
     /// update. Returns the batch's data loss and correct count.
     ///
+    /// The model's first step also sizes every pool thread's GEMM workspace
+    /// ([`crate::gemm::reserve_workspace`]), so later steps in the same pool allocate
+    /// nothing.
+    ///
     /// # Errors
     /// [`Error::ShapeMismatch`] / [`Error::LabelOutOfRange`] /
     /// [`Error::InvalidArgument`] for bad inputs or targets, before any work;
@@ -476,6 +480,9 @@ impl Sequential {
     /// [`Self::train_step`] after the checks.
     fn step_checked(&mut self, x: MatRef<'_>, targets: Targets<'_>) -> Result<BatchLoss> {
         let step = self.iterations;
+        if step == 0 {
+            crate::gemm::reserve_workspace();
+        }
         self.forward(x, true)?;
         self.dloss.resize(x.rows(), self.n_outputs);
         let last = self.layers.last().expect("a built model has layers").output().view();
@@ -574,6 +581,8 @@ impl Sequential {
         let mut bx = std::mem::take(&mut self.batch_x);
         let mut bc = std::mem::take(&mut self.batch_classes);
         let mut bv = std::mem::take(&mut self.batch_values);
+        // Every worker's GEMM buffers now, not on its first task mid-epoch.
+        crate::gemm::reserve_workspace();
         // The other workers spin between GEMMs instead of sleeping: a wake-up costs
         // more than a small product (see `parallel::with_hot_workers`).
         let result = crate::parallel::with_hot_workers(|| {
