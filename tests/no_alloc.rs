@@ -43,7 +43,10 @@ fn warm_gemm_calls_do_not_allocate() {
     for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
         for threads in [1, 2] {
             pool.install(|| {
-                // Warm up: every thread of the pool gets its buffers.
+                // Warm up: every thread of the pool gets its buffers (reserved, since a
+                // worker that wins no task in these calls would allocate on its first
+                // one later), and the caller its column-sum scratch.
+                reserve_workspace();
                 for _ in 0..20 {
                     gemm_calls(isa, threads, &x, &w, &h, &mut out, &mut dw, &mut db);
                 }
