@@ -14,10 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 /// `parts / 2` tasks' share. Shares are whole multiples of 16 elements (a cache line of
 /// f32), so neighbouring tasks never write the same line; the last share takes the rest.
 ///
-/// Elementwise passes (the optimizer update, the finiteness check) split this way
-/// with the first half on the calling thread, as rayon's `join` does: the same halves
-/// a 2-thread GEMM wrote row-block by row-block, so each core finds its half of a
-/// gradient in its own cache.
+/// The optimizer update and the finiteness check split this way, recursively with
+/// `rayon::join`, so that every thread gets the same amount of work.
 pub(crate) fn split_point(len: usize, parts: usize) -> Option<usize> {
     if parts <= 1 {
         return None;

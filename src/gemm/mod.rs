@@ -116,8 +116,8 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accum: Accum, epilogue:
 
 /// Sizes the packing buffers of the calling thread and of every thread of the current
 /// rayon pool (the global pool, outside one) to their largest, once: afterwards no GEMM
-/// run by those threads allocates. Without it each thread allocates on its first GEMM task, which
-/// for a worker that rarely wins a task can be many calls in.
+/// run by those threads allocates. Without it each thread allocates on its first GEMM
+/// task, which for a worker that rarely wins a task can be many calls in.
 /// [`Sequential`](crate::nn::Sequential) calls it on its first training step and at
 /// the start of every `fit`.
 pub fn reserve_workspace() {

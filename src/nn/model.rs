@@ -455,6 +455,9 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
+        if self.iterations == 0 {
+            crate::gemm::reserve_workspace(); // `fit` reserves for its own loop
+        }
         self.step_checked(x, targets)
     }
 
@@ -480,9 +483,6 @@ impl Sequential {
     /// [`Self::train_step`] after the checks.
     fn step_checked(&mut self, x: MatRef<'_>, targets: Targets<'_>) -> Result<BatchLoss> {
         let step = self.iterations;
-        if step == 0 {
-            crate::gemm::reserve_workspace();
-        }
         self.forward(x, true)?;
         self.dloss.resize(x.rows(), self.n_outputs);
         let last = self.layers.last().expect("a built model has layers").output().view();
