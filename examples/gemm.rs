@@ -1,15 +1,18 @@
-//! Times one GEMM shape: GFLOP/s, % of this machine's measured FMA peak, and (with
-//! `--peer`) matrixmultiply's figure on the same shape, measured in the same run.
+//! Times one GEMM shape: GFLOP/s, % of the measured FMA peak of the kernel path in
+//! use, and (with `--peer`) matrixmultiply's and the gemm crate's figures on the same
+//! shape, measured in the same run. `--all-isas` times every path this CPU runs on the
+//! MNIST shapes and 1024³ instead, one table.
 //!
 //! ```sh
 //! cargo run --release --example gemm -- --m 128 --k 784 --n 128 --layout tn --peer
+//! cargo run --release --example gemm -- --all-isas
 //! ```
 
 #[path = "../benches/common/mod.rs"]
 mod common;
 
-use fusegrad::gemm::{gemm_with, peak_gflops, Accum, Epilogue, GemmOptions, Isa};
-use fusegrad::Matrix;
+use fusegrad::gemm::{gemm_with, peak_gflops, peak_gflops_asm, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::{MatMut, MatRef, Matrix};
 use std::time::{Duration, Instant};
 
 const HELP: &str = "\
@@ -26,12 +29,14 @@ usage: cargo run --release --example gemm -- [options]
   --threads N    rayon threads                     (default: all cores)
   --kernel K     avx512 | avx2 | portable          (default: FUSEGRAD_KERNEL, else best)
   --min-work N   smallest multiply-add count worth a thread (default: built-in threshold)
-  --peer         also time matrixmultiply::sgemm (single-threaded) on the same shape
-  --seconds S    time budget per contender         (default 1.0)
+  --peer         also time matrixmultiply and the gemm crate (single-threaded)
+  --all-isas     time every kernel path this CPU runs on the MNIST shapes (batch 128)
+                 and 1024³, beside both peers, and print one table
+  --seconds S    time budget per contender         (default 1.0; 0.3 with --all-isas)
   --help         this text
 
-Prints best and median GFLOP/s over repeated samples, and the share of the peak
-(single-core FMA peak of the chosen kernel, measured now, × threads).";
+Prints best and median GFLOP/s over repeated samples, and the share of the peak of
+the kernel path in use (its single-core FMA peak measured now, × the cores used).";
 
 struct Args {
     m: usize,
@@ -42,7 +47,8 @@ struct Args {
     threads: usize,
     isa: Option<Isa>,
     peer: bool,
-    seconds: f64,
+    all_isas: bool,
+    seconds: Option<f64>,
     min_work: Option<usize>,
 }
 
@@ -56,7 +62,8 @@ fn parse_args() -> Result<Args, String> {
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         isa: None,
         peer: false,
-        seconds: 1.0,
+        all_isas: false,
+        seconds: None,
         min_work: None,
     };
     let mut it = std::env::args().skip(1);
@@ -71,9 +78,10 @@ fn parse_args() -> Result<Args, String> {
             "--layout" => args.layout = value()?,
             "--epilogue" => args.epilogue = value()?,
             "--kernel" => args.isa = Some(Isa::parse(&value()?).map_err(|e| e.to_string())?),
-            "--seconds" => args.seconds = value()?.parse().map_err(|_| "--seconds takes a number".to_string())?,
+            "--seconds" => args.seconds = Some(value()?.parse().map_err(|_| "--seconds takes a number".to_string())?),
             "--min-work" => args.min_work = Some(num(value()?)?),
             "--peer" => args.peer = true,
+            "--all-isas" => args.all_isas = true,
             "--help" | "-h" => {
                 println!("{HELP}");
                 std::process::exit(0);
@@ -110,6 +118,137 @@ fn time(budget: Duration, mut f: impl FnMut()) -> (f64, f64) {
     (samples[0], samples[samples.len() / 2])
 }
 
+/// The cores the peak is counted over: `threads`, but never more than the machine has
+/// (4 threads on 2 cores still have only 2 cores' FMA units).
+fn cores_used(threads: usize) -> usize {
+    threads.min(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1)
+}
+
+/// A[m×k] and B[k×n] for a layout, filled with small deterministic values.
+fn operands(m: usize, k: usize, n: usize, layout: &str) -> (Matrix, Matrix) {
+    let tn = layout == "tn";
+    let nt = layout == "nt";
+    let a = Matrix::from_fn(if tn { k } else { m }, if tn { m } else { k }, |i, j| {
+        ((i * 31 + j * 17) % 101) as f32 / 101.0 - 0.5
+    });
+    let b = Matrix::from_fn(if nt { n } else { k }, if nt { k } else { n }, |i, j| {
+        ((i * 13 + j * 7) % 97) as f32 / 97.0 - 0.5
+    });
+    (a, b)
+}
+
+fn view<'a>(store: &'a Matrix, transposed: bool) -> MatRef<'a> {
+    if transposed {
+        store.t()
+    } else {
+        store.view()
+    }
+}
+
+/// Median GFLOP/s of fusegrad on one shape, one path, `threads` threads.
+fn time_fusegrad(isa: Isa, threads: usize, a: MatRef<'_>, b: MatRef<'_>, c: &mut Matrix, budget: Duration) -> f64 {
+    let flops = 2.0 * (a.rows() * a.cols() * b.cols()) as f64;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: None };
+    let (_, median) = pool.install(|| {
+        time(budget, || gemm_with(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None, &opts).expect("gemm"))
+    });
+    flops / median / 1e9
+}
+
+/// Median GFLOP/s of a single-threaded peer on one shape.
+fn time_peer(
+    peer: fn(MatMut<'_>, MatRef<'_>, MatRef<'_>),
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    c: &mut Matrix,
+    budget: Duration,
+) -> f64 {
+    let flops = 2.0 * (a.rows() * a.cols() * b.cols()) as f64;
+    let (_, median) = time(budget, || peer(c.view_mut(), a, b));
+    flops / median / 1e9
+}
+
+/// `--all-isas`: every path this CPU runs, forced in turn, on the MNIST shapes and 1024³,
+/// each against its own path's peak, beside both peers, in one run.
+fn all_isas(seconds: f64) {
+    let budget = Duration::from_secs_f64(seconds);
+    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    println!("machine: {}; best path {}; 1 thread unless marked 2T", cpu_name(), Isa::best().name());
+    println!();
+    println!("| path | peak per core (intrinsics probe) | assembly probe, 8 / 12 chains |");
+    println!("|---|---|---|");
+    let mut peaks = Vec::new();
+    for &isa in &isas {
+        let peak = peak_gflops(isa, Duration::from_millis(500)).expect("peak probe");
+        let asm: Vec<String> = [8, 12]
+            .iter()
+            .map(|&ch| peak_gflops_asm(isa, ch, Duration::from_millis(300)).map_or("–".into(), |g| format!("{g:.1}")))
+            .collect();
+        println!("| {} | {peak:.1} GFLOP/s | {} |", isa.name(), asm.join(" / "));
+        peaks.push(peak);
+    }
+    println!();
+    let mut shapes: Vec<(String, usize, usize, usize, &str, usize)> =
+        common::mnist_shapes(128).into_iter().map(|(name, m, k, n, l)| (name, m, k, n, l, 1)).collect();
+    shapes.push(("square 1024x1024x1024".into(), 1024, 1024, 1024, "nn", 1));
+    shapes.push(("square 1024x1024x1024 2T".into(), 1024, 1024, 1024, "nn", 2));
+    let header: Vec<String> = isas.iter().map(|i| format!("{} GFLOP/s (% of its peak)", i.name())).collect();
+    println!(
+        "| shape (m×k×n, layout) | {} | matrixmultiply | gemm crate | {} vs matrixmultiply | {} vs gemm crate |",
+        header.join(" | "),
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / "),
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / ")
+    );
+    println!("|---|{}---|---|---|---|", "---|".repeat(isas.len()));
+    for (name, m, k, n, layout, threads) in shapes {
+        let (sa, sb) = operands(m, k, n, layout);
+        let (a, b) = (view(&sa, layout == "tn"), view(&sb, layout == "nt"));
+        let mut c = Matrix::zeros(m, n);
+        let ours: Vec<f64> = isas.iter().map(|&isa| time_fusegrad(isa, threads, a, b, &mut c, budget)).collect();
+        let (mm, gc) = if threads == 1 {
+            (
+                time_peer(common::matrixmultiply_gemm, a, b, &mut c, budget),
+                time_peer(common::gemm_crate_gemm, a, b, &mut c, budget),
+            )
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        let cores = cores_used(threads) as f64;
+        let cells: Vec<String> =
+            ours.iter().zip(&peaks).map(|(g, p)| format!("{g:.1} ({:.0}%)", 100.0 * g / (p * cores))).collect();
+        let ratio = |peer: f64| -> String {
+            if peer.is_nan() {
+                "–".into()
+            } else {
+                ours.iter().map(|g| format!("{:.2}×", g / peer)).collect::<Vec<_>>().join(" / ")
+            }
+        };
+        let fmt = |g: f64| if g.is_nan() { "–".to_string() } else { format!("{g:.1}") };
+        println!(
+            "| {name} {layout} | {} | {} | {} | {} | {} |",
+            cells.join(" | "),
+            fmt(mm),
+            fmt(gc),
+            ratio(mm),
+            ratio(gc)
+        );
+    }
+}
+
+/// The CPU's model name and family/model numbers, from /proc/cpuinfo where there is one.
+fn cpu_name() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        info.lines().find(|l| l.starts_with(key)).and_then(|l| l.split(':').nth(1)).map(|v| v.trim().to_string())
+    };
+    match (field("model name"), field("cpu family"), field("model\t")) {
+        (Some(name), Some(fam), Some(model)) => format!("{name} (family {fam}, model {model})"),
+        (Some(name), _, _) => name,
+        _ => std::env::consts::ARCH.to_string(),
+    }
+}
+
 fn main() {
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("error: {e}");
@@ -118,28 +257,25 @@ fn main() {
     if cfg!(debug_assertions) {
         eprintln!("warning: debug build; timings are meaningless without --release");
     }
+    if args.all_isas {
+        all_isas(args.seconds.unwrap_or(0.3));
+        return;
+    }
     let isa = args.isa.unwrap_or_else(|| fusegrad::gemm::default_isa().unwrap_or(Isa::Portable));
     let (m, k, n) = (args.m, args.k, args.n);
-    let a_store =
-        Matrix::from_fn(if args.layout == "tn" { k } else { m }, if args.layout == "tn" { m } else { k }, |i, j| {
-            ((i * 31 + j * 17) % 101) as f32 / 101.0 - 0.5
-        });
-    let b_store =
-        Matrix::from_fn(if args.layout == "nt" { n } else { k }, if args.layout == "nt" { k } else { n }, |i, j| {
-            ((i * 13 + j * 7) % 97) as f32 / 97.0 - 0.5
-        });
-    let a = if args.layout == "tn" { a_store.t() } else { a_store.view() };
-    let b = if args.layout == "nt" { b_store.t() } else { b_store.view() };
+    let (a_store, b_store) = operands(m, k, n, &args.layout);
+    let (a, b) = (view(&a_store, args.layout == "tn"), view(&b_store, args.layout == "nt"));
     let bias = vec![0.01f32; n];
     let mut c = Matrix::zeros(m, n);
     let flops = 2.0 * (m * n * k) as f64;
-    let budget = Duration::from_secs_f64(args.seconds);
+    let budget = Duration::from_secs_f64(args.seconds.unwrap_or(1.0));
 
     let peak1 = peak_gflops(isa, Duration::from_millis(500)).unwrap_or_else(|e| {
         eprintln!("error: {e}");
         std::process::exit(2);
     });
-    let peak = peak1 * args.threads as f64;
+    let cores = cores_used(args.threads);
+    let peak = peak1 * cores as f64;
     println!(
         "shape {m}×{k}×{n} layout {} epilogue {} kernel {} threads {}",
         args.layout,
@@ -147,7 +283,20 @@ fn main() {
         isa.name(),
         args.threads
     );
-    println!("peak (measured FMA throughput): {peak1:.1} GFLOP/s per core, {peak:.1} for {} threads", args.threads);
+    println!(
+        "{} peak (measured FMA throughput): {peak1:.1} GFLOP/s per core, {peak:.1} on the {cores} core(s) used",
+        isa.name()
+    );
+    let best_isa = Isa::best();
+    if best_isa != isa {
+        if let Ok(best_peak) = peak_gflops(best_isa, Duration::from_millis(500)) {
+            println!(
+                "(this CPU's best path, {}, peaks at {best_peak:.1} GFLOP/s per core: {isa} was forced)",
+                best_isa.name(),
+                isa = isa.name()
+            );
+        }
+    }
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().expect("thread pool");
     let opts = GemmOptions { isa: Some(isa), threads: Some(args.threads), min_work_per_thread: args.min_work };
@@ -163,20 +312,26 @@ fn main() {
     });
     let g = flops / best / 1e9;
     println!(
-        "fusegrad        best {:8.1} µs  {g:7.1} GFLOP/s  {:5.1}% of peak   (median {:.1} GFLOP/s)",
+        "fusegrad        best {:8.1} µs  {g:7.1} GFLOP/s  {:5.1}% of {} peak   (median {:.1} GFLOP/s)",
         best * 1e6,
         100.0 * g / peak,
+        isa.name(),
         flops / median / 1e9
     );
     if args.peer {
-        let (pbest, pmedian) = time(budget, || common::matrixmultiply_gemm(c.view_mut(), a, b));
-        let pg = flops / pbest / 1e9;
-        println!(
-            "matrixmultiply  best {:8.1} µs  {pg:7.1} GFLOP/s  {:5.1}% of 1-core peak (median {:.1} GFLOP/s; 1 thread)",
-            pbest * 1e6,
-            100.0 * pg / peak1,
-            flops / pmedian / 1e9
-        );
-        println!("ratio fusegrad / matrixmultiply: {:.2}×", g / pg);
+        let peers: [(&str, fn(MatMut<'_>, MatRef<'_>, MatRef<'_>)); 2] =
+            [("matrixmultiply", common::matrixmultiply_gemm), ("gemm crate", common::gemm_crate_gemm)];
+        for (name, peer) in peers {
+            let (pbest, pmedian) = time(budget, || peer(c.view_mut(), a, b));
+            let pg = flops / pbest / 1e9;
+            println!(
+                "{name:15} best {:8.1} µs  {pg:7.1} GFLOP/s  {:5.1}% of 1-core {} peak (median {:.1} GFLOP/s; 1 thread)",
+                pbest * 1e6,
+                100.0 * pg / peak1,
+                isa.name(),
+                flops / pmedian / 1e9
+            );
+            println!("ratio fusegrad / {name}: {:.2}× (best), {:.2}× (median)", g / pg, pmedian / median);
+        }
     }
 }

@@ -32,6 +32,41 @@ pub fn matrixmultiply_gemm(mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
     }
 }
 
+/// `C = op(A)·op(B)` with the gemm crate (0.19, its default AVX2+FMA kernels on
+/// x86), single-threaded, from fusegrad views.
+pub fn gemm_crate_gemm(mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    assert!(c.rows() == m && c.cols() == n && b.rows() == k, "peer: shape mismatch");
+    let (rsc, csc) = (c.row_stride() as isize, c.col_stride() as isize);
+    let dst = c.as_mut_slice().as_mut_ptr();
+    // SAFETY: as for `matrixmultiply_gemm`: every element `i·rs + j·cs` of each view is
+    // inside its slice, and C does not alias A or B; read_dst = false, so C is only
+    // written (dst = 1·A·B).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            csc,
+            rsc,
+            false,
+            a.as_slice().as_ptr(),
+            a.col_stride() as isize,
+            a.row_stride() as isize,
+            b.as_slice().as_ptr(),
+            b.col_stride() as isize,
+            b.row_stride() as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// The GEMMs of one training step of 784-128-64-10 at batch `b`: (name, m, k, n, layout).
 pub fn mnist_shapes(b: usize) -> Vec<(String, usize, usize, usize, &'static str)> {
     vec![

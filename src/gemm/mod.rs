@@ -44,7 +44,7 @@ mod peak;
 
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
-pub use peak::peak_gflops;
+pub use peak::{peak_gflops, peak_gflops_asm};
 
 use crate::error::{Error, Result};
 use crate::matrix::{MatMut, MatRef};

@@ -20,7 +20,7 @@ pub(crate) struct Avx2;
 impl Kernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
-    const READS_B_IN_PLACE: bool = false;
+    const READS_B_IN_PLACE: bool = true;
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
@@ -28,17 +28,42 @@ impl Kernel for Avx2 {
     }
 }
 
+/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
+///
+/// It lives in its own function, returning the accumulators by value, so that they
+/// stay in registers: with the loop written inside the epilogue's function LLVM kept
+/// the 12 accumulators in a stack array and stored each one after its FMA (seen in the
+/// disassembly), which made the loop bound by stores at ≈ 40% of the FMA peak.
+/// 12 accumulators + 2 B vectors + 1 broadcast use 15 of the 16 ymm registers.
+///
+/// # Safety
+/// The tile contract; when `!MASKED`, B rows must have `NV·8` readable columns; the
+/// CPU supports avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+#[inline]
+unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
+    kc: usize,
+    a: APanel,
+    b: BPanel,
+    mr: usize,
+    masks: &[__m256i; NV],
+) -> [[__m256; NV]; MR] {
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     // Rows at or past mr re-read row mr - 1 (never stored): A is not read outside the tile.
-    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(t.mr - 1) * a.rs));
+    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
     for p in 0..kc {
-        // SAFETY: p < kc: B row p (NV·8 floats) lies inside the packed panel, and each
-        // row pointer addresses a row i < mr at step p, readable by contract.
+        // SAFETY: p < kc: B row p is read at columns the caller vouched for (all NV·8
+        // when unmasked; masked lanes j ≥ nr are neither read nor faulted on), and
+        // each row pointer addresses a row i < mr at step p, readable by contract.
         unsafe {
             let bp = b.ptr.add(p * b.rs);
-            let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bp.add(v * 8)));
+            let bv: [__m256; NV] = std::array::from_fn(|v| {
+                if MASKED {
+                    _mm256_maskload_ps(bp.add(v * 8), masks[v])
+                } else {
+                    _mm256_loadu_ps(bp.add(v * 8))
+                }
+            });
             for (row, ap) in acc.iter_mut().zip(rows.iter()) {
                 let ai = _mm256_broadcast_ss(&*ap.add(p * a.cs));
                 for (x, bv) in row.iter_mut().zip(bv.iter()) {
@@ -47,12 +72,26 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
             }
         }
     }
+    acc
+}
 
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: BPanel, t: &Tile) {
     // Lane l of vector v is valid when v·8 + l < nr.
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let masks: [__m256i; NV] =
         std::array::from_fn(|v| _mm256_cmpgt_epi32(_mm256_set1_epi32(t.nr.saturating_sub(v * 8).min(8) as i32), lanes));
     let full: [bool; NV] = std::array::from_fn(|v| t.nr >= (v + 1) * 8);
+    // A packed panel is zero-padded to NR columns and a full tile reads only valid
+    // columns, so both take plain loads; only a partial tile of a B read in place
+    // needs its B loads masked.
+    let acc = if !b.padded && t.nr < NV * 8 {
+        // SAFETY: forwarded contract; masked loads stay within columns j < nr.
+        unsafe { accumulate::<MR, NV, true>(kc, a, b, t.mr, &masks) }
+    } else {
+        // SAFETY: forwarded contract; every B row has NV·8 readable columns here.
+        unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
+    };
     let zero = _mm256_setzero_ps();
     // SAFETY (whole store phase): full vectors lie inside the tile's valid columns;
     // partial ones go through vmaskmovps with exactly the valid lanes set; rows are
@@ -127,7 +166,12 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     }
 }
 
-/// Single-core throughput probe: 16 independent ymm FMA chains.
+/// Single-core throughput probe: 12 independent ymm FMA chains. Zen 3/4/5 and Intel
+/// cores since Haswell run two 256-bit FMA pipes with a latency of 4–5 cycles, so 8–10
+/// chains in flight keep both busy; 12 chains plus the two constants use 14 of the 16
+/// ymm registers, so nothing spills (the k loop of the disassembly is 12 `vfmadd231ps`
+/// on registers and a counter). The earlier 16-chain probe spilled and read half of
+/// the real peak.
 pub(crate) fn fma_chains(iters: u64) -> (f32, u64) {
     assert!(super::Isa::Avx2.is_available(), "fma_chains: avx2+fma not available");
     // SAFETY: avx2 and fma were checked just above.
@@ -136,7 +180,8 @@ pub(crate) fn fma_chains(iters: u64) -> (f32, u64) {
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
-    let mut acc = [_mm256_set1_ps(1.0); 16];
+    const CHAINS: usize = 12;
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
     let x = _mm256_set1_ps(std::hint::black_box(0.999_999));
     let y = _mm256_set1_ps(std::hint::black_box(1e-7));
     for _ in 0..iters {
@@ -148,5 +193,48 @@ unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
     let total = acc.iter().fold(_mm256_setzero_ps(), |s, &a| _mm256_add_ps(s, a));
     // SAFETY: `lanes` holds exactly the 8 floats one ymm store writes.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
-    (lanes.iter().sum(), 16 * 8 * 2)
+    (lanes.iter().sum(), (CHAINS * 8 * 2) as u64)
+}
+
+/// The second, independently written probe: `CHAINS` (8 or 12) `vfmadd231ps` on fixed
+/// ymm registers in an inline-assembly loop, so that no compiler decision (spills,
+/// scheduling) can touch the figure. Zero operands: the values never change and no
+/// denormal ever appears. Returns the flops per iteration.
+pub(crate) fn fma_chains_asm<const CHAINS: usize>(iters: u64) -> u64 {
+    assert!(super::Isa::Avx2.is_available(), "fma_chains_asm: avx2+fma not available");
+    // SAFETY: avx2 and fma were checked just above.
+    unsafe { fma_chains_asm_impl::<CHAINS>(iters.max(1)) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_chains_asm_impl<const CHAINS: usize>(iters: u64) -> u64 {
+    macro_rules! probe {
+        ($($r:literal),*) => {
+            // SAFETY: register-only arithmetic on the registers declared clobbered;
+            // the loop counter is a register operand and `iters ≥ 1`.
+            unsafe {
+                std::arch::asm!(
+                    "vxorps ymm14, ymm14, ymm14",
+                    "vxorps ymm15, ymm15, ymm15",
+                    $(concat!("vxorps ymm", $r, ", ymm", $r, ", ymm", $r),)*
+                    "2:",
+                    $(concat!("vfmadd231ps ymm", $r, ", ymm14, ymm15"),)*
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters => _,
+                    out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                    out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                    out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                    out("ymm14") _, out("ymm15") _,
+                    options(nomem, nostack),
+                )
+            }
+        };
+    }
+    match CHAINS {
+        8 => probe!(0, 1, 2, 3, 4, 5, 6, 7),
+        12 => probe!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+        _ => panic!("fma_chains_asm: 8 or 12 chains, got {CHAINS}"),
+    }
+    (CHAINS * 8 * 2) as u64
 }

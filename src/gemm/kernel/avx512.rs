@@ -191,6 +191,48 @@ unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
     (_mm512_reduce_add_ps(total), 16 * 16 * 2)
 }
 
+/// The second, independently written probe: `CHAINS` (8 or 12) `vfmadd231ps` on fixed
+/// zmm registers in an inline-assembly loop (see `avx2::fma_chains_asm`). Returns the
+/// flops per iteration.
+pub(crate) fn fma_chains_asm<const CHAINS: usize>(iters: u64) -> u64 {
+    assert!(super::Isa::Avx512.is_available(), "fma_chains_asm: avx512f not available");
+    // SAFETY: avx512f was checked just above.
+    unsafe { fma_chains_asm_impl::<CHAINS>(iters.max(1)) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_chains_asm_impl<const CHAINS: usize>(iters: u64) -> u64 {
+    macro_rules! probe {
+        ($($r:literal),*) => {
+            // SAFETY: register-only arithmetic on the registers declared clobbered;
+            // the loop counter is a register operand and `iters ≥ 1`.
+            unsafe {
+                std::arch::asm!(
+                    "vpxord zmm14, zmm14, zmm14",
+                    "vpxord zmm15, zmm15, zmm15",
+                    $(concat!("vpxord zmm", $r, ", zmm", $r, ", zmm", $r),)*
+                    "2:",
+                    $(concat!("vfmadd231ps zmm", $r, ", zmm14, zmm15"),)*
+                    "dec {n}",
+                    "jnz 2b",
+                    n = inout(reg) iters => _,
+                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                    out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                    out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                    out("zmm14") _, out("zmm15") _,
+                    options(nomem, nostack),
+                )
+            }
+        };
+    }
+    match CHAINS {
+        8 => probe!(0, 1, 2, 3, 4, 5, 6, 7),
+        12 => probe!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
+        _ => panic!("fma_chains_asm: 8 or 12 chains, got {CHAINS}"),
+    }
+    (CHAINS * 16 * 2) as u64
+}
+
 /// `dst[i] = src[i] as f32 * scale` for `i < dst.len()` (= `src.len()`), 16 bytes per
 /// instruction (zero-extend to i32, convert, multiply); the tail with a lane mask.
 ///
