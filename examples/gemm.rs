@@ -156,6 +156,9 @@ fn time_fusegrad(isa: Isa, threads: usize, a: MatRef<'_>, b: MatRef<'_>, c: &mut
     flops / median / 1e9
 }
 
+/// A peer's GEMM entry: `C = op(A)·op(B)`.
+type Peer = fn(MatMut<'_>, MatRef<'_>, MatRef<'_>);
+
 /// Median GFLOP/s of a single-threaded peer on one shape.
 fn time_peer(
     peer: fn(MatMut<'_>, MatRef<'_>, MatRef<'_>),
@@ -319,7 +322,7 @@ fn main() {
         flops / median / 1e9
     );
     if args.peer {
-        let peers: [(&str, fn(MatMut<'_>, MatRef<'_>, MatRef<'_>)); 2] =
+        let peers: [(&str, Peer); 2] =
             [("matrixmultiply", common::matrixmultiply_gemm), ("gemm crate", common::gemm_crate_gemm)];
         for (name, peer) in peers {
             let (pbest, pmedian) = time(budget, || peer(c.view_mut(), a, b));
