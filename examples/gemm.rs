@@ -149,7 +149,7 @@ fn view<'a>(store: &'a Matrix, transposed: bool) -> MatRef<'a> {
 fn time_fusegrad(isa: Isa, threads: usize, a: MatRef<'_>, b: MatRef<'_>, c: &mut Matrix, budget: Duration) -> f64 {
     let flops = 2.0 * (a.rows() * a.cols() * b.cols()) as f64;
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
-    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: None };
+    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: None, ..Default::default() };
     let (_, median) = pool.install(|| {
         time(budget, || gemm_with(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None, &opts).expect("gemm"))
     });
@@ -302,7 +302,12 @@ fn main() {
     }
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().expect("thread pool");
-    let opts = GemmOptions { isa: Some(isa), threads: Some(args.threads), min_work_per_thread: args.min_work };
+    let opts = GemmOptions {
+        isa: Some(isa),
+        threads: Some(args.threads),
+        min_work_per_thread: args.min_work,
+        ..Default::default()
+    };
     let (best, median) = pool.install(|| {
         time(budget, || {
             let epi = match args.epilogue.as_str() {

@@ -9,7 +9,7 @@
 mod common;
 
 use common::Rng;
-use fusegrad::gemm::{gemm_naive, gemm_naive_f64, gemm_with, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::gemm::{gemm_naive, gemm_naive_f64, gemm_with, Accum, Blocking, CacheSizes, Epilogue, GemmOptions, Isa};
 use fusegrad::{Error, MatMut, MatRef, Matrix};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64; // unit roundoff of f32
@@ -151,6 +151,8 @@ struct Run {
     accum: Accum,
     epi: Epi,
     threads: usize,
+    /// Caches the block sizes are derived from (None: this CPU's).
+    caches: Option<CacheSizes>,
 }
 
 /// Runs one GEMM and checks C, the sentinels around it, and any bias gradient.
@@ -168,7 +170,8 @@ fn check(p: &Problem, r: Run) -> Result<(), String> {
         Epi::ReluMaskBiasGrad => Epilogue::ReluMaskBiasGrad { h: p.h.view(), dbiases: &mut db },
         Epi::BiasGradB => Epilogue::BiasGradB(&mut db),
     };
-    let opts = GemmOptions { isa: Some(r.isa), threads: Some(r.threads), min_work_per_thread: Some(0) };
+    let opts =
+        GemmOptions { isa: Some(r.isa), threads: Some(r.threads), min_work_per_thread: Some(0), caches: r.caches };
     gemm_with(c.view_mut(), p.a.view(), p.b.view(), r.accum, epilogue, &opts).map_err(|e| format!("{}: {e}", ctx()))?;
 
     let mut db_exp = vec![0.0f64; n];
@@ -233,10 +236,15 @@ fn check(p: &Problem, r: Run) -> Result<(), String> {
 
 /// Every epilogue and both accumulate modes, on every kernel path.
 fn check_all(p: &Problem, lc: Layout, threads: usize) {
+    check_all_with_caches(p, lc, threads, None);
+}
+
+/// [`check_all`] with the block sizes derived from `caches`.
+fn check_all_with_caches(p: &Problem, lc: Layout, threads: usize, caches: Option<CacheSizes>) {
     for isa in isas() {
         for epi in EPIS {
             for accum in [Accum::Overwrite, Accum::Add] {
-                check(p, Run { isa, lc, accum, epi, threads }).unwrap_or_else(|e| panic!("{e}"));
+                check(p, Run { isa, lc, accum, epi, threads, caches }).unwrap_or_else(|e| panic!("{e}"));
             }
         }
     }
@@ -273,12 +281,35 @@ fn every_transpose_and_stride_combination() {
 
 #[test]
 fn block_boundaries() {
-    // KC = 512 (k is split into equal blocks above it), MC = 144, NC = 256.
+    // This CPU's blocks for the 6-row kernels (kc = 512 on every x86 CPU we know:
+    // k is split into equal blocks above it; mc = 144; nc = 256 on a 1 MiB L2).
     let mut rng = Rng::new(3);
-    let shapes = [(7, 511, 17), (7, 512, 17), (7, 513, 17), (5, 1025, 9), (143, 9, 255), (144, 9, 256), (145, 9, 257)];
+    let blk = Blocking::for_kernel(6, 16, CacheSizes::detected());
+    let (kc, mc, nc) = (blk.kc, blk.mc, blk.nc);
+    let shapes =
+        [(7, kc - 1, 17), (7, kc, 17), (7, kc + 1, 17), (5, 2 * kc + 1, 9), (mc - 1, 9, nc - 1), (mc + 1, 9, nc + 1)];
     for shape in shapes {
         let p = Problem::new(&mut rng, shape, Layout::Row, Layout::Row, Layout::Row);
         check_all(&p, Layout::Row, 1);
+    }
+}
+
+#[test]
+fn block_boundaries_of_small_caches() {
+    // Small caches give small blocks (kc 170, nc 48 for a 6 × 16 tile at 8 KiB / 64
+    // KiB), so shapes just below and above every kernel's kc, mc and nc stay cheap;
+    // 2 threads split them into tasks that cross those boundaries too.
+    let mut rng = Rng::new(33);
+    for caches in [CacheSizes { l1d: 8 << 10, l2: 64 << 10 }, CacheSizes { l1d: 32 << 10, l2: 128 << 10 }] {
+        for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)] {
+            let Blocking { kc, mc, nc } = Blocking::for_kernel(mr, nr, caches);
+            for shape in [(mc + 1, kc + 1, nc + 1), (mc - 1, kc - 1, nc - 1), (mr + 1, 2 * kc + 3, 2 * nc + 1)] {
+                let (la, lb) =
+                    if shape.0 % 2 == 0 { (Layout::Row, Layout::Trans) } else { (Layout::Trans, Layout::Row) };
+                let p = Problem::new(&mut rng, shape, la, lb, Layout::Row);
+                check_all_with_caches(&p, Layout::Row, 2, Some(caches));
+            }
+        }
     }
 }
 
@@ -316,6 +347,9 @@ fn random_shapes_layouts_and_threads() {
             accum: if rng.below(2) == 0 { Accum::Overwrite } else { Accum::Add },
             epi: EPIS[rng.below(EPIS.len())],
             threads: 1 + rng.below(3),
+            // Half the cases with small caches: random shapes then cross k, m and n
+            // block boundaries too.
+            caches: (rng.below(2) == 0).then_some(CacheSizes { l1d: 8 << 10, l2: 64 << 10 }),
         };
         check(&p, run).unwrap_or_else(|e| panic!("seed {seed} case {case}: {e}"));
     }
@@ -364,7 +398,8 @@ fn overwrite_ignores_nan_in_c_and_writes_only_the_view() {
     for isa in isas() {
         for lc in LAYOUTS {
             for epi in EPIS {
-                check(&p, Run { isa, lc, accum: Accum::Overwrite, epi, threads: 1 }).unwrap_or_else(|e| panic!("{e}"));
+                check(&p, Run { isa, lc, accum: Accum::Overwrite, epi, threads: 1, caches: None })
+                    .unwrap_or_else(|e| panic!("{e}"));
             }
         }
     }
@@ -385,7 +420,12 @@ fn bit_identical_for_any_thread_count() {
         for isa in isas() {
             let mut reference: Option<(Vec<u32>, Vec<u32>, Vec<u32>)> = None;
             for threads in [1, 2, 3, 4] {
-                let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0) };
+                let opts = GemmOptions {
+                    isa: Some(isa),
+                    threads: Some(threads),
+                    min_work_per_thread: Some(0),
+                    ..Default::default()
+                };
                 let (mut c, mut c2, mut db, mut db2) =
                     (Matrix::zeros(m, n), Matrix::zeros(k, n), vec![0.0; n], vec![0.0; n]);
                 pool.install(|| {

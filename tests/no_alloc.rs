@@ -25,7 +25,8 @@ fn gemm_calls(
     dw: &mut Matrix,
     db: &mut [f32],
 ) {
-    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0) };
+    let opts =
+        GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0), ..Default::default() };
     gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
     gemm_with(dw.view_mut(), x.t(), out.view(), Accum::Overwrite, Epilogue::BiasGradB(db), &opts).unwrap();
     let epi = Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: db };
@@ -67,7 +68,7 @@ fn warm_gemm_calls_do_not_allocate() {
     let isa = Isa::best();
     fresh.install(|| {
         reserve_workspace(); // returns once every worker has run it
-        let opts = GemmOptions { isa: Some(isa), threads: Some(2), min_work_per_thread: Some(0) };
+        let opts = GemmOptions { isa: Some(isa), threads: Some(2), min_work_per_thread: Some(0), ..Default::default() };
         let before = ALLOCS.load(Ordering::SeqCst);
         for _ in 0..20 {
             gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();

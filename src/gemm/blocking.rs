@@ -1,24 +1,103 @@
-//! Every blocking constant of the GEMM in one place, and what each one cuts.
+//! Every blocking decision of the GEMM in one place, and what each one cuts.
 //!
 //! The driver runs the BLIS loops in the order jc → pc → ic → ir → jr, with the
 //! register tile innermost. Inside one (jc, pc) block the packed B block (`KC × NC`)
-//! is reused by every row panel, so it is sized for L2; one packed A micro-panel
-//! (`MR × KC`) is reused across the whole `jr` sweep, so it is sized for L1. This is
-//! the AOCL zen4/zen5 "sup" arrangement (B streamed from L2, A micro-panel in L1).
-//! Starting points come from `../shared/research/GEMM-NOTES.md` and were tuned
-//! against `cargo bench --bench gemm`.
+//! is reused by every row panel, so it is sized for L2; one A micro-panel (`MR × KC`)
+//! is reused across the whole `jr` sweep, so it is sized for L1. This is the AOCL
+//! zen4/zen5 "sup" arrangement (B streamed from L2, A micro-panel in L1).
+//!
+//! The block sizes are derived per kernel from the L1d and L2 sizes of the CPU
+//! ([`CacheSizes::detected`]): a 512 KiB packed B block, right for the 1 MiB L2 of a
+//! Zen 4, is all of a Zen 3's L2. They never depend on the thread count, so results
+//! stay bit-identical for any number of threads on one machine; between machines
+//! with different caches the k split (and so the last bits of a sum) may differ, as
+//! with any BLAS.
 
-/// Largest k block (the depth of one packed panel pair). k is split into
-/// `ceil(k / KC)` equal blocks rather than `KC + remainder`, so k = 784 runs as two
-/// blocks of 392. An A micro-panel is `MR × KC × 4` bytes: 12 KiB for 6 × 512.
-pub const KC: usize = 512;
+use std::sync::OnceLock;
 
-/// Largest n block: columns of B packed at once. `KC × NC × 4` bytes = 512 KiB of L2.
-pub const NC: usize = 256;
+/// The per-core data cache sizes the block sizes are derived from, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// Level-1 data cache of one core.
+    pub l1d: usize,
+    /// Level-2 cache of one core (or its share, where a cluster of cores shares one).
+    pub l2: usize,
+}
 
-/// Largest m block: rows of A packed at once (a multiple of every kernel's MR:
-/// 4, 6 and 16). `MC × KC × 4` bytes = 288 KiB.
-pub const MC: usize = 144;
+impl CacheSizes {
+    /// Used when the CPU does not report its caches: the smallest of the common
+    /// desktop and server cores (Zen 1–3, Skylake client), so that blocks never
+    /// overflow a real cache.
+    pub const FALLBACK: CacheSizes = CacheSizes { l1d: 32 * 1024, l2: 512 * 1024 };
+
+    /// This CPU's caches, read once per process: CPUID on x86_64 (AMD leaves
+    /// 0x8000_0005/6, Intel leaf 4), `/sys/devices/system/cpu/cpu0/cache` on other
+    /// Linux targets, else [`CacheSizes::FALLBACK`]. Values outside a plausible range
+    /// (L1d 8 KiB – 1 MiB, L2 64 KiB – 16 MiB) are replaced by the fallback's.
+    pub fn detected() -> CacheSizes {
+        static DETECTED: OnceLock<CacheSizes> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let raw = detect();
+            CacheSizes {
+                l1d: raw.l1d.filter(|s| (8 << 10..=1 << 20).contains(s)).unwrap_or(Self::FALLBACK.l1d),
+                l2: raw.l2.filter(|s| (64 << 10..=16 << 20).contains(s)).unwrap_or(Self::FALLBACK.l2),
+            }
+        })
+    }
+}
+
+/// The block sizes of one kernel on one machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Blocking {
+    /// Largest k block (the depth of one packed panel pair). k is split into
+    /// `ceil(k / kc)` equal blocks rather than `kc + remainder`, so k = 784 with
+    /// kc = 512 runs as two blocks of 392.
+    pub kc: usize,
+    /// Largest m block: rows of A packed at once (a multiple of the kernel's MR).
+    pub mc: usize,
+    /// Largest n block: columns of B packed at once (a multiple of the kernel's NR).
+    pub nc: usize,
+}
+
+/// The deepest k block: beyond it a longer k loop gains nothing and the C tile is
+/// revisited less often than its packing costs.
+const KC_MAX: usize = 512;
+/// The shallowest k block worth a packing pass.
+const KC_MIN: usize = 64;
+/// The A block height, rounded down to a multiple of MR: 144 is one of 4, 6, 8 and 16.
+const MC_TARGET: usize = 144;
+/// The widest B block, whatever the L2 (BLIS's zen3 NC is 4080).
+const NC_MAX: usize = 4096;
+
+impl Blocking {
+    /// The block sizes for an `mr × nr` kernel with these caches:
+    /// - `kc`: the A micro-panel (`mr × kc` floats) fills at most half of L1d, leaving
+    ///   the other half to the B rows streaming past it; within 64..=512.
+    /// - `nc`: the packed B block (`kc × nc` floats) fills at most half of L2, leaving
+    ///   room for C and A lines; a multiple of `nr`, at least `nr`, at most 4096.
+    /// - `mc`: 144 rows rounded down to a multiple of `mr` (at least `mr`).
+    ///
+    /// Zen 4 (32 KiB / 1 MiB) gets 512 × 256 for the 6-row kernels, Zen 3 (32 KiB /
+    /// 512 KiB) 512 × 128, the AVX-512 16 × 16 kernel a k block of 256.
+    pub fn for_kernel(mr: usize, nr: usize, caches: CacheSizes) -> Blocking {
+        assert!(mr > 0 && nr > 0, "kernel tile must be non-empty");
+        let kc = (caches.l1d / 2 / (mr * 4)).clamp(KC_MIN, KC_MAX);
+        let nc = ((caches.l2 / 2 / (kc * 4)) / nr * nr).clamp(nr, NC_MAX.max(nr));
+        let mc = (MC_TARGET / mr).max(1) * mr;
+        Blocking { kc, mc, nc }
+    }
+
+    /// Number of equal k blocks `k` is split into (at least 1, so that k = 0 still
+    /// produces one, empty, block).
+    pub fn k_blocks(&self, k: usize) -> usize {
+        k.div_ceil(self.kc).max(1)
+    }
+}
+
+/// Start of k block `b` out of `nb` over `0..k`.
+pub fn k_block_start(k: usize, nb: usize, b: usize) -> usize {
+    b * k / nb
+}
 
 /// A row-major B is read in place (not packed) by kernels that mask their B loads
 /// when the task has at most this many rows of C, or n fits in one tile: a packed B
@@ -42,13 +121,135 @@ pub const MIN_WORK_PER_THREAD: usize = 1 << 18;
 /// ReLU-mask activation has a non-unit column stride.
 pub const MAX_TILE: usize = 16 * 64;
 
-/// Splits `k` into equal blocks of at most `KC`: returns the number of blocks
-/// (at least 1, so that k = 0 still produces one — empty — block).
-pub fn k_blocks(k: usize) -> usize {
-    k.div_ceil(KC).max(1)
+/// What the caches report, before the plausibility check.
+struct RawCaches {
+    l1d: Option<usize>,
+    l2: Option<usize>,
 }
 
-/// Start of k block `b` out of `nb` over `0..k`.
-pub fn k_block_start(k: usize, nb: usize, b: usize) -> usize {
-    b * k / nb
+#[cfg(target_arch = "x86_64")]
+fn detect() -> RawCaches {
+    use std::arch::x86_64::__cpuid_count;
+    // SAFETY (every cpuid below): the cpuid instruction exists on every x86_64 CPU
+    // and only reads identification registers; leaves above the reported maximum are
+    // never queried.
+    let cpuid = |leaf: u32, sub: u32| unsafe { __cpuid_count(leaf, sub) };
+    let vendor = cpuid(0, 0);
+    let max_leaf = vendor.eax;
+    let is_amd = (vendor.ebx, vendor.edx, vendor.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163); // "AuthenticAMD"
+    if is_amd {
+        let max_ext = cpuid(0x8000_0000, 0).eax;
+        let l1d = (max_ext >= 0x8000_0005).then(|| (cpuid(0x8000_0005, 0).ecx >> 24) as usize * 1024);
+        let l2 = (max_ext >= 0x8000_0006).then(|| (cpuid(0x8000_0006, 0).ecx >> 16) as usize * 1024);
+        return RawCaches { l1d, l2 };
+    }
+    // Intel (and others that follow it): deterministic cache parameters, leaf 4.
+    let mut caches = RawCaches { l1d: None, l2: None };
+    if max_leaf >= 4 {
+        for sub in 0..16 {
+            let r = cpuid(4, sub);
+            let kind = r.eax & 0x1f; // 0 = no more caches, 1 = data, 2 = instruction, 3 = unified
+            if kind == 0 {
+                break;
+            }
+            let level = (r.eax >> 5) & 0x7;
+            let ways = ((r.ebx >> 22) & 0x3ff) as usize + 1;
+            let partitions = ((r.ebx >> 12) & 0x3ff) as usize + 1;
+            let line = (r.ebx & 0xfff) as usize + 1;
+            let sets = r.ecx as usize + 1;
+            let size = ways * partitions * line * sets;
+            match (level, kind) {
+                (1, 1) | (1, 3) => caches.l1d = Some(size),
+                (2, 1) | (2, 3) => caches.l2 = Some(size),
+                _ => {}
+            }
+        }
+    }
+    caches
+}
+
+#[cfg(all(not(target_arch = "x86_64"), target_os = "linux"))]
+fn detect() -> RawCaches {
+    // /sys/devices/system/cpu/cpu0/cache/indexN/{level,type,size}, size like "64K".
+    let mut caches = RawCaches { l1d: None, l2: None };
+    for n in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{n}");
+        let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok().map(|s| s.trim().to_string());
+        let (Some(level), Some(kind), Some(size)) = (read("level"), read("type"), read("size")) else {
+            continue;
+        };
+        let bytes = parse_size(&size);
+        match (level.as_str(), kind.as_str()) {
+            ("1", "Data") | ("1", "Unified") => caches.l1d = bytes,
+            ("2", "Data") | ("2", "Unified") => caches.l2 = bytes,
+            _ => {}
+        }
+    }
+    caches
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_os = "linux")))]
+fn detect() -> RawCaches {
+    RawCaches { l1d: None, l2: None }
+}
+
+/// Parses a sysfs cache size such as "48K" or "1M" (or plain bytes).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn parse_size(s: &str) -> Option<usize> {
+    let s = s.trim();
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => (&s[..i], s[i..].trim()),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().ok()?;
+    match unit {
+        "" => Some(n),
+        "K" | "KB" | "KiB" => Some(n << 10),
+        "M" | "MB" | "MiB" => Some(n << 20),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_follow_the_caches() {
+        let zen3 = CacheSizes { l1d: 32 << 10, l2: 512 << 10 };
+        let zen4 = CacheSizes { l1d: 32 << 10, l2: 1 << 20 };
+        let zen5 = CacheSizes { l1d: 48 << 10, l2: 1 << 20 };
+        // The 6-row kernels: kc from L1d, the packed B block at most half of L2.
+        assert_eq!(Blocking::for_kernel(6, 64, zen4), Blocking { kc: 512, mc: 144, nc: 256 });
+        assert_eq!(Blocking::for_kernel(6, 16, zen3), Blocking { kc: 512, mc: 144, nc: 128 });
+        assert_eq!(Blocking::for_kernel(6, 16, zen5), Blocking { kc: 512, mc: 144, nc: 256 });
+        // 16 rows of A: a 512-deep panel would be all of L1d.
+        assert_eq!(Blocking::for_kernel(16, 16, zen4).kc, 256);
+        // NEON 8 × 12: nc a multiple of 12.
+        let b = Blocking::for_kernel(8, 12, zen5);
+        assert_eq!((b.kc, b.mc, b.nc % 12), (512, 144, 0));
+        for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)] {
+            for caches in [zen3, zen4, zen5, CacheSizes { l1d: 8 << 10, l2: 64 << 10 }] {
+                let b = Blocking::for_kernel(mr, nr, caches);
+                assert!(b.mc % mr == 0 && b.nc % nr == 0 && b.nc >= nr, "{mr}x{nr} {caches:?}: {b:?}");
+                assert!((KC_MIN..=KC_MAX).contains(&b.kc), "{b:?}");
+                assert!(b.kc * b.nc * 4 <= caches.l2 / 2 || b.nc == nr, "{mr}x{nr} {caches:?}: {b:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn detected_caches_are_plausible() {
+        let c = CacheSizes::detected();
+        assert!((8 << 10..=1 << 20).contains(&c.l1d) && (64 << 10..=16 << 20).contains(&c.l2), "{c:?}");
+        eprintln!("detected caches: {c:?}");
+    }
+
+    #[test]
+    fn sysfs_sizes_parse() {
+        assert_eq!(parse_size("48K"), Some(48 << 10));
+        assert_eq!(parse_size("1M\n"), Some(1 << 20));
+        assert_eq!(parse_size("32768"), Some(32768));
+        assert_eq!(parse_size("12 Q"), None);
+    }
 }

@@ -17,7 +17,8 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, k_blocks, DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS, KC, MAX_TILE, MC, NC};
+use super::blocking::{k_block_start, Blocking, CacheSizes, DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS, MAX_TILE};
+use super::kernel::KERNEL_TILES;
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
@@ -31,6 +32,8 @@ use std::ops::Range;
 pub(crate) struct Plan {
     pub threads: usize,
     pub min_work_per_thread: usize,
+    /// The caches the block sizes are derived from.
+    pub caches: CacheSizes,
 }
 
 /// A raw pointer that tasks share. Each task writes only elements no other task
@@ -44,7 +47,9 @@ unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
 /// Per-thread packing buffers, allocated on first use and kept: once warm, a GEMM
-/// performs no heap allocation.
+/// performs no heap allocation. Every task sizes them for the largest blocks of any
+/// kernel (see [`workspace_floats`]), so that a warm thread stays allocation-free
+/// whichever kernel a later call dispatches to.
 #[derive(Default)]
 struct Buffers {
     a: Vec<f32>,
@@ -70,16 +75,26 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
 /// no later GEMM run by them allocates: a worker that happened not to take a task
 /// during warm-up would otherwise allocate on its first one.
 pub(crate) fn reserve_workspace() {
+    let (a_len, b_len) = workspace_floats(CacheSizes::detected());
     let reserve = || {
         with_buffers(|bufs| {
-            aligned(&mut bufs.a, MC * KC);
-            aligned(&mut bufs.b, NC * KC);
+            aligned(&mut bufs.a, a_len);
+            aligned(&mut bufs.b, b_len);
         })
     };
     if rayon::current_thread_index().is_none() {
         reserve();
     }
     rayon::broadcast(|_| reserve());
+}
+
+/// The largest packed A block (`mc × kc`) and packed B block (`nc × kc`), in floats,
+/// over every kernel, for these caches.
+fn workspace_floats(caches: CacheSizes) -> (usize, usize) {
+    KERNEL_TILES.iter().fold((0, 0), |(a, b), &(mr, nr)| {
+        let blk = Blocking::for_kernel(mr, nr, caches);
+        (a.max(blk.mc * blk.kc), b.max(blk.nc * blk.kc))
+    })
 }
 
 /// Takes only the column-sum scratch out of this thread's buffers (leaving the
@@ -115,6 +130,10 @@ struct Job<'a> {
     colsums: Option<SharedMut>,
     /// Output of `BiasGradB`, `n` floats.
     bgrad: Option<SharedMut>,
+    /// This kernel's block sizes.
+    blk: Blocking,
+    /// Sizes of the packing buffers every task reserves.
+    workspace: (usize, usize),
 }
 
 pub(crate) fn run<K: Kernel>(
@@ -125,9 +144,12 @@ pub(crate) fn run<K: Kernel>(
     epilogue: Epilogue<'_>,
     plan: Plan,
 ) {
+    let blk = Blocking::for_kernel(K::MR, K::NR, plan.caches);
     assert!(
-        K::MR * K::NR <= MAX_TILE && MC.is_multiple_of(K::MR) && NC.is_multiple_of(K::NR),
-        "blocking constants do not fit the kernel"
+        K::MR * K::NR <= MAX_TILE && blk.mc.is_multiple_of(K::MR) && blk.nc.is_multiple_of(K::NR),
+        "block sizes do not fit the kernel: {blk:?} for {}x{}",
+        K::MR,
+        K::NR
     );
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let (rsc, csc) = (c.row_stride(), c.col_stride());
@@ -180,6 +202,8 @@ pub(crate) fn run<K: Kernel>(
         h,
         colsums: scratch,
         bgrad,
+        blk,
+        workspace: workspace_floats(plan.caches),
     };
 
     let task = |t: usize| {
@@ -251,7 +275,8 @@ fn task_ranges<K: Kernel>(
 impl Job<'_> {
     /// Computes the block `rows × cols` of C: loops 5 to 1.
     fn run_block<K: Kernel>(&self, rows: Range<usize>, cols: Range<usize>, bufs: &mut Buffers) {
-        let nkb = k_blocks(self.k);
+        let Blocking { kc: kc_max, mc: mc_max, nc: nc_max } = self.blk;
+        let nkb = self.blk.k_blocks(self.k);
         let owns_bgrad = rows.start == 0;
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when few row panels reuse it or it is small; otherwise it
@@ -260,8 +285,8 @@ impl Job<'_> {
             && self.b.col_stride() == 1
             && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR || self.k * self.n <= DIRECT_B_MAX_FLOATS);
         // LOOP 5: n in NC-wide blocks.
-        for jc in cols.clone().step_by(NC) {
-            let nc = NC.min(cols.end - jc);
+        for jc in cols.clone().step_by(nc_max) {
+            let nc = nc_max.min(cols.end - jc);
             if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
                 // SAFETY: columns jc..jc+nc of the n-long bias gradient belong to this
                 // task alone (the only task with rows starting at 0 for these columns).
@@ -274,7 +299,7 @@ impl Job<'_> {
                 // Sized even when B is read in place: every task sizes both pack
                 // buffers, so one warm call leaves every thread allocation-free
                 // whichever tasks it later runs (tests/no_alloc.rs).
-                let b_packed = aligned(&mut bufs.b, NC * KC);
+                let b_packed = aligned(&mut bufs.b, self.workspace.1.max(nc_max * kc_max));
                 if !direct_b {
                     pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
                 }
@@ -289,14 +314,14 @@ impl Job<'_> {
                 }
                 let (first, last) = (kb == 0, kb + 1 == nkb);
                 // LOOP 3: m in MC-tall blocks.
-                for ic in rows.clone().step_by(MC) {
-                    let mc = MC.min(rows.end - ic);
+                for ic in rows.clone().step_by(mc_max) {
+                    let mc = mc_max.min(rows.end - ic);
                     // Row-major A is read in place: the kernel broadcasts from MR
                     // strided rows (AOCL's "sup" kernels do the same), which saves a
                     // scalar transpose of the whole of A per call. Other layouts
                     // (Xᵀ in dW = Xᵀ·dZ) are packed: for them packing is a plain copy.
                     let direct_a = self.a.col_stride() == 1 || self.a.row_stride() == 1;
-                    let a_packed = aligned(&mut bufs.a, MC * KC);
+                    let a_packed = aligned(&mut bufs.a, self.workspace.0.max(mc_max * kc_max));
                     if !direct_a {
                         pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
                     }

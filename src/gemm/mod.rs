@@ -42,6 +42,7 @@ mod naive;
 mod pack;
 mod peak;
 
+pub use blocking::{Blocking, CacheSizes};
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
 pub use peak::{peak_gflops, peak_gflops_asm};
@@ -101,6 +102,11 @@ pub struct GemmOptions {
     /// Smallest amount of work (multiply-adds) worth a task of its own; `None` uses
     /// the built-in threshold. `Some(0)` splits every problem (used by tests).
     pub min_work_per_thread: Option<usize>,
+    /// The caches the block sizes are derived from; `None` uses
+    /// [`CacheSizes::detected`]. Tests set small ones to cross block boundaries on
+    /// small shapes. Results are bit-identical for any thread count with the same
+    /// caches; different caches may change the k split, and so the last bits.
+    pub caches: Option<CacheSizes>,
 }
 
 /// `C = op(A)·op(B)` (or `C += …`), then `epilogue`, with the automatic kernel and
@@ -150,6 +156,7 @@ pub fn gemm_with(
     let plan = driver::Plan {
         threads,
         min_work_per_thread: options.min_work_per_thread.unwrap_or(blocking::MIN_WORK_PER_THREAD),
+        caches: options.caches.unwrap_or_else(CacheSizes::detected),
     };
     match isa {
         #[cfg(target_arch = "x86_64")]

@@ -141,6 +141,11 @@ pub(crate) fn try_transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], d
     false
 }
 
+/// The `MR × NR` tile of every kernel of every target, so that the packing buffers
+/// can be sized once for whichever kernel runs: AVX-512 wide and narrow, AVX2,
+/// portable, NEON.
+pub(crate) const KERNEL_TILES: [(usize, usize); 5] = [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)];
+
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
 #[derive(Clone, Copy)]
