@@ -132,7 +132,8 @@ fn detect() -> RawCaches {
     use std::arch::x86_64::__cpuid_count;
     // SAFETY (every cpuid below): the cpuid instruction exists on every x86_64 CPU
     // and only reads identification registers; leaves above the reported maximum are
-    // never queried.
+    // never queried. (Safe to call since Rust 1.94; the block keeps MSRV 1.89.)
+    #[allow(unused_unsafe)]
     let cpuid = |leaf: u32, sub: u32| unsafe { __cpuid_count(leaf, sub) };
     let vendor = cpuid(0, 0);
     let max_leaf = vendor.eax;
@@ -231,7 +232,7 @@ mod tests {
         for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)] {
             for caches in [zen3, zen4, zen5, CacheSizes { l1d: 8 << 10, l2: 64 << 10 }] {
                 let b = Blocking::for_kernel(mr, nr, caches);
-                assert!(b.mc % mr == 0 && b.nc % nr == 0 && b.nc >= nr, "{mr}x{nr} {caches:?}: {b:?}");
+                assert!(b.mc.is_multiple_of(mr) && b.nc.is_multiple_of(nr) && b.nc >= nr, "{mr}x{nr} {caches:?}: {b:?}");
                 assert!((KC_MIN..=KC_MAX).contains(&b.kc), "{b:?}");
                 assert!(b.kc * b.nc * 4 <= caches.l2 / 2 || b.nc == nr, "{mr}x{nr} {caches:?}: {b:?}");
             }
