@@ -195,7 +195,7 @@ fn detect() -> RawCaches {
 }
 
 /// Parses a sysfs cache size such as "48K" or "1M" (or plain bytes).
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[cfg_attr(any(target_arch = "x86_64", not(target_os = "linux")), allow(dead_code))]
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -232,7 +232,10 @@ mod tests {
         for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)] {
             for caches in [zen3, zen4, zen5, CacheSizes { l1d: 8 << 10, l2: 64 << 10 }] {
                 let b = Blocking::for_kernel(mr, nr, caches);
-                assert!(b.mc.is_multiple_of(mr) && b.nc.is_multiple_of(nr) && b.nc >= nr, "{mr}x{nr} {caches:?}: {b:?}");
+                assert!(
+                    b.mc.is_multiple_of(mr) && b.nc.is_multiple_of(nr) && b.nc >= nr,
+                    "{mr}x{nr} {caches:?}: {b:?}"
+                );
                 assert!((KC_MIN..=KC_MAX).contains(&b.kc), "{b:?}");
                 assert!(b.kc * b.nc * 4 <= caches.l2 / 2 || b.nc == nr, "{mr}x{nr} {caches:?}: {b:?}");
             }

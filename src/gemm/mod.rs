@@ -165,6 +165,8 @@ pub fn gemm_with(
         Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, epilogue, plan),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => driver::run::<kernel::neon::Neon>(c, a, b, accum, epilogue, plan),
         _ => driver::run::<kernel::portable::Portable>(c, a, b, accum, epilogue, plan),
     }
     Ok(())

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 /// |---|---|
 /// | `Avx512` | 16 chains of zmm `vfmadd231ps` |
 /// | `Avx2` | 12 chains of ymm `vfmadd231ps` (14 of 16 registers) |
+/// | `Neon` | 24 chains of `fmla v.4s` (26 of 32 registers) |
 /// | `Portable` | 6 chains of 4-wide multiplies feeding 6 chains of adds (the portable kernel fuses nothing) |
 ///
 /// # Errors
@@ -34,6 +35,8 @@ pub fn peak_gflops(isa: Isa, duration: Duration) -> Result<f64> {
         Isa::Avx512 => kernel::avx512::fma_chains,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => kernel::avx2::fma_chains,
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => kernel::neon::fma_chains,
         _ => kernel::portable::fma_chains,
     };
     Ok(best_rate(duration, |iters| {
@@ -53,23 +56,24 @@ pub fn peak_gflops(isa: Isa, duration: Duration) -> Result<f64> {
 /// probe, or when `chains` is not 8 or 12.
 pub fn peak_gflops_asm(isa: Isa, chains: usize, duration: Duration) -> Result<f64> {
     isa.check_available()?;
-    let probe: fn(u64) -> u64 = match (isa, chains) {
+    let probe: Option<fn(u64) -> u64> = match (isa, chains) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, 8) => kernel::avx2::fma_chains_asm::<8>,
+        (Isa::Avx2, 8) => Some(kernel::avx2::fma_chains_asm::<8>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, 12) => kernel::avx2::fma_chains_asm::<12>,
+        (Isa::Avx2, 12) => Some(kernel::avx2::fma_chains_asm::<12>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, 8) => kernel::avx512::fma_chains_asm::<8>,
+        (Isa::Avx512, 8) => Some(kernel::avx512::fma_chains_asm::<8>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, 12) => kernel::avx512::fma_chains_asm::<12>,
-        _ => {
-            return Err(Error::Kernel(format!(
-                "no assembly peak probe with {chains} chains for the {} path (there are 8 and 12 for avx2 and avx512)",
-                isa.name()
-            )))
-        }
+        (Isa::Avx512, 12) => Some(kernel::avx512::fma_chains_asm::<12>),
+        _ => None,
     };
-    Ok(best_rate(duration, probe))
+    match probe {
+        Some(probe) => Ok(best_rate(duration, probe)),
+        None => Err(Error::Kernel(format!(
+            "no assembly peak probe with {chains} chains for the {} path (there are 8 and 12 for avx2 and avx512)",
+            isa.name()
+        ))),
+    }
 }
 
 /// Runs `probe(iters)` (which returns the flops per iteration) in rounds of about an

@@ -7,8 +7,10 @@
 //! columns. The driver (`driver.rs`) decides which of these a tile gets.
 //!
 //! Which ISA runs is decided once: [`GemmOptions::isa`](super::GemmOptions) if set,
-//! else the `FUSEGRAD_KERNEL` environment variable (`avx512`, `avx2`, `portable`), else
-//! the best the CPU supports.
+//! else the `FUSEGRAD_KERNEL` environment variable (`avx512`, `avx2`, `neon`,
+//! `portable`), else the best the CPU supports: AVX-512 on Zen 4/5 and Intel server
+//! cores, AVX2 + FMA on every other x86_64 CPU since Haswell / Zen 1, NEON on every
+//! aarch64 CPU (Apple M-series, Graviton, Ampere), portable elsewhere.
 
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
@@ -17,6 +19,8 @@ use std::sync::OnceLock;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 pub(crate) mod portable;
 
 /// An instruction-set path for the GEMM microkernels.
@@ -26,13 +30,15 @@ pub enum Isa {
     Avx512,
     /// AVX2 + FMA: 6×16 tiles (2 ymm per row).
     Avx2,
+    /// aarch64 NEON: 12×8 tiles (2 q registers per row).
+    Neon,
     /// Plain Rust, 4×8 tiles; runs everywhere.
     Portable,
 }
 
 impl Isa {
     /// Every path, fastest first.
-    pub const ALL: [Isa; 3] = [Isa::Avx512, Isa::Avx2, Isa::Portable];
+    pub const ALL: [Isa; 4] = [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable];
 
     /// Whether this CPU can run the path.
     pub fn is_available(self) -> bool {
@@ -42,6 +48,8 @@ impl Isa {
             Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma"),
+            // NEON is part of the aarch64 baseline.
+            Isa::Neon => cfg!(target_arch = "aarch64"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }
@@ -57,11 +65,12 @@ impl Isa {
         match self {
             Isa::Avx512 => "avx512",
             Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
             Isa::Portable => "portable",
         }
     }
 
-    /// Parses a name as `FUSEGRAD_KERNEL` accepts it (`avx512`, `avx2`, `portable`).
+    /// Parses a name as `FUSEGRAD_KERNEL` accepts it (`avx512`, `avx2`, `neon`, `portable`).
     ///
     /// # Errors
     /// [`Error::Kernel`] for any other string.
@@ -69,8 +78,11 @@ impl Isa {
         match name.trim().to_ascii_lowercase().as_str() {
             "avx512" | "avx512f" => Ok(Isa::Avx512),
             "avx2" | "fma" => Ok(Isa::Avx2),
+            "neon" => Ok(Isa::Neon),
             "portable" | "scalar" => Ok(Isa::Portable),
-            other => Err(Error::Kernel(format!("unknown kernel {other:?}: expected one of avx512, avx2, portable"))),
+            other => {
+                Err(Error::Kernel(format!("unknown kernel {other:?}: expected one of avx512, avx2, neon, portable")))
+            }
         }
     }
 
@@ -85,6 +97,7 @@ impl Isa {
             let needs = match self {
                 Isa::Avx512 => "avx512f",
                 Isa::Avx2 => "avx2 and fma",
+                Isa::Neon => "an aarch64 CPU",
                 Isa::Portable => "nothing",
             };
             Err(Error::Kernel(format!("the {} kernel needs {needs}, which this CPU does not have", self.name())))
@@ -144,7 +157,7 @@ pub(crate) fn try_transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], d
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
 /// can be sized once for whichever kernel runs: AVX-512 wide and narrow, AVX2,
 /// portable, NEON.
-pub(crate) const KERNEL_TILES: [(usize, usize); 5] = [(6, 64), (16, 16), (6, 16), (4, 8), (8, 12)];
+pub(crate) const KERNEL_TILES: [(usize, usize); 5] = [(6, 64), (16, 16), (6, 16), (4, 8), (12, 8)];
 
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
@@ -204,6 +217,9 @@ pub(crate) trait Kernel {
     const MR: usize;
     /// Columns of the C tile (B is packed in panels of `NR` columns).
     const NR: usize;
+    /// Whether the kernel takes A in place (row-major, or transposed with unit row
+    /// stride) through [`APanel`]'s strides; when false, A is always packed.
+    const READS_A_IN_PLACE: bool = true;
     /// Whether the kernel reads only the `nr` valid columns of each B row (with lane
     /// masks), so that a row-major B can be read in place instead of packed.
     const READS_B_IN_PLACE: bool;
