@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Cross-compiles the test suite for aarch64 Linux and runs it under qemu-user: the
+# NEON kernel (the default path there) against the naive twin, and the ops and model
+# tests on top of it. qemu checks correctness only; its timings mean nothing.
+#
+# Installs what it needs when missing: the Rust target (rustup) and Debian's
+# qemu-user, gcc-aarch64-linux-gnu and libc6-dev-arm64-cross (apt, as root or via sudo).
+# Usage: scripts/test-aarch64.sh [extra cargo test args, e.g. --test gemm]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+target=aarch64-unknown-linux-gnu
+if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+    rustup target add "$target"
+fi
+if ! command -v qemu-aarch64 >/dev/null || ! command -v aarch64-linux-gnu-gcc >/dev/null \
+    || [ ! -d /usr/aarch64-linux-gnu/lib ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    pkgs="qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -q $pkgs >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q $pkgs >/dev/null; }
+fi
+
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch64-linux-gnu"
+if [ $# -eq 0 ]; then
+    set -- --lib --test gemm --test ops --test model --test gradcheck --test optim --test kernel_env
+fi
+cargo test --target "$target" "$@"
