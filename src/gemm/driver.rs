@@ -17,7 +17,7 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, Blocking, CacheSizes, DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS, MAX_TILE};
+use super::blocking::{k_block_start, Blocking, CacheSizes, MAX_TILE};
 use super::kernel::KERNEL_TILES;
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
@@ -279,11 +279,9 @@ impl Job<'_> {
         let nkb = self.blk.k_blocks(self.k);
         let owns_bgrad = rows.start == 0;
         // A row-major B is read in place by kernels that mask their B loads (no copy at
-        // all for NN and TN) when few row panels reuse it or it is small; otherwise it
-        // is packed (see DIRECT_B_MAX_ROWS / DIRECT_B_MAX_FLOATS). Fixed for the task.
-        let direct_b = K::READS_B_IN_PLACE
-            && self.b.col_stride() == 1
-            && (rows.len() <= DIRECT_B_MAX_ROWS || self.n <= K::NR || self.k * self.n <= DIRECT_B_MAX_FLOATS);
+        // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
+        // otherwise it is packed. Fixed for the task.
+        let direct_b = K::READS_B_IN_PLACE && self.b.col_stride() == 1 && K::b_in_place(rows.len(), self.k, self.n);
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);
@@ -301,7 +299,7 @@ impl Job<'_> {
                 // whichever tasks it later runs (tests/no_alloc.rs).
                 let b_packed = aligned(&mut bufs.b, self.workspace.1.max(nc_max * kc_max));
                 if !direct_b {
-                    pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR);
+                    pack_b(b_packed, self.b, p0, kc, jc, nc, K::NR, K::ISA);
                 }
                 if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
                     // SAFETY: as above; this task owns columns jc..jc+nc.

@@ -12,7 +12,7 @@
 //! `dX = dZ·Wᵀ`) has unit row stride, so one packed B column is a contiguous run of W.
 //! Each case gets the loop order that reads memory contiguously.
 
-use super::kernel::try_transpose16;
+use super::kernel::{transpose, transpose_block, Isa};
 use crate::matrix::MatRef;
 
 /// Packs `A[i0 .. i0+mc][p0 .. p0+kc]` into `dst` as `ceil(mc/mr)` panels of `mr` rows.
@@ -53,8 +53,10 @@ pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, k
     }
 }
 
-/// Packs `B[p0 .. p0+kc][j0 .. j0+nc]` into `dst` as `ceil(nc/nr)` panels of `nr` columns.
-pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize) {
+/// Packs `B[p0 .. p0+kc][j0 .. j0+nc]` into `dst` as `ceil(nc/nr)` panels of `nr` columns,
+/// with the instructions of the `isa` path.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, isa: Isa) {
     if kc == 0 {
         return;
     }
@@ -74,26 +76,25 @@ pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, n
                 panel[p * nr..p * nr + cols].copy_from_slice(&data[off..off + cols]);
             }
         } else if rs == 1 {
-            // Transposed B (Wᵀ): 16 × 16 blocks transposed in registers where the CPU
-            // allows; the rest reads each column of B (a row of W) contiguously.
+            // Transposed B (Wᵀ): bs × bs blocks transposed in registers with the
+            // path's own instructions; the rest reads each column of B (a row of W)
+            // contiguously.
             let mut done_cols = 0;
-            if nr.is_multiple_of(16) {
-                while done_cols + 16 <= cols {
+            if let Some(bs) = transpose_block(isa).filter(|&bs| nr.is_multiple_of(bs)) {
+                while done_cols + bs <= cols {
                     let mut pb = 0;
-                    while pb + 16 <= kc {
+                    while pb + bs <= kc {
                         let src = &data[(first_col + done_cols) * cs + p0 + pb..];
-                        if !try_transpose16(src, cs, &mut panel[pb * nr + done_cols..], nr) {
-                            break;
-                        }
-                        pb += 16;
+                        transpose(isa, bs, src, cs, &mut panel[pb * nr + done_cols..], nr);
+                        pb += bs;
                     }
-                    for c in done_cols..done_cols + 16 {
+                    for c in done_cols..done_cols + bs {
                         let off = (first_col + c) * cs + p0;
                         for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
                             panel[(pb + p) * nr + c] = x;
                         }
                     }
-                    done_cols += 16;
+                    done_cols += bs;
                 }
             }
             for c in done_cols..cols {
@@ -174,16 +175,29 @@ mod tests {
 
     #[test]
     fn transposed_b_packs_like_row_major_b_at_every_edge() {
-        // Widths and depths around the 16 × 16 blocks, panel widths 16 and 64.
-        for (kc, nc, nr) in [(16, 16, 16), (37, 50, 64), (15, 17, 16), (33, 64, 64), (64, 130, 64)] {
-            let (k, n) = (kc + 3, nc + 5);
-            let b = Matrix::from_fn(k, n, |i, j| (i * 1000 + j) as f32);
-            let bt = Matrix::from_fn(n, k, |i, j| b[(j, i)]);
-            let len = nc.div_ceil(nr) * nr * kc;
-            let (mut p1, mut p2) = (vec![f32::NAN; len], vec![f32::NAN; len]);
-            pack_b(&mut p1, b.view(), 2, kc, 3, nc, nr);
-            pack_b(&mut p2, bt.t(), 2, kc, 3, nc, nr);
-            assert_eq!(p1, p2, "kc {kc} nc {nc} nr {nr}");
+        // Widths and depths around the 8 × 8 (AVX2) and 16 × 16 (AVX-512) blocks, panel
+        // widths 8, 16 and 64, with every path's transpose.
+        let shapes = [
+            (16, 16, 16),
+            (37, 50, 64),
+            (15, 17, 16),
+            (33, 64, 64),
+            (64, 130, 64),
+            (7, 9, 8),
+            (17, 23, 8),
+            (9, 40, 16),
+        ];
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+            for (kc, nc, nr) in shapes {
+                let (k, n) = (kc + 3, nc + 5);
+                let b = Matrix::from_fn(k, n, |i, j| (i * 1000 + j) as f32);
+                let bt = Matrix::from_fn(n, k, |i, j| b[(j, i)]);
+                let len = nc.div_ceil(nr) * nr * kc;
+                let (mut p1, mut p2) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                pack_b(&mut p1, b.view(), 2, kc, 3, nc, nr, Isa::Portable);
+                pack_b(&mut p2, bt.t(), 2, kc, 3, nc, nr, isa);
+                assert_eq!(p1, p2, "{isa:?}: kc {kc} nc {nc} nr {nr}");
+            }
         }
     }
 
@@ -193,8 +207,8 @@ mod tests {
         let bt = Matrix::from_fn(11, 4, |i, j| b[(j, i)]);
         let mut p1 = vec![f32::NAN; 2 * 8 * 3];
         let mut p2 = p1.clone();
-        pack_b(&mut p1, b.view(), 1, 3, 0, 11, 8);
-        pack_b(&mut p2, bt.t(), 1, 3, 0, 11, 8);
+        pack_b(&mut p1, b.view(), 1, 3, 0, 11, 8, Isa::Portable);
+        pack_b(&mut p2, bt.t(), 1, 3, 0, 11, 8, Isa::Portable);
         assert_eq!(p1, p2);
         assert_eq!(&p1[0..3], &[100.0, 101.0, 102.0]);
         let mut sums = vec![0.0; 11];

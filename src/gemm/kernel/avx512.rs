@@ -18,7 +18,7 @@
 //! the activation (lane masks suppress faults, so nothing outside the tile is touched);
 //! rows past `mr` are skipped.
 
-use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Isa, Kernel, Tile, TileEpilogue};
 use std::arch::x86_64::*;
 
 /// 6 × 64 tile: the main AVX-512 kernel.
@@ -27,6 +27,7 @@ pub(crate) struct Avx512Wide;
 pub(crate) struct Avx512Narrow;
 
 impl Kernel for Avx512Wide {
+    const ISA: Isa = Isa::Avx512;
     const MR: usize = 6;
     const NR: usize = 64;
     const READS_B_IN_PLACE: bool = true;
@@ -38,6 +39,7 @@ impl Kernel for Avx512Wide {
 }
 
 impl Kernel for Avx512Narrow {
+    const ISA: Isa = Isa::Avx512;
     const MR: usize = 16;
     const NR: usize = 16;
     const READS_B_IN_PLACE: bool = true;

@@ -12,6 +12,7 @@
 //! cores, AVX2 + FMA on every other x86_64 CPU since Haswell / Zen 1, NEON on every
 //! aarch64 CPU (Apple M-series, Graviton, Ampere), portable elsewhere.
 
+use super::blocking::{DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS};
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
@@ -140,18 +141,36 @@ pub fn prefetch(data: &[u8]) {
     let _ = data;
 }
 
-/// Transposes a 16 × 16 block with AVX-512 when the CPU has it: returns false (and
-/// does nothing) otherwise, so the caller falls back to its own loop.
-/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for `r, c < 16`.
-#[inline]
-pub(crate) fn try_transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if Isa::Avx512.is_available() {
-        avx512::transpose16(src, src_stride, dst, dst_stride);
-        return true;
+/// The side of the square block the `isa` path transposes in registers when packing
+/// `Bᵀ` (16 with AVX-512, 8 with AVX), or `None` when it has no such routine. Each
+/// path packs with its own instructions, so a forced path is measured as it would
+/// run on a CPU that has only it.
+pub(crate) fn transpose_block(isa: Isa) -> Option<usize> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() => Some(16),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if isa.is_available() => Some(8),
+        _ => None,
     }
-    let _ = (src, src_stride, dst, dst_stride);
-    false
+}
+
+/// Transposes one `bs × bs` block (`bs` from [`transpose_block`] for the same `isa`):
+/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for `r, c < bs`.
+///
+/// # Panics
+/// If `isa` has no transpose routine of side `bs`, or a slice is too short.
+pub(crate) fn transpose(isa: Isa, bs: usize, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+    match (isa, bs) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, 16) => avx512::transpose16(src, src_stride, dst, dst_stride),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, 8) => avx2::transpose8(src, src_stride, dst, dst_stride),
+        _ => {
+            let _ = (src, src_stride, dst, dst_stride);
+            panic!("no {bs}×{bs} transpose for the {} path", isa.name())
+        }
+    }
 }
 
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
@@ -217,12 +236,24 @@ pub(crate) trait Kernel {
     const MR: usize;
     /// Columns of the C tile (B is packed in panels of `NR` columns).
     const NR: usize;
+    /// The path the kernel belongs to (packing uses the same instructions).
+    const ISA: Isa;
     /// Whether the kernel takes A in place (row-major, or transposed with unit row
     /// stride) through [`APanel`]'s strides; when false, A is always packed.
     const READS_A_IN_PLACE: bool = true;
     /// Whether the kernel reads only the `nr` valid columns of each B row (with lane
     /// masks), so that a row-major B can be read in place instead of packed.
     const READS_B_IN_PLACE: bool;
+
+    /// Whether a task with `rows` rows of C reads a row-major `k × n` B in place
+    /// rather than packing it (only asked when [`Kernel::READS_B_IN_PLACE`]). A packed
+    /// B block is reused by every MR-row panel, so packing pays when there are many;
+    /// in place, each k step of a tile reads one strided B row segment. The default
+    /// is the AVX-512 rule: in place when few row panels reuse B, n fits one tile, or
+    /// all of B is small (see `DIRECT_B_MAX_ROWS` / `DIRECT_B_MAX_FLOATS`).
+    fn b_in_place(rows: usize, k: usize, n: usize) -> bool {
+        rows <= DIRECT_B_MAX_ROWS || n <= Self::NR || k * n <= DIRECT_B_MAX_FLOATS
+    }
 
     /// Computes `tile = [tile +] A_panel · B_panel`, then the tile's epilogue.
     ///

@@ -25,7 +25,7 @@
 //! full and partial tiles round alike.
 
 use super::portable::store_tile;
-use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Isa, Kernel, Tile, TileEpilogue};
 use std::arch::aarch64::*;
 
 pub(crate) struct Neon;
@@ -34,6 +34,7 @@ const MR: usize = 12;
 const NR: usize = 8;
 
 impl Kernel for Neon {
+    const ISA: Isa = Isa::Neon;
     const MR: usize = MR;
     const NR: usize = NR;
     const READS_A_IN_PLACE: bool = false;

@@ -12,11 +12,12 @@
 //! a[p][3]  acc[3][0..8]
 //! ```
 
-use super::{APanel, BPanel, Kernel, Tile, TileEpilogue};
+use super::{APanel, BPanel, Isa, Kernel, Tile, TileEpilogue};
 
 pub(crate) struct Portable;
 
 impl Kernel for Portable {
+    const ISA: Isa = Isa::Portable;
     const MR: usize = 4;
     const NR: usize = 8;
     const READS_B_IN_PLACE: bool = false;
