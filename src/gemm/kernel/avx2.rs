@@ -226,26 +226,6 @@ unsafe fn transpose8_impl(src: &[f32], src_stride: usize, dst: &mut [f32], dst_s
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn transpose8_is_a_transpose() {
-        if !super::super::Isa::Avx2.is_available() {
-            eprintln!("skipping: no avx2");
-            return;
-        }
-        let src: Vec<f32> = (0..11 * 8).map(|i| i as f32).collect(); // stride 11
-        let mut dst = vec![f32::NAN; 7 * 9 + 8]; // stride 9
-        super::transpose8(&src, 11, &mut dst, 9);
-        for r in 0..8 {
-            for c in 0..8 {
-                assert_eq!(dst[r * 9 + c], src[c * 11 + r], "({r}, {c})");
-            }
-        }
-        assert!(dst[8].is_nan(), "wrote outside its row");
-    }
-}
-
 /// Single-core throughput probe: 12 independent ymm FMA chains. Zen 3/4/5 and Intel
 /// cores since Haswell run two 256-bit FMA pipes with a latency of 4–5 cycles, so 8–10
 /// chains in flight keep both busy; 12 chains plus the two constants use 14 of the 16
@@ -317,4 +297,24 @@ unsafe fn fma_chains_asm_impl<const CHAINS: usize>(iters: u64) -> u64 {
         _ => panic!("fma_chains_asm: 8 or 12 chains, got {CHAINS}"),
     }
     (CHAINS * 8 * 2) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn transpose8_is_a_transpose() {
+        if !super::super::Isa::Avx2.is_available() {
+            eprintln!("skipping: no avx2");
+            return;
+        }
+        let src: Vec<f32> = (0..11 * 8).map(|i| i as f32).collect(); // stride 11
+        let mut dst = vec![f32::NAN; 7 * 9 + 8]; // stride 9
+        super::transpose8(&src, 11, &mut dst, 9);
+        for r in 0..8 {
+            for c in 0..8 {
+                assert_eq!(dst[r * 9 + c], src[c * 11 + r], "({r}, {c})");
+            }
+        }
+        assert!(dst[8].is_nan(), "wrote outside its row");
+    }
 }
