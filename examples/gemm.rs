@@ -145,31 +145,40 @@ fn view<'a>(store: &'a Matrix, transposed: bool) -> MatRef<'a> {
     }
 }
 
-/// Median GFLOP/s of fusegrad on one shape, one path, `threads` threads.
-fn time_fusegrad(isa: Isa, threads: usize, a: MatRef<'_>, b: MatRef<'_>, c: &mut Matrix, budget: Duration) -> f64 {
-    let flops = 2.0 * (a.rows() * a.cols() * b.cols()) as f64;
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
-    let opts = GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: None, ..Default::default() };
-    let (_, median) = pool.install(|| {
-        time(budget, || gemm_with(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None, &opts).expect("gemm"))
-    });
-    flops / median / 1e9
-}
-
 /// A peer's GEMM entry: `C = op(A)·op(B)`.
 type Peer = fn(MatMut<'_>, MatRef<'_>, MatRef<'_>);
 
-/// Median GFLOP/s of a single-threaded peer on one shape.
-fn time_peer(
-    peer: fn(MatMut<'_>, MatRef<'_>, MatRef<'_>),
-    a: MatRef<'_>,
-    b: MatRef<'_>,
-    c: &mut Matrix,
-    budget: Duration,
-) -> f64 {
-    let flops = 2.0 * (a.rows() * a.cols() * b.cols()) as f64;
-    let (_, median) = time(budget, || peer(c.view_mut(), a, b));
-    flops / median / 1e9
+/// Times several contenders on one shape *interleaved*: round after round, one ~2 ms
+/// sample of each in turn, for about `budget` in all, so that a slow spell of a shared
+/// host falls on all of them alike. Returns each contender's median GFLOP/s.
+fn time_interleaved(flops: f64, budget: Duration, contenders: &mut [Box<dyn FnMut() + Send + '_>]) -> Vec<f64> {
+    let reps: Vec<usize> = contenders
+        .iter_mut()
+        .map(|f| {
+            f(); // warm-up: packing buffers, caches, thread pool
+            let t = Instant::now();
+            f();
+            ((2e-3 / t.elapsed().as_secs_f64().max(1e-7)) as usize).max(1)
+        })
+        .collect();
+    let mut samples = vec![Vec::new(); contenders.len()];
+    let end = Instant::now() + budget;
+    while Instant::now() < end || samples[0].len() < 5 {
+        for ((f, &n), out) in contenders.iter_mut().zip(&reps).zip(samples.iter_mut()) {
+            let t = Instant::now();
+            for _ in 0..n {
+                f();
+            }
+            out.push(t.elapsed().as_secs_f64() / n as f64);
+        }
+    }
+    samples
+        .into_iter()
+        .map(|mut s| {
+            s.sort_by(f64::total_cmp);
+            flops / s[s.len() / 2] / 1e9
+        })
+        .collect()
 }
 
 /// `--all-isas`: every path this CPU runs, forced in turn, on the MNIST shapes and 1024³,
@@ -207,16 +216,28 @@ fn all_isas(seconds: f64) {
     for (name, m, k, n, layout, threads) in shapes {
         let (sa, sb) = operands(m, k, n, layout);
         let (a, b) = (view(&sa, layout == "tn"), view(&sb, layout == "nt"));
-        let mut c = Matrix::zeros(m, n);
-        let ours: Vec<f64> = isas.iter().map(|&isa| time_fusegrad(isa, threads, a, b, &mut c, budget)).collect();
-        let (mm, gc) = if threads == 1 {
-            (
-                time_peer(common::matrixmultiply_gemm, a, b, &mut c, budget),
-                time_peer(common::gemm_crate_gemm, a, b, &mut c, budget),
-            )
-        } else {
-            (f64::NAN, f64::NAN)
-        };
+        let flops = 2.0 * (m * k * n) as f64;
+        // Each contender writes its own C. The whole timing runs inside the pool, as a
+        // training loop calls the GEMM (a call from outside would add a wake-up each).
+        let mut contenders: Vec<Box<dyn FnMut() + Send + '_>> = Vec::new();
+        for &isa in &isas {
+            let opts = GemmOptions { isa: Some(isa), threads: Some(threads), ..Default::default() };
+            let mut c = Matrix::zeros(m, n);
+            contenders.push(Box::new(move || {
+                gemm_with(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None, &opts).expect("gemm")
+            }));
+        }
+        if threads == 1 {
+            for peer in [common::matrixmultiply_gemm as Peer, common::gemm_crate_gemm] {
+                let mut c = Matrix::zeros(m, n);
+                contenders.push(Box::new(move || peer(c.view_mut(), a, b)));
+            }
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+        let rates = pool.install(|| time_interleaved(flops, budget * contenders.len() as u32, &mut contenders));
+        drop(contenders);
+        let ours = &rates[..isas.len()];
+        let (mm, gc) = if threads == 1 { (rates[isas.len()], rates[isas.len() + 1]) } else { (f64::NAN, f64::NAN) };
         let cores = cores_used(threads) as f64;
         let cells: Vec<String> =
             ours.iter().zip(&peaks).map(|(g, p)| format!("{g:.1} ({:.0}%)", 100.0 * g / (p * cores))).collect();
