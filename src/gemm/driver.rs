@@ -318,10 +318,10 @@ impl Job<'_> {
                     // strided rows (AOCL's "sup" kernels do the same), which saves a
                     // scalar transpose of the whole of A per call. Other layouts
                     // (Xᵀ in dW = Xᵀ·dZ) are packed: for them packing is a plain copy.
-                    let direct_a = K::READS_A_IN_PLACE && (self.a.col_stride() == 1 || self.a.row_stride() == 1);
+                    let direct_a = K::READS_A_IN_PLACE && K::a_in_place(self.a.row_stride(), self.a.col_stride());
                     let a_packed = aligned(&mut bufs.a, self.workspace.0.max(mc_max * kc_max));
                     if !direct_a {
-                        pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR);
+                        pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR, K::ISA);
                     }
                     // LOOP 2: MR rows at a time.
                     for ir in (0..mc).step_by(K::MR) {

@@ -15,8 +15,10 @@
 use super::kernel::{transpose, transpose_block, Isa};
 use crate::matrix::MatRef;
 
-/// Packs `A[i0 .. i0+mc][p0 .. p0+kc]` into `dst` as `ceil(mc/mr)` panels of `mr` rows.
-pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize) {
+/// Packs `A[i0 .. i0+mc][p0 .. p0+kc]` into `dst` as `ceil(mc/mr)` panels of `mr` rows,
+/// with the instructions of the `isa` path.
+#[allow(clippy::too_many_arguments)]
+pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, kc: usize, mr: usize, isa: Isa) {
     if kc == 0 {
         return;
     }
@@ -30,8 +32,27 @@ pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, k
             panel.fill(0.0);
         }
         if cs == 1 {
-            // Row-major A: read each row contiguously, scatter into the panel.
-            for r in 0..rows {
+            // Row-major A: bs × bs blocks transposed in registers where the path has
+            // them; the rest reads each row contiguously and scatters it.
+            let mut done_rows = 0;
+            if let Some(bs) = transpose_block(isa).filter(|&bs| mr.is_multiple_of(bs)) {
+                while done_rows + bs <= rows {
+                    let mut pb = 0;
+                    while pb + bs <= kc {
+                        let src = &data[(first_row + done_rows) * rs + p0 + pb..];
+                        transpose(isa, bs, src, rs, &mut panel[pb * mr + done_rows..], mr);
+                        pb += bs;
+                    }
+                    for r in done_rows..done_rows + bs {
+                        let off = (first_row + r) * rs + p0;
+                        for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
+                            panel[(pb + p) * mr + r] = x;
+                        }
+                    }
+                    done_rows += bs;
+                }
+            }
+            for r in done_rows..rows {
                 let off = (first_row + r) * rs + p0;
                 for (p, &x) in data[off..off + kc].iter().enumerate() {
                     panel[p * mr + r] = x;
@@ -161,16 +182,33 @@ mod tests {
         let a = Matrix::from_fn(7, 5, |i, j| (i * 10 + j) as f32 + 1.0);
         let at = a.view().to_matrix(); // same values, fresh row-major
         let mut p1 = vec![f32::NAN; 2 * 4 * 3];
-        pack_a(&mut p1, a.view(), 1, 6, 2, 3, 4);
+        pack_a(&mut p1, a.view(), 1, 6, 2, 3, 4, Isa::Portable);
         // Same block read through a transposed view of the transpose.
         let tt = Matrix::from_fn(5, 7, |i, j| at[(j, i)]);
         let mut p2 = vec![f32::NAN; 2 * 4 * 3];
-        pack_a(&mut p2, tt.t(), 1, 6, 2, 3, 4);
+        pack_a(&mut p2, tt.t(), 1, 6, 2, 3, 4, Isa::Portable);
         assert_eq!(p1, p2);
         // Panel 0, column p=0 holds A[1..5][2].
         assert_eq!(&p1[0..4], &[13.0, 23.0, 33.0, 43.0]);
         // Panel 1 has 2 real rows (5, 6) and 2 zero rows.
         assert_eq!(&p1[12..16], &[53.0, 63.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn row_major_a_packs_like_transposed_a_at_every_edge() {
+        // Heights and depths around the 8 × 8 and 16 × 16 blocks, panel heights 16.
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+            for (mc, kc, mr) in [(16, 16, 16), (13, 9, 16), (40, 33, 16), (17, 8, 16), (7, 20, 16), (24, 17, 8)] {
+                let (m, k) = (mc + 3, kc + 5);
+                let a = Matrix::from_fn(m, k, |i, j| (i * 1000 + j) as f32);
+                let at = Matrix::from_fn(k, m, |i, j| a[(j, i)]);
+                let len = mc.div_ceil(mr) * mr * kc;
+                let (mut p1, mut p2) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                pack_a(&mut p1, at.t(), 2, mc, 3, kc, mr, Isa::Portable);
+                pack_a(&mut p2, a.view(), 2, mc, 3, kc, mr, isa);
+                assert_eq!(p1, p2, "{isa:?}: mc {mc} kc {kc} mr {mr}");
+            }
+        }
     }
 
     #[test]

@@ -174,9 +174,9 @@ pub(crate) fn transpose(isa: Isa, bs: usize, src: &[f32], src_stride: usize, dst
 }
 
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
-/// can be sized once for whichever kernel runs: AVX-512 wide and narrow, AVX2,
-/// portable, NEON.
-pub(crate) const KERNEL_TILES: [(usize, usize); 5] = [(6, 64), (16, 16), (6, 16), (4, 8), (12, 8)];
+/// can be sized once for whichever kernel runs: AVX-512 wide and narrow, AVX2 wide and
+/// narrow, portable, NEON.
+pub(crate) const KERNEL_TILES: [(usize, usize); 6] = [(6, 64), (16, 16), (6, 16), (16, 5), (4, 8), (12, 8)];
 
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
@@ -241,6 +241,13 @@ pub(crate) trait Kernel {
     /// Whether the kernel takes A in place (row-major, or transposed with unit row
     /// stride) through [`APanel`]'s strides; when false, A is always packed.
     const READS_A_IN_PLACE: bool = true;
+
+    /// Whether an A with these strides is read in place (only asked when
+    /// [`Kernel::READS_A_IN_PLACE`]). The default: row-major A (strided broadcasts)
+    /// and Aᵀ (unit row stride); any other layout is packed.
+    fn a_in_place(rs: usize, cs: usize) -> bool {
+        cs == 1 || rs == 1
+    }
     /// Whether the kernel reads only the `nr` valid columns of each B row (with lane
     /// masks), so that a row-major B can be read in place instead of packed.
     const READS_B_IN_PLACE: bool;
