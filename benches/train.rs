@@ -45,6 +45,37 @@ fn bench_train(c: &mut Criterion) {
     g.finish();
 }
 
+/// The NNFS way: the user's loop calls the model once per batch, from outside any
+/// pool. `train_step` here against the step inside `fit`'s hot pool above; a
+/// single-sample `predict_into` against NumPy's ≈ 33 µs (issue #10, Zen 3).
+fn bench_per_call(c: &mut Criterion) {
+    let x = Matrix::from_fn(128, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let y: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let one = x.view().submatrix(0, 0, 1, 784).unwrap();
+    let mut g = c.benchmark_group("per-batch calls 784-128-64-10");
+    for threads in [1, 2] {
+        let mut m = Sequential::builder(784)
+            .seed(1)
+            .dense(128)
+            .relu()
+            .dense(64)
+            .relu()
+            .dense(10)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.01))
+            .unwrap();
+        m.set_threads(Some(threads)).unwrap();
+        g.bench_function(format!("train_step from the caller's loop {threads}T"), |bch| {
+            bch.iter(|| m.train_step(x.view(), Targets::Classes(&y)).unwrap())
+        });
+        let mut out = Matrix::zeros(1, 10);
+        g.bench_function(format!("predict_into 1 sample {threads}T"), |bch| {
+            bch.iter(|| m.predict_into(one, out.view_mut()).unwrap())
+        });
+        g.bench_function(format!("predict 1 sample {threads}T"), |bch| bch.iter(|| m.predict(one).unwrap()));
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -52,5 +83,6 @@ fn main() {
         .sample_size(20)
         .configure_from_args();
     bench_train(&mut c);
+    bench_per_call(&mut c);
     c.final_summary();
 }

@@ -7,7 +7,38 @@
 //! took 28 µs, slower than on 1 thread (19.7 µs). [`with_hot_workers`] keeps the other
 //! workers polling for work (OpenMP's "active" wait policy) while a closure runs.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+thread_local! {
+    /// Set while [`serial`] runs: every parallel pass of the crate stays on this thread.
+    static SERIAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with every parallel pass of this crate (optimizer updates, finiteness
+/// checks, batch gathers, workspace reservation) kept on the calling thread, whatever
+/// pool it is or is not in. A model set to one thread runs its calls this way, on the
+/// caller's thread, with no hand-over to a pool at all.
+pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            SERIAL.with(|s| s.set(self.0));
+        }
+    }
+    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
+    f()
+}
+
+/// The threads a parallel pass may use here: 1 inside [`serial`], else the current
+/// rayon pool's size.
+pub(crate) fn threads() -> usize {
+    if SERIAL.with(Cell::get) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
 
 /// Where to cut `len` elements in two for a balanced split over `parts` tasks:
 /// `None` when one task should do it all (`parts` ≤ 1), else the end of the first
@@ -29,7 +60,7 @@ pub(crate) fn split_point(len: usize, parts: usize) -> Option<usize> {
 /// the current pool, but none smaller than `min_len` (below that, scheduling a task
 /// costs more than the work).
 pub(crate) fn parts_for(len: usize, min_len: usize) -> usize {
-    rayon::current_num_threads().min(len / min_len.max(1)).max(1)
+    threads().min(len / min_len.max(1)).max(1)
 }
 
 /// Sets the flag when dropped, so helpers stop even if the closure panics.
@@ -106,6 +137,24 @@ mod tests {
             });
             assert_eq!(sum, 10_000 * 9_999 / 2, "{threads} threads");
         }
+    }
+
+    #[test]
+    fn serial_keeps_passes_on_this_thread_and_restores() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        pool.install(|| {
+            assert_eq!(threads(), 3);
+            assert_eq!(parts_for(1 << 20, 1024), 3);
+            serial(|| {
+                assert_eq!((threads(), parts_for(1 << 20, 1024)), (1, 1));
+                serial(|| assert_eq!(threads(), 1));
+                assert_eq!(threads(), 1, "a nested serial() must not end the outer one");
+            });
+            assert_eq!(threads(), 3);
+            let r = std::panic::catch_unwind(|| serial(|| panic!("boom")));
+            assert!(r.is_err());
+            assert_eq!(threads(), 3, "restored after a panic");
+        });
     }
 
     #[test]

@@ -82,10 +82,12 @@ pub(crate) fn reserve_workspace() {
             aligned(&mut bufs.b, b_len);
         })
     };
-    if rayon::current_thread_index().is_none() {
+    if rayon::current_thread_index().is_none() || crate::parallel::threads() == 1 {
         reserve();
     }
-    rayon::broadcast(|_| reserve());
+    if crate::parallel::threads() > 1 {
+        rayon::broadcast(|_| reserve());
+    }
 }
 
 /// The largest packed A block (`mc × kc`) and packed B block (`nc × kc`), in floats,

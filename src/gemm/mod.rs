@@ -42,6 +42,7 @@ mod naive;
 mod pack;
 mod peak;
 
+pub(crate) use blocking::MIN_WORK_PER_THREAD;
 pub use blocking::{Blocking, CacheSizes};
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
@@ -151,7 +152,7 @@ pub fn gemm_with(
     let threads = match options.threads {
         Some(0) => return Err(Error::Kernel("threads must be at least 1, got 0".into())),
         Some(t) => t,
-        None => rayon::current_num_threads(),
+        None => crate::parallel::threads(),
     };
     let plan = driver::Plan {
         threads,

@@ -1,7 +1,7 @@
 //! The sequential model: layers, a loss and an optimizer (see [`Sequential`]).
 
 use crate::error::{Error, Result};
-use crate::matrix::{MatRef, Matrix};
+use crate::matrix::{MatMut, MatRef, Matrix};
 use crate::nn::activation::{Activation, ActivationLayer};
 use crate::nn::dense::{Dense, Dinputs, Regularization};
 use crate::nn::dropout::Dropout;
@@ -11,6 +11,7 @@ use crate::nn::loss::{BatchLoss, Loss, Targets};
 use crate::nn::optim::Optimizer;
 use crate::ops::reduce::par_all_finite;
 use crate::rng::Rng;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One layer of a [`Sequential`] model.
@@ -161,6 +162,7 @@ impl ModelBuilder {
             n_outputs: width,
             threads: None,
             pin_threads: true,
+            pool: None,
             dloss: Matrix::zeros(0, width),
             batch_x: Matrix::zeros(0, self.n_inputs),
             batch_classes: Vec::new(),
@@ -268,6 +270,10 @@ pub struct Sequential {
     n_outputs: usize,
     threads: Option<usize>,
     pin_threads: bool,
+    /// The pool `fit`, `evaluate`, `predict` and `train_step` run in, built on first
+    /// use and kept, so that a call per batch does not start threads each time. Clones
+    /// of a model share it.
+    pool: Option<Arc<rayon::ThreadPool>>,
     /// ∂L/∂(last output), batch × n_outputs.
     dloss: Matrix,
     batch_x: Matrix,
@@ -322,6 +328,7 @@ impl Sequential {
             return Err(Error::InvalidArgument("threads must be at least 1".into()));
         }
         self.threads = threads;
+        self.pool = None;
         for layer in &mut self.layers {
             if let Layer::Dense(d) = layer {
                 d.set_threads(threads);
@@ -337,21 +344,55 @@ impl Sequential {
     ///
     /// Needs the default feature `pin-threads`; without it the workers are never pinned.
     pub fn set_pin_threads(&mut self, pin: bool) {
+        if pin != self.pin_threads {
+            self.pool = None;
+        }
         self.pin_threads = pin;
     }
 
-    /// Runs `f` inside the configured pool, so that every GEMM is called from a pool
-    /// worker (a call from outside pays for waking the workers each time).
+    /// Runs `f` inside the model's pool, so that every GEMM is called from a pool
+    /// worker (a call from outside pays for waking the workers each time). Already
+    /// inside that pool, or inside a pool of the configured size (any size when none is
+    /// configured), `f` runs right here: a second pool would only compete with the
+    /// caller's for the same cores. The pool is built on the first call and kept: a
+    /// call per batch costs one hand-over to a worker, not a new set of threads.
     fn in_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> Result<R> {
-        if self.threads.is_none() && rayon::current_thread_index().is_some() {
+        if self.threads == Some(1) {
+            // Nothing to share: run on the caller's thread, no pool at all.
+            return Ok(crate::parallel::serial(|| f(self)));
+        }
+        let in_a_pool = rayon::current_thread_index().is_some();
+        if in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()) {
             return Ok(f(self));
         }
-        let n = self.threads.unwrap_or_else(rayon::current_num_threads);
-        let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
-        #[cfg(feature = "pin-threads")]
-        let builder = self.pin(builder, n);
-        let pool = builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
+        if self.pool.as_ref().is_some_and(|p| p.current_thread_index().is_some()) {
+            return Ok(f(self));
+        }
+        let pool = match &self.pool {
+            Some(pool) => Arc::clone(pool),
+            None => {
+                let n = self.threads.unwrap_or_else(rayon::current_num_threads);
+                let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+                #[cfg(feature = "pin-threads")]
+                let builder = self.pin(builder, n);
+                let pool =
+                    builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
+                let pool = Arc::new(pool);
+                self.pool = Some(Arc::clone(&pool));
+                pool
+            }
+        };
         Ok(pool.install(|| f(self)))
+    }
+
+    /// Whether a pass over `rows` samples is too small to share: every one of its GEMMs
+    /// would run on one thread anyway (below the GEMM's threading threshold), so
+    /// handing it to the pool would only add a thread hand-over (≈ 10–20 µs, more than
+    /// a one-sample `predict`). Such passes run on the caller's thread.
+    fn runs_serially(&self, rows: usize) -> bool {
+        let macs_per_sample: usize =
+            self.layers.iter().map(|l| if let Layer::Dense(d) = l { d.weights.as_slice().len() } else { 0 }).sum();
+        rows.saturating_mul(macs_per_sample) < crate::gemm::MIN_WORK_PER_THREAD
     }
 
     /// `builder` with a start handler that pins worker `i` to core `i`, when pinning is
@@ -455,10 +496,12 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        if self.iterations == 0 {
-            crate::gemm::reserve_workspace(); // `fit` reserves for its own loop
-        }
-        self.step_checked(x, targets)
+        self.in_pool(move |m| {
+            if m.iterations == 0 {
+                crate::gemm::reserve_workspace(); // `fit` reserves for its own loop
+            }
+            m.step_checked(x, targets)
+        })?
     }
 
     /// Forward, loss and backward on a batch, without updating: afterwards every
@@ -472,12 +515,14 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        self.forward(x, true)?;
-        self.dloss.resize(x.rows(), self.n_outputs);
-        let last = self.layers.last().expect("a built model has layers").output().view();
-        let batch = self.loss.forward_backward(last, targets, Some(self.dloss.view_mut()))?;
-        self.backward(x)?;
-        Ok(batch)
+        self.in_pool(move |m| {
+            m.forward(x, true)?;
+            m.dloss.resize(x.rows(), m.n_outputs);
+            let last = m.layers.last().expect("a built model has layers").output().view();
+            let batch = m.loss.forward_backward(last, targets, Some(m.dloss.view_mut()))?;
+            m.backward(x)?;
+            Ok(batch)
+        })?
     }
 
     /// [`Self::train_step`] after the checks.
@@ -645,6 +690,9 @@ impl Sequential {
         if x.rows() == 0 || batch_size == 0 {
             return Err(Error::InvalidArgument("evaluate needs at least one sample and a batch size ≥ 1".into()));
         }
+        if self.runs_serially(x.rows()) {
+            return self.evaluate_in_pool(x, targets, batch_size);
+        }
         self.in_pool(move |m| m.evaluate_in_pool(x, targets, batch_size))?
     }
 
@@ -677,25 +725,55 @@ impl Sequential {
     /// [`Error::ShapeMismatch`] when `x` has the wrong width.
     pub fn predict(&mut self, x: MatRef<'_>) -> Result<Matrix> {
         self.check_inputs(&x, None)?;
-        self.in_pool(move |m| {
-            let mut out = Matrix::zeros(x.rows(), m.n_outputs);
-            let batch = 256;
-            for start in (0..x.rows()).step_by(batch) {
-                let rows = batch.min(x.rows() - start);
-                m.forward(x.submatrix(start, 0, rows, x.cols())?, false)?;
-                let last = m.layers.last().expect("a built model has layers").output();
-                let dst = out.view_mut().submatrix(start, 0, rows, m.n_outputs)?;
-                if m.loss == Loss::SoftmaxCrossEntropy {
-                    crate::ops::activation::softmax_forward(last.view(), dst)?;
-                } else {
-                    let mut dst = dst;
-                    for i in 0..rows {
-                        dst.row_mut(i).copy_from_slice(last.row(i));
-                    }
+        let mut out = Matrix::zeros(x.rows(), self.n_outputs);
+        self.predict_into(x, out.view_mut())?;
+        Ok(out)
+    }
+
+    /// [`Self::predict`] into a buffer of the caller's (`x.rows() × n_outputs`), so that
+    /// a loop of small predictions allocates nothing once the model is warm. A pass too
+    /// small to share between threads runs on the caller's thread.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when `x` has the wrong width or `out` the wrong shape.
+    pub fn predict_into(&mut self, x: MatRef<'_>, out: MatMut<'_>) -> Result<()> {
+        self.check_inputs(&x, None)?;
+        if out.rows() != x.rows() || out.cols() != self.n_outputs {
+            return Err(Error::ShapeMismatch {
+                op: "Sequential::predict_into",
+                expected: format!("an output of {}×{} (samples × outputs)", x.rows(), self.n_outputs),
+                got: format!("{}×{}", out.rows(), out.cols()),
+            });
+        }
+        if out.col_stride() != 1 && out.cols() > 1 {
+            return Err(Error::InvalidArgument(format!(
+                "predict_into needs an output with contiguous rows (column stride 1), got column stride {}",
+                out.col_stride()
+            )));
+        }
+        if self.runs_serially(x.rows()) {
+            return self.predict_checked(x, out);
+        }
+        self.in_pool(move |m| m.predict_checked(x, out))?
+    }
+
+    fn predict_checked(&mut self, x: MatRef<'_>, mut out: MatMut<'_>) -> Result<()> {
+        let batch = 256;
+        for start in (0..x.rows()).step_by(batch) {
+            let rows = batch.min(x.rows() - start);
+            self.forward(x.submatrix(start, 0, rows, x.cols())?, false)?;
+            let last = self.layers.last().expect("a built model has layers").output();
+            let dst = out.rb_mut().submatrix(start, 0, rows, self.n_outputs)?;
+            if self.loss == Loss::SoftmaxCrossEntropy {
+                crate::ops::activation::softmax_forward(last.view(), dst)?;
+            } else {
+                let mut dst = dst;
+                for i in 0..rows {
+                    dst.row_mut(i).copy_from_slice(last.row(i));
                 }
             }
-            Ok(out)
-        })?
+        }
+        Ok(())
     }
 }
 
@@ -713,7 +791,7 @@ fn gather<'b>(
     // random rows, and the other workers are idle at this point of the step.
     const GROUP: usize = 32;
     let cols = x.cols().max(1);
-    if rayon::current_num_threads() > 1 && rows.len() > GROUP {
+    if crate::parallel::threads() > 1 && rows.len() > GROUP {
         use rayon::prelude::*;
         bx.as_mut_slice()
             .par_chunks_mut(GROUP * cols)
