@@ -30,6 +30,7 @@ usage: cargo run --release --example mnist -- [options]
   --seed N                   seed of the weights and the shuffling    (default 42)
   --init he|xavier|nnfs      weight initialisation                    (default he)
   --dropout P                dropout after each hidden layer (training only; default 0)
+  --pin on|off               pin the training threads to distinct cores (default on)
   --json PATH                also write the figures as JSON
   --help                     this text
 
@@ -54,6 +55,7 @@ struct Args {
     seed: u64,
     init: Init,
     dropout: f32,
+    pin: bool,
     json: Option<PathBuf>,
 }
 
@@ -69,6 +71,7 @@ fn parse_args() -> Result<Args, String> {
         seed: 42,
         init: Init::He,
         dropout: 0.0,
+        pin: true,
         json: None,
     };
     let mut it = std::env::args().skip(1);
@@ -97,6 +100,8 @@ fn parse_args() -> Result<Args, String> {
                 }
             }
             "--dropout" => a.dropout = value.parse().map_err(|_| format!("--dropout: {value:?} is not a number"))?,
+            "--pin" if value == "on" || value == "off" => a.pin = value == "on",
+            "--pin" => return Err(format!("--pin must be on or off, got {value:?}")),
             "--data" => a.data = Some(value.into()),
             "--json" => a.json = Some(value.into()),
             other => return Err(format!("unknown option {other:?} (try --help)")),
@@ -218,6 +223,7 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     }
     let mut model = builder.dense_with(10, args.init, none).build(Loss::SoftmaxCrossEntropy, optimizer)?;
     model.set_threads(Some(args.threads))?;
+    model.set_pin_threads(args.pin);
 
     let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
     bar.set_style(

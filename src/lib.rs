@@ -62,6 +62,7 @@
 pub mod data;
 mod error;
 pub mod gemm;
+mod governor;
 mod matrix;
 pub mod nn;
 pub mod ops;
