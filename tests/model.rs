@@ -84,6 +84,23 @@ fn a_seed_fixes_the_whole_run_bit_for_bit_on_1_and_2_threads() {
 }
 
 #[test]
+fn the_thread_governor_changes_no_bit() {
+    // 150 steps: the governor probes all three ways of running a step (24 steps each)
+    // and keeps one; the result must equal a 1-thread run and a run that always splits.
+    let (x, y) = mnist_like(300, 2);
+    let opts = FitOptions { epochs: 2, batch_size: 4, shuffle: true, seed: 9, validation: None };
+    let mut runs = Vec::new();
+    for (threads, adaptive) in [(1, true), (2, true), (2, false)] {
+        let mut m = mnist_model(5, Optimizer::sgd(0.05));
+        m.set_threads(Some(threads)).unwrap();
+        m.set_adaptive_threads(adaptive);
+        let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+        runs.push((params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>()));
+    }
+    assert!(runs.iter().all(|r| *r == runs[0]), "the governor's choices changed the result");
+}
+
+#[test]
 fn predict_and_evaluate_agree_and_dropout_is_off_at_inference() {
     let (x, y) = spiral(30, 3, 2);
     let mut model = Sequential::builder(2)
