@@ -15,10 +15,19 @@
 //! ```
 //! and nothing after. The architecture itself (activations, dropout, loss) is not
 //! stored: load into a model built the same way. Optimizer state is not stored either.
+//!
+//! Saving never destroys a good file: the bytes go to a temporary file in the same
+//! directory, which is flushed to disk and then renamed over the target (an atomic
+//! replacement on POSIX file systems and NTFS). A failure part-way (a full disk, a
+//! killed process) leaves the previous file as it was, and the temporary one is removed
+//! when the error can be seen.
 
 use crate::error::{Error, Result};
 use crate::nn::model::{Layer, Sequential};
-use std::path::Path;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const MAGIC: &[u8; 8] = b"FGPARAMS";
 const VERSION: u32 = 1;
@@ -27,8 +36,13 @@ impl Sequential {
     /// Writes the Dense layers' parameters to `path` (format in [`crate::nn`]'s
     /// `io` module docs: magic, version, then per layer its shape, weights, biases).
     ///
+    /// The file is replaced atomically: written to a temporary file beside it, synced,
+    /// then renamed over `path`, so that a failure part-way never leaves a truncated
+    /// file where a good one was.
+    ///
     /// # Errors
-    /// [`Error::Io`] naming the path when the file cannot be written.
+    /// [`Error::Io`] naming the path when the file cannot be written; `path` then keeps
+    /// its previous contents (or stays absent).
     pub fn save_parameters(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let dense: Vec<_> =
@@ -44,7 +58,7 @@ impl Sequential {
                 bytes.extend_from_slice(&x.to_le_bytes());
             }
         }
-        std::fs::write(path, bytes).map_err(|e| Error::Io(format!("cannot write {}: {e}", path.display())))
+        write_atomically(path, &bytes, |tmp| File::create_new(tmp))
     }
 
     /// Reads parameters written by [`Self::save_parameters`] into this model, which
@@ -107,5 +121,119 @@ impl Sequential {
             }
         }
         Ok(())
+    }
+}
+
+/// A destination that can be flushed to stable storage.
+trait Durable: Write {
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl Durable for File {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_all()
+    }
+}
+
+/// Writes `bytes` to a fresh temporary file beside `path` (made by `create`), syncs it
+/// and renames it over `path`. On any error the temporary file is removed and `path`
+/// is untouched.
+fn write_atomically<W: Durable>(
+    path: &Path,
+    bytes: &[u8],
+    create: impl FnOnce(&Path) -> std::io::Result<W>,
+) -> Result<()> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let err = |what: &str, e: std::io::Error| Error::Io(format!("cannot write {}: {what}: {e}", path.display()));
+    let name =
+        path.file_name().ok_or_else(|| Error::Io(format!("cannot write {}: not a file name", path.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let tmp: PathBuf = path.with_file_name(tmp_name);
+    let result = (|| {
+        let mut file = create(&tmp).map_err(|e| err("cannot create a temporary file beside it", e))?;
+        file.write_all(bytes).map_err(|e| err("writing the temporary file", e))?;
+        file.flush().map_err(|e| err("flushing the temporary file", e))?;
+        file.sync().map_err(|e| err("syncing the temporary file", e))?;
+        drop(file);
+        std::fs::rename(&tmp, path).map_err(|e| err("renaming the temporary file over it", e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return result;
+    }
+    // Make the rename itself durable where the platform allows syncing a directory.
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().map(|d| if d.as_os_str().is_empty() { Path::new(".") } else { d }) {
+        let _ = File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file that accepts `budget` bytes, then fails every write (a full disk).
+    struct FailAfter {
+        file: File,
+        budget: usize,
+    }
+
+    impl Write for FailAfter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.budget == 0 {
+                return Err(std::io::Error::other("no space left on device (simulated)"));
+            }
+            let n = buf.len().min(self.budget);
+            self.budget -= n;
+            self.file.write(&buf[..n])
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.file.flush()
+        }
+    }
+
+    impl Durable for FailAfter {
+        fn sync(&mut self) -> std::io::Result<()> {
+            self.file.sync_all()
+        }
+    }
+
+    fn dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("fusegrad-io-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_leaves_the_old_file_and_no_temporary() {
+        let d = dir("fail");
+        let path = d.join("params.bin");
+        std::fs::write(&path, b"the good old parameters").unwrap();
+        let new = vec![7u8; 10_000];
+        for budget in [0, 1, 4096, 9_999] {
+            let r = write_atomically(&path, &new, |tmp| Ok(FailAfter { file: File::create_new(tmp)?, budget }));
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("params.bin") && e.contains("no space left"), "{e}");
+            assert_eq!(std::fs::read(&path).unwrap(), b"the good old parameters", "budget {budget}");
+            let left: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(left, vec![std::ffi::OsString::from("params.bin")], "a temporary file was left behind");
+        }
+        // With room enough, the file is replaced whole.
+        write_atomically(&path, &new, |tmp| Ok(FailAfter { file: File::create_new(tmp)?, budget: 10_000 })).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), new);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn saving_into_a_missing_directory_is_an_error_naming_the_path() {
+        let d = dir("missing");
+        let path = d.join("no-such-dir").join("p.bin");
+        let e = write_atomically(&path, b"x", |tmp| File::create_new(tmp)).unwrap_err().to_string();
+        assert!(e.contains("no-such-dir") && e.contains("temporary"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
