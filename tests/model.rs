@@ -9,13 +9,11 @@ use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, ScaledBytes, Sequential, 
 use fusegrad::{Error, Matrix};
 
 fn spiral_model(seed: u64) -> Sequential {
-    Sequential::builder(2)
-        .seed(seed)
-        .dense(64)
-        .relu()
-        .dense(3)
-        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.05).with_decay(5e-7))
-        .unwrap()
+    spiral_model_with(Optimizer::adam(0.05).with_decay(5e-7), seed)
+}
+
+fn spiral_model_with(optimizer: Optimizer, seed: u64) -> Sequential {
+    Sequential::builder(2).seed(seed).dense(64).relu().dense(3).build(Loss::SoftmaxCrossEntropy, optimizer).unwrap()
 }
 
 #[test]
@@ -275,10 +273,94 @@ fn bad_inputs_are_errors_and_leave_the_model_unchanged() {
         &mut m,
         |m| m.train_step(nan_x.view(), Targets::Classes(&y)).map(|_| ()),
         |e| {
-            matches!(e, Error::NonFinite { step: 8, tensor, .. } if tensor == "loss")
+            matches!(e, Error::NonFinite { step: 8, tensor, layer } if tensor == "inputs" && layer == "the batch (row 5)")
                 && e.to_string().contains("step 8")
         },
     );
+}
+
+/// `fit` on `x` fails at some step; afterwards the model must equal, bit for bit (its
+/// parameters and optimizer state), a model that took exactly the steps before it, one
+/// `train_step` per batch of the clean rows in order.
+fn assert_fit_fails_cleanly(
+    name: &str,
+    build: impl Fn() -> Sequential,
+    x: &Matrix,
+    y: &[usize],
+    batch: usize,
+    epochs: usize,
+    check: impl Fn(&Error) -> bool,
+) {
+    let mut m = build();
+    let opts = FitOptions { epochs, batch_size: batch, shuffle: false, seed: 0, validation: None };
+    let err = m.fit(x.view(), Targets::Classes(y), &opts).expect_err(name);
+    assert!(check(&err), "{name}: unexpected error {err:?}: {err}");
+    let Error::NonFinite { step, .. } = err else { panic!("{name}: not a NonFinite error: {err:?}") };
+    assert_eq!(m.iterations(), step, "{name}: steps taken before the failing one");
+    let mut reference = build();
+    let n = x.rows();
+    for s in 0..step as usize {
+        let start = (s * batch) % (n.div_ceil(batch) * batch);
+        let rows = batch.min(n - start);
+        let xb = x.view().submatrix(start, 0, rows, x.cols()).unwrap();
+        reference.train_step(xb, Targets::Classes(&y[start..start + rows])).unwrap();
+    }
+    assert_eq!(
+        params(&m),
+        params(&reference),
+        "{name}: parameters or optimizer state differ from the steps before the failure"
+    );
+}
+
+#[test]
+fn faults_mid_training_stop_fit_with_the_model_as_before_the_failing_step() {
+    let (x, y) = spiral(100, 3, 11); // 300 samples, batches of 20: 15 steps an epoch
+    let adam = || spiral_model_with(Optimizer::adam(0.02), 12);
+    // NaN in the inputs mid-epoch: sample 170 is in step 8 (rows 160..180).
+    let mut nan_x = x.clone();
+    nan_x[(170, 1)] = f32::NAN;
+    assert_fit_fails_cleanly("NaN input", adam, &nan_x, &y, 20, 2, |e| {
+        matches!(e, Error::NonFinite { step: 8, tensor, layer }
+            if tensor == "inputs" && layer == "sample 170 of the data (row 10 of the batch)")
+    });
+    // An infinite input: sample 45, in step 2 (rows 40..60).
+    let mut inf_x = x.clone();
+    inf_x[(45, 0)] = f32::INFINITY;
+    assert_fit_fails_cleanly("infinite input", adam, &inf_x, &y, 20, 2, |e| {
+        matches!(e, Error::NonFinite { step: 2, tensor, layer }
+            if tensor == "inputs" && layer == "sample 45 of the data (row 5 of the batch)")
+    });
+    // An exploding learning rate: the gradients or the loss overflow at some step; the
+    // update of that step is never applied.
+    let exploding = || spiral_model_with(Optimizer::sgd(1e30), 13);
+    assert_fit_fails_cleanly(
+        "exploding learning rate",
+        exploding,
+        &x,
+        &y,
+        20,
+        3,
+        |e| matches!(e, Error::NonFinite { step, .. } if *step >= 1),
+    );
+    // A label out of range deep in the data, an empty data set, a batch size of 0:
+    // refused before the first step, the model untouched.
+    let mut m = adam();
+    let before = params(&m);
+    let mut bad = y.clone();
+    bad[299] = 7;
+    let opts = FitOptions { epochs: 1, batch_size: 20, ..Default::default() };
+    assert_eq!(
+        m.fit(x.view(), Targets::Classes(&bad), &opts).unwrap_err(),
+        Error::LabelOutOfRange { index: 299, label: 7, classes: 3 }
+    );
+    let empty = Matrix::zeros(0, 2);
+    assert!(matches!(m.fit(empty.view(), Targets::Classes(&[]), &opts), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        m.fit(x.view(), Targets::Classes(&y), &FitOptions { batch_size: 0, ..opts }),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(params(&m), before);
+    assert_eq!(m.iterations(), 0);
 }
 
 #[test]
@@ -295,6 +377,14 @@ fn an_infinite_gradient_is_named_by_step_layer_and_tensor() {
         "infinite gradient",
         &mut m,
         |m| m.train_step(x.view(), Targets::Values(t.view())).map(|_| ()),
+        |e| matches!(e, Error::NonFinite { step: 0, layer, tensor } if layer == "layer 0 (Dense 1→1)" && tensor == "dweights"),
+    );
+    // The same through `fit`.
+    let opts = FitOptions { epochs: 3, batch_size: 1, ..Default::default() };
+    assert_rejected(
+        "infinite gradient in fit",
+        &mut m,
+        |m| m.fit(x.view(), Targets::Values(t.view()), &opts).map(|_| ()),
         |e| matches!(e, Error::NonFinite { step: 0, layer, tensor } if layer == "layer 0 (Dense 1→1)" && tensor == "dweights"),
     );
 }

@@ -551,6 +551,15 @@ impl Sequential {
         let last = self.layers.last().expect("a built model has layers").output().view();
         let batch = self.loss.forward_backward(last, targets, Some(self.dloss.view_mut()))?;
         if !batch.loss.is_finite() {
+            // Name the inputs when they are the cause (checked only now, so a good
+            // step pays nothing for it).
+            if let Some(row) = first_nonfinite_row(x) {
+                return Err(Error::NonFinite {
+                    step,
+                    layer: format!("the batch (row {row})"),
+                    tensor: "inputs".into(),
+                });
+            }
             return Err(Error::NonFinite { step, layer: "the model output".into(), tensor: "loss".into() });
         }
         self.backward(x)?;
@@ -825,6 +834,11 @@ impl Sequential {
     }
 }
 
+/// The first row of `x` holding NaN or infinity.
+fn first_nonfinite_row(x: MatRef<'_>) -> Option<usize> {
+    (0..x.rows()).find(|&i| (0..x.cols()).any(|j| !x.get(i, j).is_finite()))
+}
+
 /// Running sums of an epoch's steps.
 #[derive(Default)]
 struct StepSums {
@@ -862,7 +876,19 @@ impl<I: Inputs> StepRun<'_, '_, I> {
             if let Some(next) = self.order.get((step + 1) * self.batch..((step + 2) * self.batch).min(n)) {
                 self.x.prefetch(next);
             }
-            let b = model.step_checked(bx.view(), t)?;
+            let b = model.step_checked(bx.view(), t).map_err(|e| match e {
+                // In `fit` the sample is known: name it.
+                Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
+                    let row = first_nonfinite_row(bx.view()).unwrap_or(0);
+                    let sample = chunk.get(row).copied().unwrap_or(0);
+                    Error::NonFinite {
+                        step,
+                        layer: format!("sample {sample} of the data (row {row} of the batch)"),
+                        tensor,
+                    }
+                }
+                e => e,
+            })?;
             self.governor.record(start.elapsed().as_secs_f64() / chunk.len() as f64);
             self.sums.loss_sum += b.loss as f64 * chunk.len() as f64;
             (self.sums.correct, self.sums.total) = (self.sums.correct + b.correct, self.sums.total + b.total);
