@@ -28,4 +28,5 @@ export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L /usr/aarch
 if [ $# -eq 0 ]; then
     set -- --lib --test gemm --test ops --test model --test gradcheck --test optim --test kernel_env
 fi
-cargo test --target "$target" "$@"
+# The property test replays its regressions and 8 new cases: qemu is ~50× slower.
+FUSEGRAD_PROP_CASES=${FUSEGRAD_PROP_CASES:-8} cargo test --target "$target" "$@"

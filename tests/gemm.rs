@@ -11,6 +11,8 @@ mod common;
 use common::Rng;
 use fusegrad::gemm::{gemm_naive, gemm_naive_f64, gemm_with, Accum, Blocking, CacheSizes, Epilogue, GemmOptions, Isa};
 use fusegrad::{Error, MatMut, MatRef, Matrix};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as PropConfig, RngSeed};
 
 const U: f64 = 1.0 / (1u64 << 24) as f64; // unit roundoff of f32
 
@@ -501,4 +503,59 @@ fn kernel_names_parse_and_unavailable_kernels_are_errors() {
         assert!(matches!(r, Err(Error::Kernel(_))), "{isa:?} should be refused");
     }
     assert!(Isa::best().is_available());
+}
+
+/// The property test's budget: `FUSEGRAD_PROP_CASES` cases (default 48, what CI runs;
+/// before a release run e.g. 5000), from the fixed seed 20261130 unless
+/// `FUSEGRAD_PROP_SEED` names another (or `random`). A failure shrinks to a minimal
+/// case, which proptest records in `tests/gemm.proptest-regressions` and replays
+/// first on every later run: commit that file.
+fn prop_config() -> PropConfig {
+    let cases =
+        std::env::var("FUSEGRAD_PROP_CASES").ok().map_or(48, |v| v.parse().expect("FUSEGRAD_PROP_CASES: a number"));
+    let rng_seed = match std::env::var("FUSEGRAD_PROP_SEED").as_deref() {
+        Ok("random") => RngSeed::Random,
+        Ok(v) => RngSeed::Fixed(v.parse().expect("FUSEGRAD_PROP_SEED: a number or \"random\"")),
+        Err(_) => RngSeed::Fixed(20_261_130),
+    };
+    PropConfig { cases, rng_seed, ..PropConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(prop_config())]
+
+    /// Any m, k, n in 0..300, any layout of A, B, C and h (row-major, padded rows,
+    /// transposed, or strided in both dimensions; NaN around every view), both `Accum`
+    /// modes, every epilogue, every path this CPU runs, 1–4 threads, this CPU's caches
+    /// or small ones: C, the sentinels and any bias gradient against the f64 twin
+    /// within the dot-product error bound.
+    #[test]
+    fn any_gemm_matches_the_f64_twin(
+        m in 0usize..300,
+        k in 0usize..300,
+        n in 0usize..300,
+        layouts in (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+        add in any::<bool>(),
+        epi in 0usize..EPIS.len(),
+        path in 0usize..8,
+        threads in 1usize..=4,
+        small_caches in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+        let (la, lb, lh, lc) = layouts;
+        let mut rng = Rng::new(seed);
+        let p = Problem::new(&mut rng, (m, k, n), LAYOUTS[la], LAYOUTS[lb], LAYOUTS[lh]);
+        let run = Run {
+            isa: paths[path % paths.len()],
+            lc: LAYOUTS[lc],
+            accum: if add { Accum::Add } else { Accum::Overwrite },
+            epi: EPIS[epi],
+            threads,
+            caches: small_caches.then_some(CacheSizes { l1d: 8 << 10, l2: 64 << 10 }),
+        };
+        if let Err(e) = check(&p, run) {
+            return Err(TestCaseError::fail(e));
+        }
+    }
 }
