@@ -67,8 +67,19 @@ pub fn resolve_dir(flag: Option<&Path>) -> PathBuf {
 /// [`Error::Io`] when the file cannot be read, [`Error::Format`] for anything else;
 /// both name the file and say how to fetch the data.
 pub fn validate_idx(path: &Path, kind: IdxKind, expected_count: usize) -> Result<()> {
-    let fail = |what: String| Error::Format(format!("{}: {what}; {FETCH_HINT}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}; {FETCH_HINT}", path.display())))?;
+    validate_idx_bytes(&bytes, kind, expected_count)
+        .map_err(|e| Error::Format(format!("{}: {e}; {FETCH_HINT}", path.display())))
+}
+
+/// [`validate_idx`] on the bytes of a file already in memory. Reads only the header
+/// and what it describes, allocates nothing, and never trusts a count or a dimension
+/// before checking it against the length of `bytes`.
+///
+/// # Errors
+/// [`Error::Format`] saying what is wrong (without a file name).
+pub fn validate_idx_bytes(bytes: &[u8], kind: IdxKind, expected_count: usize) -> Result<()> {
+    let fail = |what: String| Error::Format(what);
     let (magic, header, item) = match kind {
         IdxKind::Labels => (2049u32, 8usize, 1usize),
         IdxKind::Images => (2051u32, 16usize, 784usize),
@@ -87,10 +98,11 @@ pub fn validate_idx(path: &Path, kind: IdxKind, expected_count: usize) -> Result
     if kind == IdxKind::Images && (word(2), word(3)) != (28, 28) {
         return Err(fail(format!("images are {}×{}, MNIST's are 28×28", word(2), word(3))));
     }
-    let expected = header + count * item;
-    if bytes.len() != expected {
-        let what = if bytes.len() < expected { "truncated" } else { "too long" };
-        return Err(fail(format!("{what}: {} bytes, expected {expected} for {count} items", bytes.len())));
+    let expected = count.checked_mul(item).and_then(|b| b.checked_add(header));
+    if expected != Some(bytes.len()) {
+        let what = if expected.is_none_or(|e| bytes.len() < e) { "truncated" } else { "too long" };
+        let want = expected.map_or("more than usize can count".to_string(), |e| e.to_string());
+        return Err(fail(format!("{what}: {} bytes, expected {want} for {count} items", bytes.len())));
     }
     if kind == IdxKind::Labels {
         if let Some(i) = bytes[header..].iter().position(|&l| l > 9) {

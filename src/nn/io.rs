@@ -72,10 +72,25 @@ impl Sequential {
     pub fn load_parameters(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
-        let bad = |msg: String| Error::Format(format!("{}: {msg}", path.display()));
+        self.load_parameters_from_bytes(&bytes).map_err(|e| match e {
+            Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
+            e => e,
+        })
+    }
+
+    /// [`Self::load_parameters`] from the bytes of a parameter file already in memory.
+    /// Allocates only what the model's own layer shapes need, whatever the bytes
+    /// claim; nothing changes unless the whole input is valid.
+    ///
+    /// # Errors
+    /// [`Error::Format`] as for [`Self::load_parameters`] (without a file name).
+    pub fn load_parameters_from_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = |msg: String| Error::Format(msg);
         let mut at = 0usize;
         let mut take = |n: usize, what: &str| -> Result<&[u8]> {
-            let chunk = bytes.get(at..at + n).ok_or_else(|| bad(format!("file ends inside {what} (offset {at})")))?;
+            let chunk = bytes
+                .get(at..at.saturating_add(n))
+                .ok_or_else(|| bad(format!("file ends inside {what} (offset {at})")))?;
             at += n;
             Ok(chunk)
         };
