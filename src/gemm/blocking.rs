@@ -136,7 +136,7 @@ struct RawCaches {
     l2: Option<usize>,
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", not(miri)))]
 fn detect() -> RawCaches {
     use std::arch::x86_64::__cpuid_count;
     // SAFETY (every cpuid below): the cpuid instruction exists on every x86_64 CPU
@@ -178,7 +178,7 @@ fn detect() -> RawCaches {
     caches
 }
 
-#[cfg(all(not(target_arch = "x86_64"), target_os = "linux"))]
+#[cfg(all(not(target_arch = "x86_64"), target_os = "linux", not(miri)))]
 fn detect() -> RawCaches {
     // /sys/devices/system/cpu/cpu0/cache/indexN/{level,type,size}, size like "64K".
     let mut caches = RawCaches { l1d: None, l2: None };
@@ -198,13 +198,14 @@ fn detect() -> RawCaches {
     caches
 }
 
-#[cfg(not(any(target_arch = "x86_64", target_os = "linux")))]
+// Under miri (which runs no `cpuid` and reads no sysfs) and on other systems.
+#[cfg(any(miri, not(any(target_arch = "x86_64", target_os = "linux"))))]
 fn detect() -> RawCaches {
     RawCaches { l1d: None, l2: None }
 }
 
 /// Parses a sysfs cache size such as "48K" or "1M" (or plain bytes).
-#[cfg_attr(any(target_arch = "x86_64", not(target_os = "linux")), allow(dead_code))]
+#[cfg_attr(any(miri, target_arch = "x86_64", not(target_os = "linux")), allow(dead_code))]
 fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim();
     let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {

@@ -1,0 +1,131 @@
+//! Small tests of every safe entry point that reaches `unsafe` code, sized for miri
+//! (`scripts/ub-check.sh` runs this file under `cargo +nightly miri test`, where every
+//! raw pointer read, write and thread hand-over is checked for undefined behaviour;
+//! under miri the CPU has no AVX, so the portable kernel and the driver run). They run
+//! in the ordinary `cargo test` as well, where they are quick.
+//!
+//! miri perturbs libm results (`exp`) by a few ulps on purpose, so comparisons here
+//! use tolerances.
+
+use fusegrad::gemm::{gemm_naive, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions};
+use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};
+use fusegrad::ops::softmax_ce::{softmax_cross_entropy, softmax_cross_entropy_naive};
+use fusegrad::Matrix;
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+}
+
+/// Every layout of A and B (row-major, transposed), C plain or transposed, both
+/// accumulate modes, every epilogue, 1 and 2 threads (tiny tasks: the driver's split
+/// and its shared C pointer), small caches (several k, m and n blocks), on shapes
+/// around the portable tile (4 × 8): 0, 1, MR ± 1, NR ± 1.
+#[test]
+fn gemm_every_layout_and_epilogue_on_small_shapes() {
+    let caches = CacheSizes { l1d: 8 << 10, l2: 64 << 10 };
+    // Under miri (~1000× slower) fewer shapes, and 2 threads on one layout only.
+    let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+        &[(0, 2, 3), (1, 1, 1), (5, 9, 9), (9, 2, 17)]
+    } else {
+        &[(0, 2, 3), (1, 0, 1), (1, 1, 1), (3, 5, 7), (5, 9, 9), (4, 3, 8), (9, 2, 17)]
+    };
+    for &(m, k, n) in shapes {
+        let a = Matrix::from_fn(m, k, |i, j| (i * 3 + j) as f32 * 0.25 - 1.0);
+        let at = Matrix::from_fn(k, m, |j, i| a[(i, j)]);
+        let b = Matrix::from_fn(k, n, |i, j| (i + 2 * j) as f32 * 0.125 - 0.5);
+        let bt = Matrix::from_fn(n, k, |j, i| b[(i, j)]);
+        let h = Matrix::from_fn(m, n, |i, j| ((i + j) % 3) as f32 - 1.0);
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+        for (layout, (av, bv)) in
+            [(a.view(), b.view()), (at.t(), b.view()), (a.view(), bt.t()), (at.t(), bt.t())].into_iter().enumerate()
+        {
+            let threads_to_try: &[usize] = if cfg!(miri) && layout > 0 { &[1] } else { &[1, 2] };
+            for &threads in threads_to_try {
+                for accum in [Accum::Overwrite, Accum::Add] {
+                    for epi in 0..6 {
+                        let opts = GemmOptions {
+                            threads: Some(threads),
+                            min_work_per_thread: Some(0),
+                            caches: Some(caches),
+                            ..Default::default()
+                        };
+                        let (mut c, mut want) = (Matrix::from_fn(m, n, |i, j| (i + j) as f32), Matrix::zeros(m, n));
+                        want.as_mut_slice().copy_from_slice(c.as_slice());
+                        let (mut db, mut db_want) = (vec![0.0f32; n], vec![0.0f32; n]);
+                        gemm_with(c.view_mut(), av, bv, accum, pick(epi, &bias, &h, &mut db), &opts).unwrap();
+                        gemm_naive(want.view_mut(), av, bv, accum, pick(epi, &bias, &h, &mut db_want)).unwrap();
+                        assert!(
+                            close(c.as_slice(), want.as_slice(), 1e-4),
+                            "{m}x{k}x{n} epi {epi} {accum:?} {threads}T"
+                        );
+                        assert!(close(&db, &db_want, 1e-4), "{m}x{k}x{n} epi {epi} bias gradient");
+                        // C as a transposed (strided) view.
+                        let mut ct = Matrix::zeros(n, m);
+                        let mut want_t = Matrix::zeros(m, n);
+                        gemm_with(ct.view_mut().t(), av, bv, Accum::Overwrite, Epilogue::None, &opts).unwrap();
+                        gemm_naive(want_t.view_mut(), av, bv, Accum::Overwrite, Epilogue::None).unwrap();
+                        let ct_back = Matrix::from_fn(m, n, |i, j| ct[(j, i)]);
+                        assert!(close(ct_back.as_slice(), want_t.as_slice(), 1e-4), "{m}x{k}x{n} transposed C");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Epilogue number `epi` (0..6) over these buffers.
+fn pick<'a>(epi: usize, bias: &'a [f32], h: &'a Matrix, db: &'a mut [f32]) -> Epilogue<'a> {
+    match epi {
+        0 => Epilogue::None,
+        1 => Epilogue::Bias(bias),
+        2 => Epilogue::BiasRelu(bias),
+        3 => Epilogue::ReluMask(h.view()),
+        4 => Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: db },
+        _ => Epilogue::BiasGradB(db),
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_matches_its_twin() {
+    let logits = Matrix::from_fn(5, 4, |i, j| (i as f32 - j as f32) * 0.7);
+    let labels = [0, 3, 1, 2, 3];
+    let (mut d, mut d_naive) = (Matrix::zeros(5, 4), Matrix::zeros(5, 4));
+    let s = softmax_cross_entropy(logits.view(), &labels, Some(d.view_mut())).unwrap();
+    let t = softmax_cross_entropy_naive(logits.view(), &labels, Some(d_naive.view_mut())).unwrap();
+    assert!((s.loss - t.loss).abs() < 1e-4 && s.correct == t.correct);
+    assert!(close(d.as_slice(), d_naive.as_slice(), 1e-4));
+}
+
+/// A tiny model through `fit` (2 threads: the pool, the governor's hand-overs, the
+/// parallel update), `predict`, and a save / load round trip.
+#[test]
+fn a_tiny_model_trains_saves_and_loads() {
+    let x = Matrix::from_fn(8, 3, |i, j| ((i * 5 + j) % 7) as f32 * 0.2 - 0.6);
+    let y: Vec<usize> = (0..8).map(|i| i % 2).collect();
+    let mut m = Sequential::builder(3)
+        .seed(1)
+        .dense(5)
+        .relu()
+        .dense(2)
+        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
+        .unwrap();
+    m.set_threads(Some(2)).unwrap();
+    let reports = m.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 1, batch_size: 4, ..Default::default() });
+    assert_eq!(reports.unwrap().len(), 1);
+    assert_eq!(m.iterations(), 2);
+    let p = m.predict(x.view()).unwrap();
+    let dir = std::env::temp_dir().join(format!("fusegrad-miri-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tiny.params");
+    m.save_parameters(&path).unwrap();
+    let mut fresh = Sequential::builder(3)
+        .seed(9)
+        .dense(5)
+        .relu()
+        .dense(2)
+        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
+        .unwrap();
+    fresh.load_parameters(&path).unwrap();
+    assert_eq!(fresh.predict(x.view()).unwrap().as_slice(), p.as_slice());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
