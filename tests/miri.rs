@@ -126,6 +126,7 @@ fn a_tiny_model_trains_saves_and_loads() {
         .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
         .unwrap();
     fresh.load_parameters(&path).unwrap();
-    assert_eq!(fresh.predict(x.view()).unwrap().as_slice(), p.as_slice());
+    // Same parameters, same outputs (up to the ulps by which miri perturbs `exp`).
+    assert!(close(fresh.predict(x.view()).unwrap().as_slice(), p.as_slice(), 1e-5));
     std::fs::remove_dir_all(&dir).unwrap();
 }
