@@ -44,9 +44,11 @@ enum Layout {
 }
 const LAYOUTS: [Layout; 4] = [Layout::Row, Layout::Padded, Layout::Trans, Layout::Strided];
 
-/// A buffer with a `rows × cols` view inside it; everything else is NaN.
+/// A buffer with a `rows × cols` view inside it, starting `off` floats in (so that
+/// the view's base is not always aligned); everything else is NaN.
 struct Operand {
     buf: Vec<f32>,
+    off: usize,
     rows: usize,
     cols: usize,
     layout: Layout,
@@ -64,36 +66,47 @@ fn strides(rows: usize, cols: usize, layout: Layout) -> (usize, usize, usize) {
 }
 
 impl Operand {
-    fn new(rows: usize, cols: usize, layout: Layout, mut value: impl FnMut(usize, usize) -> f32) -> Self {
+    fn new(rows: usize, cols: usize, layout: Layout, value: impl FnMut(usize, usize) -> f32) -> Self {
+        Self::new_at(0, rows, cols, layout, value)
+    }
+    fn new_at(
+        off: usize,
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+        mut value: impl FnMut(usize, usize) -> f32,
+    ) -> Self {
         let (len, rs, cs) = strides(rows, cols, layout);
-        let mut buf = vec![sentinel(); len];
+        let mut buf = vec![sentinel(); off + len];
         for i in 0..rows {
             for j in 0..cols {
-                buf[i * rs + j * cs] = value(i, j);
+                buf[off + i * rs + j * cs] = value(i, j);
             }
         }
-        Operand { buf, rows, cols, layout }
+        Operand { buf, off, rows, cols, layout }
     }
     fn view(&self) -> MatRef<'_> {
         let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        let data = &self.buf[self.off..];
         if self.layout == Layout::Trans {
             // Build the stored (transposed) matrix, then transpose the view, as a user would.
-            MatRef::from_strides(&self.buf, self.cols, self.rows, cs, rs).unwrap().t()
+            MatRef::from_strides(data, self.cols, self.rows, cs, rs).unwrap().t()
         } else {
-            MatRef::from_strides(&self.buf, self.rows, self.cols, rs, cs).unwrap()
+            MatRef::from_strides(data, self.rows, self.cols, rs, cs).unwrap()
         }
     }
     fn view_mut(&mut self) -> MatMut<'_> {
         let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
+        let data = &mut self.buf[self.off..];
         if self.layout == Layout::Trans {
-            MatMut::from_strides(&mut self.buf, self.cols, self.rows, cs, rs).unwrap().t()
+            MatMut::from_strides(data, self.cols, self.rows, cs, rs).unwrap().t()
         } else {
-            MatMut::from_strides(&mut self.buf, self.rows, self.cols, rs, cs).unwrap()
+            MatMut::from_strides(data, self.rows, self.cols, rs, cs).unwrap()
         }
     }
     fn get(&self, i: usize, j: usize) -> f32 {
         let (_, rs, cs) = strides(self.rows, self.cols, self.layout);
-        self.buf[i * rs + j * cs]
+        self.buf[self.off + i * rs + j * cs]
     }
     /// Offsets inside the view.
     fn in_view(&self) -> Vec<bool> {
@@ -101,7 +114,7 @@ impl Operand {
         let mut inside = vec![false; self.buf.len()];
         for i in 0..self.rows {
             for j in 0..self.cols {
-                inside[i * rs + j * cs] = true;
+                inside[self.off + i * rs + j * cs] = true;
             }
         }
         inside
@@ -134,11 +147,22 @@ struct Problem {
 }
 
 impl Problem {
-    fn new(rng: &mut Rng, (m, k, n): (usize, usize, usize), la: Layout, lb: Layout, lh: Layout) -> Self {
-        let a = Operand::new(m, k, la, |_, _| rng.uniform(-1.0, 1.0));
-        let b = Operand::new(k, n, lb, |_, _| rng.uniform(-1.0, 1.0));
+    fn new(rng: &mut Rng, shape: (usize, usize, usize), la: Layout, lb: Layout, lh: Layout) -> Self {
+        Self::new_at(rng, shape, la, lb, lh, [0; 3])
+    }
+    /// With the views of A, B and h starting `offs` floats into their buffers.
+    fn new_at(
+        rng: &mut Rng,
+        (m, k, n): (usize, usize, usize),
+        la: Layout,
+        lb: Layout,
+        lh: Layout,
+        offs: [usize; 3],
+    ) -> Self {
+        let a = Operand::new_at(offs[0], m, k, la, |_, _| rng.uniform(-1.0, 1.0));
+        let b = Operand::new_at(offs[1], k, n, lb, |_, _| rng.uniform(-1.0, 1.0));
         // A ReLU output: about half zeros, the rest positive.
-        let h = Operand::new(m, n, lh, |_, _| rng.uniform(-1.0, 1.0).max(0.0));
+        let h = Operand::new_at(offs[2], m, n, lh, |_, _| rng.uniform(-1.0, 1.0).max(0.0));
         let c0 = rng.vec(m * n);
         let bias = rng.vec(n);
         let (prod, scale) = gemm_naive_f64(a.view(), b.view());
@@ -155,6 +179,8 @@ struct Run {
     threads: usize,
     /// Caches the block sizes are derived from (None: this CPU's).
     caches: Option<CacheSizes>,
+    /// Floats before C's view in its buffer.
+    c_off: usize,
 }
 
 /// Runs one GEMM and checks C, the sentinels around it, and any bias gradient.
@@ -162,7 +188,8 @@ fn check(p: &Problem, r: Run) -> Result<(), String> {
     let (m, k, n) = (p.m, p.k, p.n);
     let ctx = || format!("{m}×{k}×{n} A {:?} B {:?} h {:?} {r:?}", p.a.layout, p.b.layout, p.h.layout);
     // C starts as NaN (overwrite must not read it) or as c0 (accumulate).
-    let mut c = Operand::new(m, n, r.lc, |i, j| if r.accum == Accum::Add { p.c0[i * n + j] } else { sentinel() });
+    let mut c =
+        Operand::new_at(r.c_off, m, n, r.lc, |i, j| if r.accum == Accum::Add { p.c0[i * n + j] } else { sentinel() });
     let mut db = vec![sentinel(); n];
     let epilogue = match r.epi {
         Epi::None => Epilogue::None,
@@ -246,7 +273,7 @@ fn check_all_with_caches(p: &Problem, lc: Layout, threads: usize, caches: Option
     for isa in isas() {
         for epi in EPIS {
             for accum in [Accum::Overwrite, Accum::Add] {
-                check(p, Run { isa, lc, accum, epi, threads, caches }).unwrap_or_else(|e| panic!("{e}"));
+                check(p, Run { isa, lc, accum, epi, threads, caches, c_off: 0 }).unwrap_or_else(|e| panic!("{e}"));
             }
         }
     }
@@ -352,6 +379,7 @@ fn random_shapes_layouts_and_threads() {
             // Half the cases with small caches: random shapes then cross k, m and n
             // block boundaries too.
             caches: (rng.below(2) == 0).then_some(CacheSizes { l1d: 8 << 10, l2: 64 << 10 }),
+            c_off: rng.below(5),
         };
         check(&p, run).unwrap_or_else(|e| panic!("seed {seed} case {case}: {e}"));
     }
@@ -400,7 +428,7 @@ fn overwrite_ignores_nan_in_c_and_writes_only_the_view() {
     for isa in isas() {
         for lc in LAYOUTS {
             for epi in EPIS {
-                check(&p, Run { isa, lc, accum: Accum::Overwrite, epi, threads: 1, caches: None })
+                check(&p, Run { isa, lc, accum: Accum::Overwrite, epi, threads: 1, caches: None, c_off: 0 })
                     .unwrap_or_else(|e| panic!("{e}"));
             }
         }
@@ -525,7 +553,8 @@ proptest! {
     #![proptest_config(prop_config())]
 
     /// Any m, k, n in 0..300, any layout of A, B, C and h (row-major, padded rows,
-    /// transposed, or strided in both dimensions; NaN around every view), both `Accum`
+    /// transposed, or strided in both dimensions; NaN around every view), views
+    /// starting 0–16 floats into their buffers (any alignment), both `Accum`
     /// modes, every epilogue, every path this CPU runs, 1–4 threads, this CPU's caches
     /// or small ones: C, the sentinels and any bias gradient against the f64 twin
     /// within the dot-product error bound.
@@ -540,13 +569,16 @@ proptest! {
         path in 0usize..8,
         threads in 1usize..=4,
         small_caches in any::<bool>(),
+        offsets in (0usize..17, 0usize..17, 0usize..17, 0usize..17),
         seed in any::<u64>(),
     ) {
         let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
         let (la, lb, lh, lc) = layouts;
         let mut rng = Rng::new(seed);
-        let p = Problem::new(&mut rng, (m, k, n), LAYOUTS[la], LAYOUTS[lb], LAYOUTS[lh]);
+        let (oa, ob, oh, oc) = offsets;
+        let p = Problem::new_at(&mut rng, (m, k, n), LAYOUTS[la], LAYOUTS[lb], LAYOUTS[lh], [oa, ob, oh]);
         let run = Run {
+            c_off: oc,
             isa: paths[path % paths.len()],
             lc: LAYOUTS[lc],
             accum: if add { Accum::Add } else { Accum::Overwrite },
