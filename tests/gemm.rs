@@ -66,9 +66,6 @@ fn strides(rows: usize, cols: usize, layout: Layout) -> (usize, usize, usize) {
 }
 
 impl Operand {
-    fn new(rows: usize, cols: usize, layout: Layout, value: impl FnMut(usize, usize) -> f32) -> Self {
-        Self::new_at(0, rows, cols, layout, value)
-    }
     fn new_at(
         off: usize,
         rows: usize,
