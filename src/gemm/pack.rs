@@ -32,32 +32,10 @@ pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, k
             panel.fill(0.0);
         }
         if cs == 1 {
-            // Row-major A: bs × bs blocks transposed in registers where the path has
-            // them; the rest reads each row contiguously and scatters it.
-            let mut done_rows = 0;
-            if let Some(bs) = transpose_block(isa).filter(|&bs| mr.is_multiple_of(bs)) {
-                while done_rows + bs <= rows {
-                    let mut pb = 0;
-                    while pb + bs <= kc {
-                        let src = &data[(first_row + done_rows) * rs + p0 + pb..];
-                        transpose(isa, bs, src, rs, &mut panel[pb * mr + done_rows..], mr);
-                        pb += bs;
-                    }
-                    for r in done_rows..done_rows + bs {
-                        let off = (first_row + r) * rs + p0;
-                        for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
-                            panel[(pb + p) * mr + r] = x;
-                        }
-                    }
-                    done_rows += bs;
-                }
-            }
-            for r in done_rows..rows {
-                let off = (first_row + r) * rs + p0;
-                for (p, &x) in data[off..off + kc].iter().enumerate() {
-                    panel[p * mr + r] = x;
-                }
-            }
+            // Row-major A: each row of the block is a contiguous run, scattered into
+            // one lane of the panel.
+            let vectors = Vectors { data, first: first_row, count: rows, stride: rs, p0, kc };
+            scatter_vectors(panel, mr, vectors, isa);
         } else if rs == 1 {
             // Transposed A: one panel column is `rows` contiguous elements.
             for p in 0..kc {
@@ -97,39 +75,59 @@ pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, n
                 panel[p * nr..p * nr + cols].copy_from_slice(&data[off..off + cols]);
             }
         } else if rs == 1 {
-            // Transposed B (Wᵀ): bs × bs blocks transposed in registers with the
-            // path's own instructions; the rest reads each column of B (a row of W)
-            // contiguously.
-            let mut done_cols = 0;
-            if let Some(bs) = transpose_block(isa).filter(|&bs| nr.is_multiple_of(bs)) {
-                while done_cols + bs <= cols {
-                    let mut pb = 0;
-                    while pb + bs <= kc {
-                        let src = &data[(first_col + done_cols) * cs + p0 + pb..];
-                        transpose(isa, bs, src, cs, &mut panel[pb * nr + done_cols..], nr);
-                        pb += bs;
-                    }
-                    for c in done_cols..done_cols + bs {
-                        let off = (first_col + c) * cs + p0;
-                        for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
-                            panel[(pb + p) * nr + c] = x;
-                        }
-                    }
-                    done_cols += bs;
-                }
-            }
-            for c in done_cols..cols {
-                let off = (first_col + c) * cs + p0;
-                for (p, &x) in data[off..off + kc].iter().enumerate() {
-                    panel[p * nr + c] = x;
-                }
-            }
+            // Transposed B (Wᵀ): each column of the block (a row of W) is a contiguous
+            // run, scattered into one lane of the panel.
+            let vectors = Vectors { data, first: first_col, count: cols, stride: cs, p0, kc };
+            scatter_vectors(panel, nr, vectors, isa);
         } else {
             for p in 0..kc {
                 for c in 0..cols {
                     panel[p * nr + c] = data[(p0 + p) * rs + (first_col + c) * cs];
                 }
             }
+        }
+    }
+}
+
+/// `count` contiguous runs of `kc` floats: run `c` is `data[(first + c)·stride + p0 ..]`
+/// (the rows of a row-major A block, or the columns of a `Bᵀ` block).
+#[derive(Clone, Copy)]
+struct Vectors<'a> {
+    data: &'a [f32],
+    first: usize,
+    count: usize,
+    stride: usize,
+    p0: usize,
+    kc: usize,
+}
+
+/// `panel[p·width + c] = run c at p`: the transposed copy both packings need, in
+/// `bs × bs` blocks transposed in registers with the `isa` path's own instructions
+/// where it has them (and `width` is a multiple of `bs`), the rest element by element.
+fn scatter_vectors(panel: &mut [f32], width: usize, v: Vectors<'_>, isa: Isa) {
+    let Vectors { data, first, count, stride, p0, kc } = v;
+    let mut done = 0;
+    if let Some(bs) = transpose_block(isa).filter(|&bs| width.is_multiple_of(bs)) {
+        while done + bs <= count {
+            let mut pb = 0;
+            while pb + bs <= kc {
+                let src = &data[(first + done) * stride + p0 + pb..];
+                transpose(isa, bs, src, stride, &mut panel[pb * width + done..], width);
+                pb += bs;
+            }
+            for c in done..done + bs {
+                let off = (first + c) * stride + p0;
+                for (p, &x) in data[off + pb..off + kc].iter().enumerate() {
+                    panel[(pb + p) * width + c] = x;
+                }
+            }
+            done += bs;
+        }
+    }
+    for c in done..count {
+        let off = (first + c) * stride + p0;
+        for (p, &x) in data[off..off + kc].iter().enumerate() {
+            panel[p * width + c] = x;
         }
     }
 }
