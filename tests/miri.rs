@@ -10,13 +10,13 @@
 use fusegrad::gemm::{gemm_naive, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions};
 use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};
 use fusegrad::ops::softmax_ce::{softmax_cross_entropy, softmax_cross_entropy_naive};
-use fusegrad::Matrix;
+use fusegrad::{MatRef, Matrix};
 
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
 }
 
-/// Every layout of A and B (row-major, transposed), C plain or transposed, both
+/// Every layout of A and B (row-major, transposed, strided, padded), C plain or transposed, both
 /// accumulate modes, every epilogue, 1 and 2 threads (tiny tasks: the driver's split
 /// and its shared C pointer), small caches (several k, m and n blocks), on shapes
 /// around the portable tile (4 × 8): 0, 1, MR ± 1, NR ± 1.
@@ -34,10 +34,28 @@ fn gemm_every_layout_and_epilogue_on_small_shapes() {
         let at = Matrix::from_fn(k, m, |j, i| a[(i, j)]);
         let b = Matrix::from_fn(k, n, |i, j| (i + 2 * j) as f32 * 0.125 - 0.5);
         let bt = Matrix::from_fn(n, k, |j, i| b[(i, j)]);
+        // Strided A (every other column, padded rows) and padded B, NaN between.
+        let (ars, brs) = (2 * k + 1, n + 3);
+        let mut a_buf = vec![f32::NAN; m.max(1) * ars + 1];
+        let mut b_buf = vec![f32::NAN; k.max(1) * brs + 1];
+        for i in 0..m {
+            for j in 0..k {
+                a_buf[i * ars + 2 * j] = a[(i, j)];
+            }
+        }
+        for i in 0..k {
+            for j in 0..n {
+                b_buf[i * brs + j] = b[(i, j)];
+            }
+        }
+        let a_strided = MatRef::from_strides(&a_buf, m, k, ars, 2).unwrap();
+        let b_padded = MatRef::from_strides(&b_buf, k, n, brs, 1).unwrap();
         let h = Matrix::from_fn(m, n, |i, j| ((i + j) % 3) as f32 - 1.0);
         let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
         for (layout, (av, bv)) in
-            [(a.view(), b.view()), (at.t(), b.view()), (a.view(), bt.t()), (at.t(), bt.t())].into_iter().enumerate()
+            [(a.view(), b.view()), (at.t(), b.view()), (a.view(), bt.t()), (at.t(), bt.t()), (a_strided, b_padded)]
+                .into_iter()
+                .enumerate()
         {
             let threads_to_try: &[usize] = if cfg!(miri) && layout > 0 { &[1] } else { &[1, 2] };
             for &threads in threads_to_try {
