@@ -3,19 +3,12 @@
 
 mod common;
 
-use common::ALLOCS;
+use common::{mnist_like_batch as data, ALLOCS};
 use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};
-use fusegrad::Matrix;
 use std::sync::atomic::Ordering;
 
 #[global_allocator]
 static GLOBAL: common::Counting = common::Counting;
-
-fn data(n: usize) -> (Matrix, Vec<usize>) {
-    let x = Matrix::from_fn(n, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
-    let y = (0..n).map(|i| i % 10).collect();
-    (x, y)
-}
 
 #[test]
 fn training_steps_do_not_allocate() {

@@ -1,6 +1,16 @@
 //! Test helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use fusegrad::Matrix;
+
+/// `n` deterministic MNIST-shaped samples (784 features in [0, 1)) and labels 0–9:
+/// the batch the allocation-counting tests train on.
+pub fn mnist_like_batch(n: usize) -> (Matrix, Vec<usize>) {
+    let x = Matrix::from_fn(n, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let y = (0..n).map(|i| i % 10).collect();
+    (x, y)
+}
+
 /// SplitMix64: a tiny seeded generator, so every failing case can be replayed.
 pub struct Rng(u64);
 
