@@ -26,6 +26,7 @@ use crate::matrix::{MatMut, MatRef};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::OnceLock;
 
 /// How many tasks a GEMM may use.
 #[derive(Clone, Copy, Debug)]
@@ -93,6 +94,17 @@ pub(crate) fn reserve_workspace() {
 /// The largest packed A block (`mc × kc`) and packed B block (`nc × kc`), in floats,
 /// over every kernel, for these caches.
 fn workspace_floats(caches: CacheSizes) -> (usize, usize) {
+    // Memoised for the detected caches: computing it costs some forty integer
+    // divisions, a sizeable part of the time of a small GEMM such as 128×64×10.
+    static FOR_DETECTED: OnceLock<(usize, usize)> = OnceLock::new();
+    if caches == CacheSizes::detected() {
+        *FOR_DETECTED.get_or_init(|| workspace_floats_for(caches))
+    } else {
+        workspace_floats_for(caches)
+    }
+}
+
+fn workspace_floats_for(caches: CacheSizes) -> (usize, usize) {
     KERNEL_TILES.iter().fold((0, 0), |(a, b), &(mr, nr)| {
         let blk = Blocking::for_kernel(mr, nr, caches);
         (a.max(blk.mc * blk.kc), b.max(blk.nc * blk.kc))
