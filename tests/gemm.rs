@@ -307,8 +307,8 @@ fn every_transpose_and_stride_combination() {
 
 #[test]
 fn block_boundaries() {
-    // This CPU's blocks for the AVX2 6 × 16 kernel (kc = 279 with a 32 KiB L1d: k is
-    // split into equal blocks above it; mc = 144; nc = 464 with a 1 MiB L2).
+    // This CPU's blocks for the AVX2 6 × 16 kernel (kc = 512 with a 32 KiB L1d: k is
+    // split into equal blocks above it; mc = 144; nc = 256 with a 1 MiB L2).
     let mut rng = Rng::new(3);
     let blk = Blocking::for_kernel(6, 16, CacheSizes::detected());
     let (kc, mc, nc) = (blk.kc, blk.mc, blk.nc);
@@ -322,7 +322,7 @@ fn block_boundaries() {
 
 #[test]
 fn block_boundaries_of_small_caches() {
-    // Small caches give small blocks (kc 69, nc 112 for a 6 × 16 tile at 8 KiB / 64
+    // Small caches give small blocks (kc 170, nc 48 for a 6 × 16 tile at 8 KiB / 64
     // KiB), so shapes just below and above every kernel's kc, mc and nc stay cheap;
     // 2 threads split them into tasks that cross those boundaries too.
     let mut rng = Rng::new(33);
