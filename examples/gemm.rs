@@ -187,6 +187,11 @@ fn all_isas(seconds: f64) {
     let budget = Duration::from_secs_f64(seconds);
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
     println!("machine: {}; best path {}; 1 thread unless marked 2T", cpu_name(), Isa::best().name());
+    println!(
+        "peers: matrixmultiply runs its {} kernel{}; the gemm crate its AVX2+FMA kernels",
+        common::matrixmultiply_kernel(),
+        if cfg!(feature = "peer-avx512") { "" } else { " (built with --no-default-features: no AVX-512)" }
+    );
     println!();
     println!("| path | peak per core (intrinsics probe) | assembly probe, 8 / 12 chains |");
     println!("|---|---|---|");
@@ -207,10 +212,11 @@ fn all_isas(seconds: f64) {
     shapes.push(("square 1024x1024x1024 2T".into(), 1024, 1024, 1024, "nn", 2));
     let header: Vec<String> = isas.iter().map(|i| format!("{} GFLOP/s (% of its peak)", i.name())).collect();
     println!(
-        "| shape (m×k×n, layout) | {} | matrixmultiply | gemm crate | {} vs matrixmultiply | {} vs gemm crate |",
+        "| shape (m×k×n, layout) | {} | matrixmultiply ({mm}) | gemm crate | {} vs matrixmultiply | {} vs gemm crate |",
         header.join(" | "),
         isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / "),
-        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / ")
+        isas.iter().map(|i| i.name()).collect::<Vec<_>>().join(" / "),
+        mm = common::matrixmultiply_kernel()
     );
     println!("|---|{}---|---|---|---|", "---|".repeat(isas.len()));
     for (name, m, k, n, layout, threads) in shapes {
@@ -348,6 +354,10 @@ fn main() {
         flops / median / 1e9
     );
     if args.peer {
+        println!(
+            "peers: matrixmultiply runs its {} kernel, the gemm crate its AVX2+FMA kernels",
+            common::matrixmultiply_kernel()
+        );
         let peers: [(&str, Peer); 2] =
             [("matrixmultiply", common::matrixmultiply_gemm), ("gemm crate", common::gemm_crate_gemm)];
         for (name, peer) in peers {

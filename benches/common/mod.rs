@@ -32,6 +32,33 @@ pub fn matrixmultiply_gemm(mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
     }
 }
 
+/// The kernel `matrixmultiply::sgemm` runs on this CPU: its AVX-512 one only when the
+/// `peer-avx512` feature (on by default) built it, else its FMA one where the CPU
+/// has AVX2 + FMA.
+pub fn matrixmultiply_kernel() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "peer-avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512";
+        }
+        if std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx2") {
+            return "fma";
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            return "avx";
+        }
+        "sse2"
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "fallback"
+    }
+}
+
 /// `C = op(A)·op(B)` with the gemm crate (0.19, its default AVX2+FMA kernels on
 /// x86), single-threaded, from fusegrad views.
 pub fn gemm_crate_gemm(mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
