@@ -108,12 +108,12 @@ fn scatter_vectors(panel: &mut [f32], width: usize, v: Vectors<'_>, isa: Isa) {
     let Vectors { data, first, count, stride, p0, kc } = v;
     let mut done = 0;
     if let Some(bs) = transpose_block(isa).filter(|&bs| width.is_multiple_of(bs)) {
+        let blocks = kc / bs;
+        let pb = blocks * bs;
         while done + bs <= count {
-            let mut pb = 0;
-            while pb + bs <= kc {
-                let src = &data[(first + done) * stride + p0 + pb..];
-                transpose(isa, bs, src, stride, &mut panel[pb * width + done..], width);
-                pb += bs;
+            if blocks > 0 {
+                let src = &data[(first + done) * stride + p0..];
+                transpose(isa, bs, src, stride, &mut panel[done..], width, blocks);
             }
             for c in done..done + bs {
                 let off = (first + c) * stride + p0;

@@ -271,23 +271,45 @@ unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
     }
 }
 
-/// Transposes a 16 × 16 block: `dst[r * dst_stride + c] = src[c * src_stride + r]` for
-/// `r, c < 16`. Packing `Bᵀ` (as in `dX = dZ·Wᵀ`) with it moves 16 floats per
-/// instruction instead of one.
+/// Transposes a strip of `blocks` 16 × 16 blocks lying side by side in 16 rows of
+/// `src` into `16·blocks` rows of `dst`: `dst[r * dst_stride + c] = src[c * src_stride
+/// + r]` for `r < 16·blocks`, `c < 16`. Packing `Bᵀ` (as in `dX = dZ·Wᵀ`) with it moves
+/// 16 floats per instruction instead of one; one call per strip keeps the checks out
+/// of the per-block work.
 ///
 /// # Panics
-/// If either slice is too short for 16 rows at its stride, or the CPU lacks avx512f.
-pub(crate) fn transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-    assert!(src.len() >= 15 * src_stride + 16 && dst.len() >= 15 * dst_stride + 16, "transpose16: slices too short");
+/// If either slice is too short, or the CPU lacks avx512f.
+pub(crate) fn transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize, blocks: usize) {
+    if blocks == 0 {
+        return;
+    }
+    assert!(
+        src.len() >= 15 * src_stride + 16 * blocks && dst.len() >= (16 * blocks - 1) * dst_stride + 16,
+        "transpose16: slices too short"
+    );
     assert!(super::Isa::Avx512.is_available(), "transpose16: avx512f not available");
-    // SAFETY: avx512f was checked; the asserts above cover every row read and written.
-    unsafe { transpose16_impl(src, src_stride, dst, dst_stride) }
+    for b in 0..blocks {
+        // SAFETY: avx512f was checked; block b reads rows i < 16 at i * src_stride + 16b
+        // (16 floats each) and writes rows 16b + i of `dst` (16 floats each), all inside
+        // the slices by the asserts above.
+        unsafe {
+            transpose16_impl(
+                src.as_ptr().add(16 * b),
+                src_stride,
+                dst.as_mut_ptr().add(16 * b * dst_stride),
+                dst_stride,
+            )
+        }
+    }
 }
 
+/// # Safety
+/// 16 rows of 16 floats readable at `src + i * src_stride`, writable at `dst + i *
+/// dst_stride`; avx512f available.
 #[target_feature(enable = "avx512f")]
-unsafe fn transpose16_impl(src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
-    // SAFETY: row i starts at i * src_stride and has 16 floats inside `src` (asserted).
-    let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.as_ptr().add(i * src_stride)) });
+unsafe fn transpose16_impl(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
+    // SAFETY: row i starts at i * src_stride and has 16 readable floats (contract).
+    let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.add(i * src_stride)) });
     // Stage 1: interleave pairs of rows (elements within 128-bit lanes).
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
@@ -316,10 +338,10 @@ unsafe fn transpose16_impl(src: &[f32], src_stride: usize, dst: &mut [f32], dst_
     for i in 0..8 {
         let lo = _mm512_shuffle_f32x4::<0x88>(v[i], v[8 + i]);
         let hi = _mm512_shuffle_f32x4::<0xDD>(v[i], v[8 + i]);
-        // SAFETY: rows i and 8 + i of `dst` have 16 floats inside it (asserted).
+        // SAFETY: rows i and 8 + i of `dst` have 16 writable floats (contract).
         unsafe {
-            _mm512_storeu_ps(dst.as_mut_ptr().add(i * dst_stride), lo);
-            _mm512_storeu_ps(dst.as_mut_ptr().add((8 + i) * dst_stride), hi);
+            _mm512_storeu_ps(dst.add(i * dst_stride), lo);
+            _mm512_storeu_ps(dst.add((8 + i) * dst_stride), hi);
         }
     }
 }
@@ -334,14 +356,16 @@ mod tests {
             eprintln!("skipping: no avx512f");
             return;
         }
-        let src: Vec<f32> = (0..20 * 16).map(|i| i as f32).collect(); // stride 20
-        let mut dst = vec![f32::NAN; 15 * 17 + 16]; // stride 17
-        transpose16(&src, 20, &mut dst, 17);
-        for r in 0..16 {
-            for c in 0..16 {
-                assert_eq!(dst[r * 17 + c], src[c * 20 + r], "({r}, {c})");
+        for blocks in [1, 2] {
+            let src: Vec<f32> = (0..15 * 37 + 16 * blocks).map(|i| i as f32).collect(); // stride 37
+            let mut dst = vec![f32::NAN; (16 * blocks - 1) * 17 + 16]; // stride 17
+            transpose16(&src, 37, &mut dst, 17, blocks);
+            for r in 0..16 * blocks {
+                for c in 0..16 {
+                    assert_eq!(dst[r * 17 + c], src[c * 37 + r], "{blocks} blocks: ({r}, {c})");
+                }
+                assert!(r * 17 + 16 >= dst.len() || dst[r * 17 + 16].is_nan(), "wrote outside row {r}");
             }
         }
-        assert!(dst[16].is_nan(), "wrote outside its row");
     }
 }

@@ -155,19 +155,28 @@ pub(crate) fn transpose_block(isa: Isa) -> Option<usize> {
     }
 }
 
-/// Transposes one `bs × bs` block (`bs` from [`transpose_block`] for the same `isa`):
-/// `dst[r * dst_stride + c] = src[c * src_stride + r]` for `r, c < bs`.
+/// Transposes a strip of `blocks` `bs × bs` blocks (`bs` from [`transpose_block`] for
+/// the same `isa`) lying side by side in `bs` rows of `src` into `bs·blocks` rows of
+/// `dst`: `dst[r * dst_stride + c] = src[c * src_stride + r]` for `r < bs·blocks`, `c < bs`.
 ///
 /// # Panics
 /// If `isa` has no transpose routine of side `bs`, or a slice is too short.
-pub(crate) fn transpose(isa: Isa, bs: usize, src: &[f32], src_stride: usize, dst: &mut [f32], dst_stride: usize) {
+pub(crate) fn transpose(
+    isa: Isa,
+    bs: usize,
+    src: &[f32],
+    src_stride: usize,
+    dst: &mut [f32],
+    dst_stride: usize,
+    blocks: usize,
+) {
     match (isa, bs) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, 16) => avx512::transpose16(src, src_stride, dst, dst_stride),
+        (Isa::Avx512, 16) => avx512::transpose16(src, src_stride, dst, dst_stride, blocks),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, 8) => avx2::transpose8(src, src_stride, dst, dst_stride),
+        (Isa::Avx2, 8) => avx2::transpose8(src, src_stride, dst, dst_stride, blocks),
         _ => {
-            let _ = (src, src_stride, dst, dst_stride);
+            let _ = (src, src_stride, dst, dst_stride, blocks);
             panic!("no {bs}×{bs} transpose for the {} path", isa.name())
         }
     }
