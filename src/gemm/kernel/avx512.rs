@@ -272,10 +272,10 @@ unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
 }
 
 /// Transposes a strip of `blocks` 16 × 16 blocks lying side by side in 16 rows of
-/// `src` into `16·blocks` rows of `dst`: `dst[r * dst_stride + c] = src[c * src_stride
-/// + r]` for `r < 16·blocks`, `c < 16`. Packing `Bᵀ` (as in `dX = dZ·Wᵀ`) with it moves
-/// 16 floats per instruction instead of one; one call per strip keeps the checks out
-/// of the per-block work.
+/// `src` into `16·blocks` rows of `dst`, so that `dst[r * dst_stride + c]` is
+/// `src[c * src_stride + r]` for `r < 16·blocks` and `c < 16`. Packing `Bᵀ` (as in
+/// `dX = dZ·Wᵀ`) with it moves 16 floats per instruction instead of one; one call per
+/// strip keeps the checks out of the per-block work.
 ///
 /// # Panics
 /// If either slice is too short, or the CPU lacks avx512f.
