@@ -86,17 +86,33 @@ impl Inputs for ScaledBytes<'_> {
     }
 }
 
-/// `dst[i] = src[i] as f32 * scale`, with AVX-512 when the CPU has it: the byte
+/// `dst[i] = src[i] as f32 * scale`, with the vector instructions of the kernel path in
+/// use ([`default_isa`](crate::gemm::default_isa): `FUSEGRAD_KERNEL`, else the CPU's
+/// best), so that a forced path runs what a CPU with only that path runs: the byte
 /// gather is a quarter of an MNIST step's non-GEMM time, and the baseline (SSE2)
 /// conversion runs at under 2 elements per cycle.
 ///
 /// # Panics
 /// If the lengths differ.
 pub fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
+    let isa = crate::gemm::default_isa().unwrap_or_else(|_| crate::gemm::Isa::best());
+    bytes_to_f32_with(isa, src, dst, scale);
+}
+
+/// [`bytes_to_f32`] on the given path (the portable loop for a path without its own
+/// conversion, or one this CPU cannot run).
+fn bytes_to_f32_with(isa: crate::gemm::Isa, src: &[u8], dst: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if crate::gemm::Isa::Avx512.is_available() {
-        return crate::gemm::kernel::avx512::bytes_to_f32(src, dst, scale);
+    match isa {
+        crate::gemm::Isa::Avx512 if isa.is_available() => {
+            return crate::gemm::kernel::avx512::bytes_to_f32(src, dst, scale)
+        }
+        crate::gemm::Isa::Avx2 if isa.is_available() => {
+            return crate::gemm::kernel::avx2::bytes_to_f32(src, dst, scale)
+        }
+        _ => {}
     }
+    let _ = isa;
     bytes_to_f32_portable(src, dst, scale);
 }
 
@@ -118,13 +134,15 @@ mod tests {
     #[test]
     fn simd_and_portable_conversions_agree_on_every_length() {
         let src: Vec<u8> = (0..300u32).map(|i| (i * 37 % 256) as u8).collect();
-        for len in [0, 1, 15, 16, 17, 31, 33, 64, 299, 300] {
-            let (mut a, mut b) = (vec![f32::NAN; len + 3], vec![f32::NAN; len + 3]);
-            bytes_to_f32(&src[..len], &mut a[..len], 1.0 / 255.0);
-            bytes_to_f32_portable(&src[..len], &mut b[..len], 1.0 / 255.0);
-            assert_eq!(a[..len], b[..len], "length {len}");
-            assert!(a[len..].iter().all(|v| v.is_nan()), "length {len}: wrote past the end");
-            assert!(a[..len].iter().zip(&src).all(|(&x, &s)| x == s as f32 * (1.0 / 255.0)));
+        for isa in crate::gemm::Isa::ALL.into_iter().filter(|i| i.is_available()) {
+            for len in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 299, 300] {
+                let (mut a, mut b) = (vec![f32::NAN; len + 3], vec![f32::NAN; len + 3]);
+                bytes_to_f32_with(isa, &src[..len], &mut a[..len], 1.0 / 255.0);
+                bytes_to_f32_portable(&src[..len], &mut b[..len], 1.0 / 255.0);
+                assert_eq!(a[..len], b[..len], "{isa:?}, length {len}");
+                assert!(a[len..].iter().all(|v| v.is_nan()), "{isa:?}, length {len}: wrote past the end");
+                assert!(a[..len].iter().zip(&src).all(|(&x, &s)| x == s as f32 * (1.0 / 255.0)));
+            }
         }
     }
 }

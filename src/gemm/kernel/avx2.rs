@@ -418,6 +418,36 @@ unsafe fn store_rows<const MR: usize>(rows: &[__m256; MR], t: &Tile) {
     }
 }
 
+/// `dst[i] = src[i] as f32 * scale` for `i < dst.len()` (= `src.len()`), 8 bytes per
+/// instruction (zero-extend to i32, convert, multiply); the tail element by element.
+///
+/// # Panics
+/// If the lengths differ, or the CPU lacks avx2.
+pub(crate) fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
+    assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
+    assert!(super::Isa::Avx2.is_available(), "bytes_to_f32: avx2 not available");
+    // SAFETY: avx2 was checked just above; the lengths are equal.
+    unsafe { bytes_to_f32_impl(src, dst, scale) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
+    let s = _mm256_set1_ps(scale);
+    let mut chunks = src.chunks_exact(8);
+    let mut out = dst.chunks_exact_mut(8);
+    for (c, o) in (&mut chunks).zip(&mut out) {
+        // SAFETY: `c` has exactly 8 bytes (one 64-bit load) and `o` exactly 8 floats.
+        unsafe {
+            let bytes = _mm_loadl_epi64(c.as_ptr().cast());
+            _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), s));
+        }
+    }
+    // The same operation (exact conversion, one rounding in the multiply) as the lanes.
+    for (o, &b) in out.into_remainder().iter_mut().zip(chunks.remainder()) {
+        *o = b as f32 * scale;
+    }
+}
+
 /// Single-core throughput probe: 12 independent ymm FMA chains. Zen 3/4/5 and Intel
 /// cores since Haswell run two 256-bit FMA pipes with a latency of 4–5 cycles, so 8–10
 /// chains in flight keep both busy; 12 chains plus the two constants use 14 of the 16
