@@ -210,18 +210,18 @@ unsafe fn store_whole_tile<const MR: usize, const NV: usize>(acc: &[[__m256; NV]
         };
         match t.epilogue {
             TileEpilogue::None => {
-                for i in 0..MR {
-                    for v in 0..NV {
-                        _mm256_storeu_ps(c(i, v), add_c(i, v, acc[i][v]));
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &x) in row.iter().enumerate() {
+                        _mm256_storeu_ps(c(i, v), add_c(i, v, x));
                     }
                 }
             }
             TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
                 let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
                 let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bias.add(v * 8)));
-                for i in 0..MR {
-                    for v in 0..NV {
-                        let mut x = _mm256_add_ps(add_c(i, v, acc[i][v]), bv[v]);
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &x) in row.iter().enumerate() {
+                        let mut x = _mm256_add_ps(add_c(i, v, x), bv[v]);
                         if relu {
                             x = _mm256_max_ps(zero, x); // NaN in x passes through
                         }
@@ -231,11 +231,11 @@ unsafe fn store_whole_tile<const MR: usize, const NV: usize>(acc: &[[__m256; NV]
             }
             TileEpilogue::ReluMask { h, rsh, colsum } => {
                 let mut sums = [zero; NV];
-                for i in 0..MR {
-                    for v in 0..NV {
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &x) in row.iter().enumerate() {
                         let hv = _mm256_loadu_ps(h.add(i * rsh + v * 8));
                         let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(hv, zero);
-                        let x = _mm256_and_ps(keep, add_c(i, v, acc[i][v]));
+                        let x = _mm256_and_ps(keep, add_c(i, v, x));
                         sums[v] = _mm256_add_ps(sums[v], x);
                         _mm256_storeu_ps(c(i, v), x);
                     }
