@@ -340,6 +340,28 @@ fn block_boundaries_of_small_caches() {
 }
 
 #[test]
+fn narrow_outputs_across_block_boundaries() {
+    // n ≤ 16 goes to the narrow tiles (AVX-512 16 × 16; for n ≤ 10 with Aᵀ read in
+    // place, the tiles with the vectors along m: AVX-512 16 × 10, AVX2 16 × 5), whose
+    // blocks differ from the wide tiles'. Shapes just past their kc and mc, with Aᵀ
+    // (the column tiles) and a row-major A (the others), at small caches.
+    let mut rng = Rng::new(35);
+    for caches in [CacheSizes { l1d: 8 << 10, l2: 64 << 10 }, CacheSizes { l1d: 32 << 10, l2: 128 << 10 }] {
+        for (mr, nr) in [(16, 16), (16, 10), (16, 5)] {
+            let Blocking { kc, mc, .. } = Blocking::for_kernel(mr, nr, caches);
+            for n in [1, 2, 5, 6, 9, 10, 11, 16] {
+                for (m, k) in [(mc + 1, kc + 1), (mc - 1, 2 * kc + 3), (mr + 1, kc - 1), (1, 1)] {
+                    for la in [Layout::Trans, Layout::Row] {
+                        let p = Problem::new(&mut rng, (m, k, n), la, Layout::Row, Layout::Row);
+                        check_all_with_caches(&p, Layout::Row, 2, Some(caches));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn mnist_training_shapes() {
     // 784-128-64-10 at batch 1, 64, 128 and 129: forward X·W (NN), weight gradients
     // Xᵀ·dZ (TN, Xᵀ a view) and input gradients dZ·Wᵀ (NT, Wᵀ a view).

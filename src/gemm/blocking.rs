@@ -239,7 +239,7 @@ mod tests {
         assert_eq!((b.kc, b.mc, b.nc % 8), (341, 144, 0));
         // A small L1d gives a shallow k block, floored at 64.
         assert_eq!(Blocking::for_kernel(16, 16, CacheSizes { l1d: 4 << 10, l2: 64 << 10 }).kc, 64);
-        for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (12, 8)] {
+        for (mr, nr) in crate::gemm::kernel::KERNEL_TILES {
             for caches in [zen3, zen4, zen5, CacheSizes { l1d: 8 << 10, l2: 64 << 10 }] {
                 let b = Blocking::for_kernel(mr, nr, caches);
                 assert!(

@@ -161,6 +161,12 @@ pub fn gemm_with(
     };
     match isa {
         #[cfg(target_arch = "x86_64")]
+        // The column tile where it reads A in place (Aᵀ, as in dW = Xᵀ·dZ): every lane
+        // works on n = 10, where the 16 × 16 tile uses 10 of its 16.
+        Isa::Avx512 if b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1 => {
+            driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, epilogue, plan)
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, epilogue, plan),

@@ -13,6 +13,8 @@
 //! ```
 //! Narrow tile, 16 × 16 (16 accumulators), for outputs with n ≤ 16 such as the
 //! 10-class layer: a 6 × 64 tile would leave 54 of its 64 lanes idle there.
+//! Column tile, 16 × 10 with the vectors along m (10 accumulators), for n ≤ 10 when
+//! Aᵀ is read in place (`dW = Xᵀ·dZ` of the 10-class layer): every lane does work.
 //!
 //! Edges: columns past `nr` are masked off in every load and store of C, the bias and
 //! the activation (lane masks suppress faults, so nothing outside the tile is touched);
@@ -25,6 +27,8 @@ use std::arch::x86_64::*;
 pub(crate) struct Avx512Wide;
 /// 16 × 16 tile: for n ≤ 16.
 pub(crate) struct Avx512Narrow;
+/// 16 × 10 tile with the vectors along m: for n ≤ 10 with Aᵀ read in place.
+pub(crate) struct Avx512Columns;
 
 impl Kernel for Avx512Wide {
     const ISA: Isa = Isa::Avx512;
@@ -47,6 +51,26 @@ impl Kernel for Avx512Narrow {
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: as above.
         unsafe { tile_generic::<16, 1>(kc, a, b, t) }
+    }
+}
+
+impl Kernel for Avx512Columns {
+    const ISA: Isa = Isa::Avx512;
+    const MR: usize = 16;
+    const NR: usize = 10;
+    const READS_B_IN_PLACE: bool = true;
+
+    fn a_in_place(rs: usize, cs: usize) -> bool {
+        // Aᵀ (unit row stride) only; the dispatch sends no other layout here.
+        rs == 1 && cs != 1
+    }
+    fn b_in_place(_rows: usize, _k: usize, _n: usize) -> bool {
+        true
+    }
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+        // SAFETY: as above.
+        unsafe { columns_tile(kc, a, b, t) }
     }
 }
 
@@ -115,6 +139,20 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
     };
 
+    // SAFETY: forwarded contract.
+    unsafe { store_tile(&acc, t, &masks) }
+}
+
+/// The epilogue of a tile of `MR` rows × `NV` vectors: add C, the bias, ReLU or the
+/// ReLU mask with its column sums, then store the valid part; shared by every AVX-512
+/// tile, so they all apply the same operations in the same order.
+///
+/// # Safety
+/// The tile contract of [`Kernel::tile`] for `t`; `masks` from `lane_masks(t.nr)`;
+/// avx512f available.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &Tile, masks: &[__mmask16; NV]) {
     let zero = _mm512_setzero_ps();
     // SAFETY (whole store phase): every access below is a masked load or store whose
     // lanes are the tile's valid columns (j < nr), on rows i < mr, at offsets the
@@ -169,6 +207,42 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
             }
         }
     }
+}
+
+/// 16 × 10 tile with the vectors along m, for n ≤ 10 with Aᵀ read in place (unit row
+/// stride): per k step one load of A (16 rows of one column, masked below `mr`), 10
+/// broadcasts of B (one row; columns at or past `nr` re-read column `nr − 1`, never
+/// stored) and 10 FMAs into 10 accumulators, one per column of C. The 16 × 16 tile
+/// would spend 16 lanes on 10 columns (62.5% of the FMA width at best); here every
+/// lane works. After the k loop one 16 × 16 transpose in registers turns the columns
+/// into rows of C for the shared epilogue. Registers: 10 accumulators, 1 A vector, 1
+/// broadcast of 32.
+///
+/// # Safety
+/// The tile contract of [`Kernel::tile`], with `a.rs == 1`; avx512f available.
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+    const NR: usize = 10;
+    debug_assert!(a.rs == 1 && t.nr <= NR, "the column tile reads A columns");
+    let row_mask = ((1u32 << t.mr) - 1) as __mmask16;
+    let cols: [usize; NR] = std::array::from_fn(|j| j.min(t.nr - 1));
+    let mut acc = [_mm512_setzero_ps(); NR];
+    for p in 0..kc {
+        // SAFETY: p < kc: A column p has rows i < mr readable (the masked load touches
+        // no other lane); B row p has columns j < nr readable and `cols` stays below nr.
+        unsafe {
+            let av = _mm512_maskz_loadu_ps(row_mask, a.ptr.add(p * a.cs));
+            let bp = b.ptr.add(p * b.rs);
+            for (x, &j) in acc.iter_mut().zip(cols.iter()) {
+                *x = _mm512_fmadd_ps(av, _mm512_set1_ps(*bp.add(j)), *x);
+            }
+        }
+    }
+    let zero = _mm512_setzero_ps();
+    let rows = transpose16x16(std::array::from_fn(|j| if j < NR { acc[j] } else { zero }));
+    let rows: [[__m512; 1]; 16] = std::array::from_fn(|i| [rows[i]]);
+    // SAFETY: forwarded contract (nr ≤ 10 ≤ 16 columns: one masked vector per row).
+    unsafe { store_tile(&rows, t, &lane_masks::<1>(t.nr)) }
 }
 
 /// Single-core throughput probe: 16 independent zmm FMA chains (Zen 4 needs 4 in
@@ -310,6 +384,16 @@ pub(crate) fn transpose16(src: &[f32], src_stride: usize, dst: &mut [f32], dst_s
 unsafe fn transpose16_impl(src: *const f32, src_stride: usize, dst: *mut f32, dst_stride: usize) {
     // SAFETY: row i starts at i * src_stride and has 16 readable floats (contract).
     let r: [__m512; 16] = std::array::from_fn(|i| unsafe { _mm512_loadu_ps(src.add(i * src_stride)) });
+    for (i, row) in transpose16x16(r).into_iter().enumerate() {
+        // SAFETY: row i of `dst` has 16 writable floats (contract).
+        unsafe { _mm512_storeu_ps(dst.add(i * dst_stride), row) };
+    }
+}
+
+/// The 16 × 16 transpose in registers: output row `i` lane `j` = input row `j` lane `i`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn transpose16x16(r: [__m512; 16]) -> [__m512; 16] {
     // Stage 1: interleave pairs of rows (elements within 128-bit lanes).
     let mut t = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
@@ -334,16 +418,13 @@ unsafe fn transpose16_impl(src: *const f32, src_stride: usize, dst: *mut f32, ds
             v[b + 4 + i] = _mm512_shuffle_f32x4::<0xDD>(u[b + i], u[b + 4 + i]);
         }
     }
-    // Stage 4: 128-bit lanes between the two halves.
+    // Stage 4: 128-bit lanes between the two halves: rows i and 8 + i.
+    let mut out = [_mm512_setzero_ps(); 16];
     for i in 0..8 {
-        let lo = _mm512_shuffle_f32x4::<0x88>(v[i], v[8 + i]);
-        let hi = _mm512_shuffle_f32x4::<0xDD>(v[i], v[8 + i]);
-        // SAFETY: rows i and 8 + i of `dst` have 16 writable floats (contract).
-        unsafe {
-            _mm512_storeu_ps(dst.add(i * dst_stride), lo);
-            _mm512_storeu_ps(dst.add((8 + i) * dst_stride), hi);
-        }
+        out[i] = _mm512_shuffle_f32x4::<0x88>(v[i], v[8 + i]);
+        out[8 + i] = _mm512_shuffle_f32x4::<0xDD>(v[i], v[8 + i]);
     }
+    out
 }
 
 #[cfg(test)]

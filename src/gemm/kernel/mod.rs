@@ -27,9 +27,11 @@ pub(crate) mod portable;
 /// An instruction-set path for the GEMM microkernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
-    /// AVX-512F: 6×64 tiles (4 zmm per row), 16×16 tiles for narrow outputs (n ≤ 16).
+    /// AVX-512F: 6×64 tiles (4 zmm per row), 16×16 tiles for narrow outputs (n ≤ 16),
+    /// 16×10 tiles with the vectors along m for `Xᵀ·dZ` with n ≤ 10.
     Avx512,
-    /// AVX2 + FMA: 6×16 tiles (2 ymm per row).
+    /// AVX2 + FMA: 6×16 tiles (2 ymm per row), 16×5 tiles with the vectors along m for
+    /// `Xᵀ·dZ` with n ≤ 10.
     Avx2,
     /// aarch64 NEON: 12×8 tiles (2 q registers per row).
     Neon,
@@ -183,9 +185,9 @@ pub(crate) fn transpose(
 }
 
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
-/// can be sized once for whichever kernel runs: AVX-512 wide and narrow, AVX2 wide and
-/// narrow, portable, NEON.
-pub(crate) const KERNEL_TILES: [(usize, usize); 6] = [(6, 64), (16, 16), (6, 16), (16, 5), (4, 8), (12, 8)];
+/// can be sized once for whichever kernel runs: AVX-512 wide, narrow and column, AVX2
+/// wide and narrow, portable, NEON.
+pub(crate) const KERNEL_TILES: [(usize, usize); 7] = [(6, 64), (16, 16), (16, 10), (6, 16), (16, 5), (4, 8), (12, 8)];
 
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
