@@ -69,7 +69,8 @@ impl Kernel for Avx512Columns {
     }
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
-        // SAFETY: as above.
+        // SAFETY: the caller upholds the tile contract (A with unit row stride, by
+        // `a_in_place` and the dispatch) and has checked avx512f.
         unsafe { columns_tile(kc, a, b, t) }
     }
 }
