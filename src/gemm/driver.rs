@@ -295,7 +295,9 @@ impl Job<'_> {
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
         // otherwise it is packed. Fixed for the task.
-        let direct_b = K::READS_B_IN_PLACE && self.b.col_stride() == 1 && K::b_in_place(rows.len(), self.k, self.n);
+        let direct_b = K::READS_B_IN_PLACE
+            && self.b.col_stride() == 1
+            && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);

@@ -23,14 +23,15 @@ impl Kernel for Avx2 {
     const NR: usize = 16;
     const READS_B_IN_PLACE: bool = true;
 
-    /// In place only when few row panels reuse B and n is wider than a tile. Unlike
-    /// the 64-wide AVX-512 tile, whose B rows are 4 adjacent cache lines per k step,
-    /// this tile reads one 64-byte line per step at B's row stride; measured best of 3
-    /// interleaved runs on Zen 4: fwd1 128×784×128 107 in place vs 103 GFLOP/s packed,
-    /// but dW1 784×128×128 (a small B under 784 rows) 96 vs 105.5, and 128×64×10
-    /// 46.6 vs 49.8.
-    fn b_in_place(rows: usize, _k: usize, n: usize) -> bool {
-        rows <= super::super::blocking::DIRECT_B_MAX_ROWS && n > Self::NR
+    /// In place only when few row panels reuse B, n is wider than a tile and B's rows
+    /// are at most 1 KiB apart. Unlike the 64-wide AVX-512 tile, whose B rows are 4
+    /// adjacent cache lines per k step, this tile reads one 64-byte line per step at
+    /// B's row stride. Measured on Zen 4 (interleaved medians): 128×784×128 106 in
+    /// place vs 101 GFLOP/s packed, 128×784×256 100 vs 100, but 128×512×512 84 vs 99
+    /// and 256×256×1024 59 vs 104 (rows 2 and 4 KiB apart fall into few L1 sets), dW1
+    /// 784×128×128 (a small B under 784 rows) 96 vs 105.5, and 128×64×10 46.6 vs 49.8.
+    fn b_in_place(rows: usize, _k: usize, n: usize, rs: usize) -> bool {
+        rows <= super::super::blocking::DIRECT_B_MAX_ROWS && n > Self::NR && rs <= 256
     }
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
@@ -392,7 +393,7 @@ impl Kernel for Avx2Narrow {
         // Aᵀ (unit row stride) only: a row-major A is packed (with 8 × 8 transposes).
         rs == 1 && cs != 1
     }
-    fn b_in_place(_rows: usize, _k: usize, _n: usize) -> bool {
+    fn b_in_place(_rows: usize, _k: usize, _n: usize, _rs: usize) -> bool {
         true
     }
     #[inline(always)]

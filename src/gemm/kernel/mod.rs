@@ -263,13 +263,14 @@ pub(crate) trait Kernel {
     /// masks), so that a row-major B can be read in place instead of packed.
     const READS_B_IN_PLACE: bool;
 
-    /// Whether a task with `rows` rows of C reads a row-major `k × n` B in place
-    /// rather than packing it (only asked when [`Kernel::READS_B_IN_PLACE`]). A packed
+    /// Whether a task with `rows` rows of C reads a row-major `k × n` B with row stride
+    /// `rs` in place rather than packing it (only asked when
+    /// [`Kernel::READS_B_IN_PLACE`]). A packed
     /// B block is reused by every MR-row panel, so packing pays when there are many;
     /// in place, each k step of a tile reads one strided B row segment. The default
     /// is the AVX-512 rule: in place when few row panels reuse B, n fits one tile, or
     /// all of B is small (see `DIRECT_B_MAX_ROWS` / `DIRECT_B_MAX_FLOATS`).
-    fn b_in_place(rows: usize, k: usize, n: usize) -> bool {
+    fn b_in_place(rows: usize, k: usize, n: usize, _rs: usize) -> bool {
         rows <= DIRECT_B_MAX_ROWS || n <= Self::NR || k * n <= DIRECT_B_MAX_FLOATS
     }
 
