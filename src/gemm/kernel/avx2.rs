@@ -99,7 +99,6 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let masks: [__m256i; NV] =
         std::array::from_fn(|v| _mm256_cmpgt_epi32(_mm256_set1_epi32(t.nr.saturating_sub(v * 8).min(8) as i32), lanes));
-    let full: [bool; NV] = std::array::from_fn(|v| t.nr >= (v + 1) * 8);
     if t.mr == MR && t.nr == NV * 8 {
         // A whole tile: its own copy of the k loop, so that the accumulators go
         // straight from the loop's registers to the epilogue's (when both paths share
@@ -107,7 +106,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         // SAFETY: forwarded contract; every B row has NV·8 readable columns.
         let acc = unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) };
         // SAFETY: forwarded contract, for a whole tile.
-        return unsafe { store_whole_tile(&acc, t) };
+        return unsafe { store_tile::<MR, NV, true>(&acc, t, &masks) };
     }
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of a B read in place
@@ -119,6 +118,28 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         // SAFETY: forwarded contract; every B row has NV·8 readable columns here.
         unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
     };
+    // SAFETY: forwarded contract.
+    unsafe { store_tile::<MR, NV, false>(&acc, t, &masks) }
+}
+
+/// The epilogue: add C, the bias, ReLU or the ReLU mask with its column sums, then
+/// store the valid part of the tile. `WHOLE` (an `MR × NV·8` tile) makes every loop
+/// bound and every full-vector test a constant: with the bounds at run time LLVM kept
+/// the accumulators in a stack array and reloaded them (12 stores and 12 loads per
+/// tile, a tenth of a 128×10×64 GEMM, whose tiles run only 10 k steps).
+///
+/// # Safety
+/// The tile contract of [`Kernel::tile`] for `t` (with `t.mr == MR`, `t.nr == NV·8`
+/// when `WHOLE`); `masks` the lane masks of `t.nr`; avx2 available.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_tile<const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[__m256; NV]; MR],
+    t: &Tile,
+    masks: &[__m256i; NV],
+) {
+    let rows = if WHOLE { MR } else { t.mr };
+    let full = |v: usize| WHOLE || t.nr >= (v + 1) * 8;
     let zero = _mm256_setzero_ps();
     // SAFETY (whole store phase): full vectors lie inside the tile's valid columns;
     // partial ones are loaded through vmaskmovps with exactly the valid lanes set and
@@ -127,20 +148,21 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     // mr. All offsets read or written are ones the caller guarantees valid.
     unsafe {
         let load = |v: usize, p: *const f32| -> __m256 {
-            if full[v] {
+            if full(v) {
                 _mm256_loadu_ps(p)
             } else {
                 _mm256_maskload_ps(p, masks[v])
             }
         };
-        let store = |i: usize, v: usize, x: __m256| {
-            let p = t.c.wrapping_add(i * t.rsc + v * 8);
-            if full[v] {
+        // Vector v of a row (of C or of the column sums) at p.
+        let store_at = |p: *mut f32, v: usize, x: __m256| {
+            if full(v) {
                 _mm256_storeu_ps(p, x)
             } else {
                 store_first(p, x, t.nr.saturating_sub(v * 8))
             }
         };
+        let store = |i: usize, v: usize, x: __m256| store_at(t.c.wrapping_add(i * t.rsc + v * 8), v, x);
         let add_c = |i: usize, v: usize, x: __m256| -> __m256 {
             if t.load_c {
                 _mm256_add_ps(x, load(v, t.c.wrapping_add(i * t.rsc + v * 8)))
@@ -150,7 +172,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         };
         match t.epilogue {
             TileEpilogue::None => {
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
                         store(i, v, add_c(i, v, x));
                     }
@@ -159,7 +181,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
             TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
                 let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
                 let bv: [__m256; NV] = std::array::from_fn(|v| load(v, bias.wrapping_add(v * 8)));
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
                         let mut x = _mm256_add_ps(add_c(i, v, x), bv[v]);
                         if relu {
@@ -171,7 +193,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
             }
             TileEpilogue::ReluMask { h, rsh, colsum } => {
                 let mut sums = [zero; NV];
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
+                for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
                         let hv = load(v, h.wrapping_add(i * rsh + v * 8));
                         let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(hv, zero);
@@ -182,81 +204,13 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
                 }
                 if !colsum.is_null() {
                     for (v, &s) in sums.iter().enumerate() {
-                        store_first(colsum.wrapping_add(v * 8), s, t.nr.saturating_sub(v * 8).min(8));
+                        store_at(colsum.wrapping_add(v * 8), v, s);
                     }
                 }
             }
         }
     }
 }
-
-/// The epilogue of a whole `MR × NV·8` tile: the same operations in the same order as
-/// the general one in `tile_generic`, with every loop bound a constant. The general
-/// loops run to `t.mr`, which made LLVM keep the accumulators in a stack array and
-/// reload them (12 stores and 12 loads per tile; a tenth of a 128×10×64 GEMM, whose
-/// tiles run only 10 k steps); here they stay in registers.
-///
-/// # Safety
-/// The tile contract of [`Kernel::tile`] for `t`, with `t.mr == MR`, `t.nr == NV·8`;
-/// avx2 available.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn store_whole_tile<const MR: usize, const NV: usize>(acc: &[[__m256; NV]; MR], t: &Tile) {
-    let zero = _mm256_setzero_ps();
-    // SAFETY (whole function): rows i < MR = mr and columns v·8 .. v·8 + 8 ≤ nr are
-    // inside the tile, so every C, bias, h and colsum access is one the caller
-    // guarantees valid.
-    unsafe {
-        let c = |i: usize, v: usize| t.c.add(i * t.rsc + v * 8);
-        let add_c = |i: usize, v: usize, x: __m256| {
-            if t.load_c {
-                _mm256_add_ps(x, _mm256_loadu_ps(c(i, v)))
-            } else {
-                x
-            }
-        };
-        match t.epilogue {
-            TileEpilogue::None => {
-                for (i, row) in acc.iter().enumerate() {
-                    for (v, &x) in row.iter().enumerate() {
-                        _mm256_storeu_ps(c(i, v), add_c(i, v, x));
-                    }
-                }
-            }
-            TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
-                let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
-                let bv: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(bias.add(v * 8)));
-                for (i, row) in acc.iter().enumerate() {
-                    for (v, &x) in row.iter().enumerate() {
-                        let mut x = _mm256_add_ps(add_c(i, v, x), bv[v]);
-                        if relu {
-                            x = _mm256_max_ps(zero, x); // NaN in x passes through
-                        }
-                        _mm256_storeu_ps(c(i, v), x);
-                    }
-                }
-            }
-            TileEpilogue::ReluMask { h, rsh, colsum } => {
-                let mut sums = [zero; NV];
-                for (i, row) in acc.iter().enumerate() {
-                    for (v, &x) in row.iter().enumerate() {
-                        let hv = _mm256_loadu_ps(h.add(i * rsh + v * 8));
-                        let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(hv, zero);
-                        let x = _mm256_and_ps(keep, add_c(i, v, x));
-                        sums[v] = _mm256_add_ps(sums[v], x);
-                        _mm256_storeu_ps(c(i, v), x);
-                    }
-                }
-                if !colsum.is_null() {
-                    for (v, &s) in sums.iter().enumerate() {
-                        _mm256_storeu_ps(colsum.add(v * 8), s);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Stores the first `n` lanes (`n ≤ 8`) of `x` at `p` with plain 128/64/32-bit stores.
 ///
 /// Not `vmaskmovps`: on AMD cores its store form is microcoded (Zen 3 and Zen 4 take
