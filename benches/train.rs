@@ -9,21 +9,31 @@ use fusegrad::parallel::with_hot_workers;
 use fusegrad::Matrix;
 use std::time::{Duration, Instant};
 
-fn bench_train(c: &mut Criterion) {
+/// The MNIST net, 784-128-64-10 with ReLU, softmax + cross-entropy.
+fn mnist_net(optimizer: Optimizer) -> Sequential {
+    Sequential::builder(784)
+        .seed(1)
+        .dense(128)
+        .relu()
+        .dense(64)
+        .relu()
+        .dense(10)
+        .build(Loss::SoftmaxCrossEntropy, optimizer)
+        .unwrap()
+}
+
+/// A fixed batch of 128 MNIST-shaped inputs in [0, 1) and their classes.
+fn batch() -> (Matrix, Vec<usize>) {
     let x = Matrix::from_fn(128, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
-    let y: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    (x, (0..128).map(|i| i % 10).collect())
+}
+
+fn bench_train(c: &mut Criterion) {
+    let (x, y) = batch();
     let mut g = c.benchmark_group("train step 784-128-64-10 batch 128");
     for (name, optimizer) in [("sgd", Optimizer::sgd(0.01)), ("adam", Optimizer::adam(1e-4))] {
         for threads in [1, 2] {
-            let mut m = Sequential::builder(784)
-                .seed(1)
-                .dense(128)
-                .relu()
-                .dense(64)
-                .relu()
-                .dense(10)
-                .build(Loss::SoftmaxCrossEntropy, optimizer)
-                .unwrap();
+            let mut m = mnist_net(optimizer);
             m.set_threads(Some(threads)).unwrap();
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             g.bench_function(format!("{name} {threads}T"), |bch| {
@@ -49,20 +59,11 @@ fn bench_train(c: &mut Criterion) {
 /// pool. `train_step` here against the step inside `fit`'s hot pool above; a
 /// single-sample `predict_into` against NumPy's ≈ 33 µs (issue #10, Zen 3).
 fn bench_per_call(c: &mut Criterion) {
-    let x = Matrix::from_fn(128, 784, |i, j| ((i * 7 + j * 3) % 11) as f32 / 11.0);
-    let y: Vec<usize> = (0..128).map(|i| i % 10).collect();
+    let (x, y) = batch();
     let one = x.view().submatrix(0, 0, 1, 784).unwrap();
     let mut g = c.benchmark_group("per-batch calls 784-128-64-10");
     for threads in [1, 2] {
-        let mut m = Sequential::builder(784)
-            .seed(1)
-            .dense(128)
-            .relu()
-            .dense(64)
-            .relu()
-            .dense(10)
-            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.01))
-            .unwrap();
+        let mut m = mnist_net(Optimizer::sgd(0.01));
         m.set_threads(Some(threads)).unwrap();
         g.bench_function(format!("train_step from the caller's loop {threads}T"), |bch| {
             bch.iter(|| m.train_step(x.view(), Targets::Classes(&y)).unwrap())
