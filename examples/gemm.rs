@@ -181,17 +181,22 @@ fn time_interleaved(flops: f64, budget: Duration, contenders: &mut [Box<dyn FnMu
         .collect()
 }
 
+/// Which kernels the two peers run on this CPU, as built.
+fn print_peers() {
+    println!(
+        "peers: matrixmultiply runs its {} kernel{}; the gemm crate its AVX2+FMA kernels",
+        common::matrixmultiply_kernel(),
+        if cfg!(feature = "peer-avx512") { "" } else { " (built with --no-default-features: no AVX-512)" }
+    );
+}
+
 /// `--all-isas`: every path this CPU runs, forced in turn, on the MNIST shapes and 1024³,
 /// each against its own path's peak, beside both peers, in one run.
 fn all_isas(seconds: f64) {
     let budget = Duration::from_secs_f64(seconds);
     let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
     println!("machine: {}; best path {}; 1 thread unless marked 2T", cpu_name(), Isa::best().name());
-    println!(
-        "peers: matrixmultiply runs its {} kernel{}; the gemm crate its AVX2+FMA kernels",
-        common::matrixmultiply_kernel(),
-        if cfg!(feature = "peer-avx512") { "" } else { " (built with --no-default-features: no AVX-512)" }
-    );
+    print_peers();
     println!();
     println!("| path | peak per core (intrinsics probe) | assembly probe, 8 / 12 chains |");
     println!("|---|---|---|");
@@ -354,10 +359,7 @@ fn main() {
         flops / median / 1e9
     );
     if args.peer {
-        println!(
-            "peers: matrixmultiply runs its {} kernel, the gemm crate its AVX2+FMA kernels",
-            common::matrixmultiply_kernel()
-        );
+        print_peers();
         let peers: [(&str, Peer); 2] =
             [("matrixmultiply", common::matrixmultiply_gemm), ("gemm crate", common::gemm_crate_gemm)];
         for (name, peer) in peers {

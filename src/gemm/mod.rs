@@ -159,24 +159,22 @@ pub fn gemm_with(
         min_work_per_thread: options.min_work_per_thread.unwrap_or(blocking::MIN_WORK_PER_THREAD),
         caches: options.caches.unwrap_or_else(CacheSizes::detected),
     };
+    // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
+    // x86 paths have tiles with the vectors along m for it, where every lane works
+    // (a 16-wide vector along n uses 10 of its 16). A row-major A would have to be
+    // packed with transposes, which measured slower on 128×64×10 than the row tiles
+    // reading it in place (AVX2: 43 vs 49 GFLOP/s).
+    #[cfg(target_arch = "x86_64")]
+    let column_tile = b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1;
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // The column tile where it reads A in place (Aᵀ, as in dW = Xᵀ·dZ): every lane
-        // works on n = 10, where the 16 × 16 tile uses 10 of its 16.
-        Isa::Avx512 if b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1 => {
-            driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, epilogue, plan)
-        }
+        Isa::Avx512 if column_tile => driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
-        // The narrow tile where it reads A in place (Aᵀ, as in dW = Xᵀ·dZ): a row-major
-        // A would have to be packed with transposes, which measured slower on
-        // 128×64×10 (43 vs 49 GFLOP/s) than the 6 × 16 tile reading it in place.
-        Isa::Avx2 if b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1 => {
-            driver::run::<kernel::avx2::Avx2Narrow>(c, a, b, accum, epilogue, plan)
-        }
+        Isa::Avx2 if column_tile => driver::run::<kernel::avx2::Avx2Narrow>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, epilogue, plan),
         #[cfg(target_arch = "aarch64")]
