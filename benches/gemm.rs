@@ -67,7 +67,7 @@ fn bench_gemm(c: &mut Criterion) {
                 })
             });
         }
-        let one = GemmOptions { threads: Some(1), ..Default::default() };
+        let one = GemmOptions::default().with_threads(1);
         group.bench_function(BenchmarkId::from_parameter("fusegrad 1T"), |bch| {
             bch.iter(|| {
                 gemm_with(out.view_mut(), black_box(a), black_box(b), Accum::Overwrite, Epilogue::None, &one).unwrap()
@@ -75,7 +75,7 @@ fn bench_gemm(c: &mut Criterion) {
         });
         // Called from inside the pool, as a training loop does: a call from a thread
         // outside the pool also pays for waking the workers (≈10–20 µs median here).
-        let two = GemmOptions { threads: Some(2), ..Default::default() };
+        let two = GemmOptions::default().with_threads(2);
         group.bench_function(BenchmarkId::from_parameter("fusegrad 2T"), |bch| {
             bch.iter_custom(|iters| {
                 pool2.install(|| {

@@ -13,7 +13,7 @@ fn fill(rows: usize, cols: usize, seed: usize) -> Matrix {
 }
 
 fn bench_ops(c: &mut Criterion) {
-    let one = GemmOptions { threads: Some(1), ..Default::default() };
+    let one = GemmOptions::default().with_threads(1);
 
     // Dense forward: X·W, + b, ReLU.
     {
@@ -113,7 +113,7 @@ fn bench_ops(c: &mut Criterion) {
         let (mut p, mut m, mut v) = (vec![0.1f32; n], vec![0.0f32; n], vec![0.0f32; n]);
         let mut g = c.benchmark_group("ops/adam 784x128");
         g.throughput(Throughput::Elements(n as u64));
-        let step = update::AdamStep { lr: 1e-3, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, t: 10 };
+        let step = update::AdamStep::new(1e-3, 10);
         g.bench_function("fused (one pass)", |bch| {
             bch.iter(|| update::adam(&mut p, &grads, &mut m, &mut v, step).unwrap())
         });

@@ -194,7 +194,7 @@ fn print_peers() {
 /// each against its own path's peak, beside both peers, in one run.
 fn all_isas(seconds: f64) {
     let budget = Duration::from_secs_f64(seconds);
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+    let isas: Vec<Isa> = Isa::ALL.iter().copied().filter(|i| i.is_available()).collect();
     println!("machine: {}; best path {}; 1 thread unless marked 2T", cpu_name(), Isa::best().name());
     print_peers();
     println!();
@@ -232,7 +232,7 @@ fn all_isas(seconds: f64) {
         // training loop calls the GEMM (a call from outside would add a wake-up each).
         let mut contenders: Vec<Box<dyn FnMut() + Send + '_>> = Vec::new();
         for &isa in &isas {
-            let opts = GemmOptions { isa: Some(isa), threads: Some(threads), ..Default::default() };
+            let opts = GemmOptions::default().with_isa(isa).with_threads(threads);
             let mut c = Matrix::zeros(m, n);
             contenders.push(Box::new(move || {
                 gemm_with(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None, &opts).expect("gemm")
@@ -334,12 +334,8 @@ fn main() {
     }
 
     let pool = rayon::ThreadPoolBuilder::new().num_threads(args.threads).build().expect("thread pool");
-    let opts = GemmOptions {
-        isa: Some(isa),
-        threads: Some(args.threads),
-        min_work_per_thread: args.min_work,
-        ..Default::default()
-    };
+    let mut opts = GemmOptions::default().with_isa(isa).with_threads(args.threads);
+    opts.min_work_per_thread = args.min_work;
     let (best, median) = pool.install(|| {
         time(budget, || {
             let epi = match args.epilogue.as_str() {

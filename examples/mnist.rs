@@ -232,13 +232,11 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
             .progress_chars("=> "),
     );
     let mut progress = Progress { bar, peak, isa_name: isa.name(), reports: Vec::new() };
-    let options = FitOptions {
-        epochs: args.epochs,
-        batch_size: args.batch,
-        shuffle: true,
-        seed: args.seed,
-        validation: Some((data.test_images.view(), Targets::Classes(&data.test_labels))),
-    };
+    let options = FitOptions::default()
+        .with_epochs(args.epochs)
+        .with_batch_size(args.batch)
+        .with_seed(args.seed)
+        .with_validation(data.test_images.view(), Targets::Classes(&data.test_labels));
     // Batches are gathered from the pixel bytes: a quarter of the memory traffic of the
     // f32 images, with exactly their values.
     let train = ScaledBytes::new(&data.train_pixels, 784, mnist::PIXEL_SCALE)?;

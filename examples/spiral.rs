@@ -30,7 +30,7 @@ fn main() -> Result<(), fusegrad::Error> {
         .relu()
         .dense(3)
         .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.05).with_decay(5e-7))?;
-    let options = FitOptions { epochs, batch_size: 300, shuffle: false, seed, validation: None };
+    let options = FitOptions::default().with_epochs(epochs).with_batch_size(300).with_shuffle(false).with_seed(seed);
     let start = Instant::now();
     model.fit_with(x.view(), Targets::Classes(&y), &options, |r| {
         if r.epoch == 1 || r.epoch % (epochs / 10).max(1) == 0 {

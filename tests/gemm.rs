@@ -21,8 +21,8 @@ fn sentinel() -> f32 {
 }
 
 fn isas() -> Vec<Isa> {
-    let isas: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
-    for isa in Isa::ALL {
+    let isas: Vec<Isa> = Isa::ALL.iter().copied().filter(|i| i.is_available()).collect();
+    for &isa in Isa::ALL {
         if !isa.is_available() {
             eprintln!("skipping {}: this CPU does not support it", isa.name());
         }
@@ -196,8 +196,8 @@ fn check(p: &Problem, r: Run) -> Result<(), String> {
         Epi::ReluMaskBiasGrad => Epilogue::ReluMaskBiasGrad { h: p.h.view(), dbiases: &mut db },
         Epi::BiasGradB => Epilogue::BiasGradB(&mut db),
     };
-    let opts =
-        GemmOptions { isa: Some(r.isa), threads: Some(r.threads), min_work_per_thread: Some(0), caches: r.caches };
+    let mut opts = GemmOptions::default().with_isa(r.isa).with_threads(r.threads).with_min_work_per_thread(0);
+    opts.caches = r.caches;
     gemm_with(c.view_mut(), p.a.view(), p.b.view(), r.accum, epilogue, &opts).map_err(|e| format!("{}: {e}", ctx()))?;
 
     let mut db_exp = vec![0.0f64; n];
@@ -326,9 +326,9 @@ fn block_boundaries_of_small_caches() {
     // KiB), so shapes just below and above every kernel's kc, mc and nc stay cheap;
     // 2 threads split them into tasks that cross those boundaries too.
     let mut rng = Rng::new(33);
-    for caches in [CacheSizes { l1d: 8 << 10, l2: 64 << 10 }, CacheSizes { l1d: 32 << 10, l2: 128 << 10 }] {
+    for caches in [CacheSizes::new(8 << 10, 64 << 10), CacheSizes::new(32 << 10, 128 << 10)] {
         for (mr, nr) in [(6, 64), (16, 16), (6, 16), (4, 8), (12, 8)] {
-            let Blocking { kc, mc, nc } = Blocking::for_kernel(mr, nr, caches);
+            let Blocking { kc, mc, nc, .. } = Blocking::for_kernel(mr, nr, caches);
             for shape in [(mc + 1, kc + 1, nc + 1), (mc - 1, kc - 1, nc - 1), (mr + 1, 2 * kc + 3, 2 * nc + 1)] {
                 let (la, lb) =
                     if shape.0 % 2 == 0 { (Layout::Row, Layout::Trans) } else { (Layout::Trans, Layout::Row) };
@@ -346,7 +346,7 @@ fn narrow_outputs_across_block_boundaries() {
     // blocks differ from the wide tiles'. Shapes just past their kc and mc, with Aᵀ
     // (the column tiles) and a row-major A (the others), at small caches.
     let mut rng = Rng::new(35);
-    for caches in [CacheSizes { l1d: 8 << 10, l2: 64 << 10 }, CacheSizes { l1d: 32 << 10, l2: 128 << 10 }] {
+    for caches in [CacheSizes::new(8 << 10, 64 << 10), CacheSizes::new(32 << 10, 128 << 10)] {
         for (mr, nr) in [(16, 16), (16, 10), (16, 5)] {
             let Blocking { kc, mc, .. } = Blocking::for_kernel(mr, nr, caches);
             for n in [1, 2, 5, 6, 9, 10, 11, 16] {
@@ -397,7 +397,7 @@ fn random_shapes_layouts_and_threads() {
             threads: 1 + rng.below(3),
             // Half the cases with small caches: random shapes then cross k, m and n
             // block boundaries too.
-            caches: (rng.below(2) == 0).then_some(CacheSizes { l1d: 8 << 10, l2: 64 << 10 }),
+            caches: (rng.below(2) == 0).then_some(CacheSizes::new(8 << 10, 64 << 10)),
             c_off: rng.below(5),
         };
         check(&p, run).unwrap_or_else(|e| panic!("seed {seed} case {case}: {e}"));
@@ -422,7 +422,7 @@ fn integer_products_are_exact_and_match_the_f32_twin() {
         assert_eq!(twin, truth);
         for isa in isas() {
             let mut c = Matrix::from_fn(m, n, |_, _| f32::NAN);
-            let opts = GemmOptions { isa: Some(isa), ..Default::default() };
+            let opts = GemmOptions::default().with_isa(isa);
             gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::BiasRelu(&bias), &opts).unwrap();
             assert_eq!(c, truth, "{isa:?} {m}×{k}×{n}");
             // C = AB; C += 2AB equals 3AB exactly.
@@ -469,12 +469,7 @@ fn bit_identical_for_any_thread_count() {
         for isa in isas() {
             let mut reference: Option<(Vec<u32>, Vec<u32>, Vec<u32>)> = None;
             for threads in [1, 2, 3, 4] {
-                let opts = GemmOptions {
-                    isa: Some(isa),
-                    threads: Some(threads),
-                    min_work_per_thread: Some(0),
-                    ..Default::default()
-                };
+                let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
                 let (mut c, mut c2, mut db, mut db2) =
                     (Matrix::zeros(m, n), Matrix::zeros(k, n), vec![0.0; n], vec![0.0; n]);
                 pool.install(|| {
@@ -528,7 +523,7 @@ fn shape_errors_say_what_was_expected() {
     assert!(run(&mut c, &a, &b, Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: &mut short }).is_err());
     assert!(run(&mut c, &a, &b, Epilogue::BiasGradB(&mut short)).is_err());
     // Zero threads.
-    let opts = GemmOptions { threads: Some(0), ..Default::default() };
+    let opts = GemmOptions::default().with_threads(0);
     assert!(matches!(
         gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts),
         Err(Error::Kernel(_))
@@ -537,14 +532,14 @@ fn shape_errors_say_what_was_expected() {
 
 #[test]
 fn kernel_names_parse_and_unavailable_kernels_are_errors() {
-    for isa in Isa::ALL {
+    for &isa in Isa::ALL {
         assert_eq!(Isa::parse(isa.name()).unwrap(), isa);
     }
     assert_eq!(Isa::parse(" AVX2 ").unwrap(), Isa::Avx2);
     assert!(matches!(Isa::parse("sve"), Err(Error::Kernel(_))));
-    for isa in Isa::ALL.into_iter().filter(|i| !i.is_available()) {
+    for isa in Isa::ALL.iter().copied().filter(|i| !i.is_available()) {
         let mut c = Matrix::zeros(1, 1);
-        let opts = GemmOptions { isa: Some(isa), ..Default::default() };
+        let opts = GemmOptions::default().with_isa(isa);
         let one = Matrix::zeros(1, 1);
         let r = gemm_with(c.view_mut(), one.view(), one.view(), Accum::Overwrite, Epilogue::None, &opts);
         assert!(matches!(r, Err(Error::Kernel(_))), "{isa:?} should be refused");
@@ -591,7 +586,7 @@ proptest! {
         offsets in (0usize..17, 0usize..17, 0usize..17, 0usize..17),
         seed in any::<u64>(),
     ) {
-        let paths: Vec<Isa> = Isa::ALL.into_iter().filter(|i| i.is_available()).collect();
+        let paths: Vec<Isa> = Isa::ALL.iter().copied().filter(|i| i.is_available()).collect();
         let (la, lb, lh, lc) = layouts;
         let mut rng = Rng::new(seed);
         let (oa, ob, oh, oc) = offsets;
@@ -603,7 +598,7 @@ proptest! {
             accum: if add { Accum::Add } else { Accum::Overwrite },
             epi: EPIS[epi],
             threads,
-            caches: small_caches.then_some(CacheSizes { l1d: 8 << 10, l2: 64 << 10 }),
+            caches: small_caches.then_some(CacheSizes::new(8 << 10, 64 << 10)),
         };
         if let Err(e) = check(&p, run) {
             return Err(TestCaseError::fail(e));

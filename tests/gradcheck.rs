@@ -45,7 +45,10 @@ fn dense_gradients_plain_relu_and_regularized() {
     for (relu, reg) in [
         (false, Regularization::default()),
         (true, Regularization::default()),
-        (false, Regularization { weight_l1: 0.01, weight_l2: 0.02, bias_l1: 0.03, bias_l2: 0.04 }),
+        (
+            false,
+            Regularization::default().with_weight_l1(0.01).with_weight_l2(0.02).with_bias_l1(0.03).with_bias_l2(0.04),
+        ),
     ] {
         let mut d = Dense::new(n_in, n_out, Init::Xavier, &mut FgRng::new(3)).with_regularization(reg);
         if relu {
@@ -172,8 +175,10 @@ fn model_loss64(model: &Sequential, params: &[f64], x: &Matrix, targets: &Target
                 Activation::Sigmoid => a.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp())),
                 Activation::Tanh => a.iter_mut().for_each(|v| *v = v.tanh()),
                 Activation::Softmax => a = fusegrad::ops::activation::naive::softmax(&a, width),
+                other => panic!("the f64 reference has no {other:?} yet"),
             },
             Layer::Dropout(d) => assert_eq!(d.rate(), 0.0, "only identity dropout in gradient checks"),
+            other => panic!("the f64 reference has no {other:?} layer yet"),
         }
     }
     penalty
@@ -251,7 +256,8 @@ fn whole_models_match_numerical_gradients() {
     check_model("standalone relu + MSE", m, &x, Targets::Values(t.view()));
     // tanh, then a sigmoid output with binary cross-entropy, with regularization.
     let t = Matrix::from_fn(11, 2, |i, j| ((i + j) % 2) as f32);
-    let reg = Regularization { weight_l1: 0.002, weight_l2: 0.01, bias_l1: 0.003, bias_l2: 0.02 };
+    let reg =
+        Regularization::default().with_weight_l1(0.002).with_weight_l2(0.01).with_bias_l1(0.003).with_bias_l2(0.02);
     let m = Sequential::builder(5)
         .seed(3)
         .dense_with(4, Init::Xavier, reg)

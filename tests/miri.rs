@@ -22,7 +22,7 @@ fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
 /// around the portable tile (4 × 8): 0, 1, MR ± 1, NR ± 1.
 #[test]
 fn gemm_every_layout_and_epilogue_on_small_shapes() {
-    let caches = CacheSizes { l1d: 8 << 10, l2: 64 << 10 };
+    let caches = CacheSizes::new(8 << 10, 64 << 10);
     // Under miri (~1000× slower) fewer shapes, and 2 threads on one layout only.
     let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
         &[(0, 2, 3), (1, 1, 1), (5, 9, 9), (9, 2, 17)]
@@ -61,12 +61,10 @@ fn gemm_every_layout_and_epilogue_on_small_shapes() {
             for &threads in threads_to_try {
                 for accum in [Accum::Overwrite, Accum::Add] {
                     for epi in 0..6 {
-                        let opts = GemmOptions {
-                            threads: Some(threads),
-                            min_work_per_thread: Some(0),
-                            caches: Some(caches),
-                            ..Default::default()
-                        };
+                        let opts = GemmOptions::default()
+                            .with_threads(threads)
+                            .with_min_work_per_thread(0)
+                            .with_caches(caches);
                         let (mut c, mut want) = (Matrix::from_fn(m, n, |i, j| (i + j) as f32), Matrix::zeros(m, n));
                         want.as_mut_slice().copy_from_slice(c.as_slice());
                         let (mut db, mut db_want) = (vec![0.0f32; n], vec![0.0f32; n]);
@@ -128,7 +126,7 @@ fn a_tiny_model_trains_saves_and_loads() {
         .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
         .unwrap();
     m.set_threads(Some(2)).unwrap();
-    let reports = m.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 1, batch_size: 4, ..Default::default() });
+    let reports = m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(1).with_batch_size(4));
     assert_eq!(reports.unwrap().len(), 1);
     assert_eq!(m.iterations(), 2);
     let p = m.predict(x.view()).unwrap();

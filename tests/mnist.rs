@@ -119,7 +119,7 @@ fn one_epoch_on_real_mnist_reaches_95_percent() {
         .dense(10)
         .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(1e-3))
         .unwrap();
-    let opts = FitOptions { epochs: 1, batch_size: 64, shuffle: true, seed: 42, validation: None };
+    let opts = FitOptions::default().with_epochs(1).with_batch_size(64).with_seed(42);
     model.fit(data.train_images.view(), Targets::Classes(&data.train_labels), &opts).unwrap();
     let eval = model.evaluate(data.test_images.view(), Targets::Classes(&data.test_labels), 500).unwrap();
     eprintln!("one epoch: test accuracy {:.4}, loss {:.4}", eval.accuracy.unwrap(), eval.loss);

@@ -21,7 +21,7 @@ fn spiral_2_64_3_with_adam_reaches_90_percent() {
     // NNFS chapter 10's setup: 100 points per class, full batch, Adam lr 0.05.
     let (x, y) = spiral(100, 3, 0);
     let mut model = spiral_model(0);
-    let opts = FitOptions { epochs: 3000, batch_size: 300, shuffle: false, seed: 0, validation: None };
+    let opts = FitOptions::default().with_epochs(3000).with_batch_size(300).with_shuffle(false);
     let reports = model.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
     let last = reports.last().unwrap();
     let eval = model.evaluate(x.view(), Targets::Classes(&y), 300).unwrap();
@@ -65,7 +65,7 @@ fn mnist_model(seed: u64, optimizer: Optimizer) -> Sequential {
 #[test]
 fn a_seed_fixes_the_whole_run_bit_for_bit_on_1_and_2_threads() {
     let (x, y) = mnist_like(300, 1);
-    let opts = FitOptions { epochs: 2, batch_size: 128, shuffle: true, seed: 7, validation: None };
+    let opts = FitOptions::default().with_epochs(2).with_batch_size(128).with_seed(7);
     let mut runs = Vec::new();
     for (threads, pin) in [(1, true), (2, true), (2, false), (1, false)] {
         let mut m = mnist_model(3, Optimizer::sgd_momentum(0.1, 0.5));
@@ -86,7 +86,7 @@ fn the_thread_governor_changes_no_bit() {
     // 150 steps: the governor probes all three ways of running a step (24 steps each)
     // and keeps one; the result must equal a 1-thread run and a run that always splits.
     let (x, y) = mnist_like(300, 2);
-    let opts = FitOptions { epochs: 2, batch_size: 4, shuffle: true, seed: 9, validation: None };
+    let opts = FitOptions::default().with_epochs(2).with_batch_size(4).with_seed(9);
     let mut runs = Vec::new();
     for (threads, adaptive) in [(1, true), (2, true), (2, false)] {
         let mut m = mnist_model(5, Optimizer::sgd(0.05));
@@ -109,7 +109,7 @@ fn predict_and_evaluate_agree_and_dropout_is_off_at_inference() {
         .dense(3)
         .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
         .unwrap();
-    model.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 5, batch_size: 32, ..Default::default() }).unwrap();
+    model.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(5).with_batch_size(32)).unwrap();
     let p1 = model.predict(x.view()).unwrap();
     let p2 = model.predict(x.view()).unwrap();
     assert_eq!(p1, p2, "inference must not drop anything");
@@ -135,13 +135,11 @@ fn fit_reports_each_epoch_with_validation() {
     let (vx, vy) = spiral(20, 3, 4);
     let mut model = spiral_model(1);
     let mut seen = Vec::new();
-    let opts = FitOptions {
-        epochs: 4,
-        batch_size: 50,
-        shuffle: true,
-        seed: 1,
-        validation: Some((vx.view(), Targets::Classes(&vy))),
-    };
+    let opts = FitOptions::default()
+        .with_epochs(4)
+        .with_batch_size(50)
+        .with_seed(1)
+        .with_validation(vx.view(), Targets::Classes(&vy));
     let reports = model.fit_with(x.view(), Targets::Classes(&y), &opts, |r| seen.push(r.epoch)).unwrap();
     assert_eq!(seen, vec![1, 2, 3, 4]);
     assert_eq!(reports.len(), 4);
@@ -159,9 +157,7 @@ fn saved_parameters_reload_to_the_same_predictions() {
     let path = dir.join("spiral.params");
     let (x, y) = spiral(50, 3, 6);
     let mut model = spiral_model(2);
-    model
-        .fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 20, batch_size: 150, ..Default::default() })
-        .unwrap();
+    model.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(20).with_batch_size(150)).unwrap();
     model.save_parameters(&path).unwrap();
     let mut fresh = spiral_model(99);
     assert_ne!(fresh.predict(x.view()).unwrap(), model.predict(x.view()).unwrap());
@@ -220,8 +216,8 @@ fn assert_rejected(
 fn bad_inputs_are_errors_and_leave_the_model_unchanged() {
     let (x, y) = spiral(20, 3, 8);
     let mut m = spiral_model(3);
-    m.fit(x.view(), Targets::Classes(&y), &FitOptions { epochs: 2, batch_size: 16, ..Default::default() }).unwrap();
-    let opts = FitOptions { epochs: 1, batch_size: 16, ..Default::default() };
+    m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(2).with_batch_size(16)).unwrap();
+    let opts = FitOptions::default().with_epochs(1).with_batch_size(16);
     let wide = Matrix::zeros(60, 3);
     assert_rejected(
         "wrong width",
@@ -257,7 +253,7 @@ fn bad_inputs_are_errors_and_leave_the_model_unchanged() {
     assert_rejected(
         "zero batch",
         &mut m,
-        |m| m.fit(x.view(), Targets::Classes(&y), &FitOptions { batch_size: 0, ..opts }).map(|_| ()),
+        |m| m.fit(x.view(), Targets::Classes(&y), &opts.with_batch_size(0)).map(|_| ()),
         |e| matches!(e, Error::InvalidArgument(_)),
     );
     assert_rejected(
@@ -292,7 +288,7 @@ fn assert_fit_fails_cleanly(
     check: impl Fn(&Error) -> bool,
 ) {
     let mut m = build();
-    let opts = FitOptions { epochs, batch_size: batch, shuffle: false, seed: 0, validation: None };
+    let opts = FitOptions::default().with_epochs(epochs).with_batch_size(batch).with_shuffle(false);
     let err = m.fit(x.view(), Targets::Classes(y), &opts).expect_err(name);
     assert!(check(&err), "{name}: unexpected error {err:?}: {err}");
     let Error::NonFinite { step, .. } = err else { panic!("{name}: not a NonFinite error: {err:?}") };
@@ -348,17 +344,14 @@ fn faults_mid_training_stop_fit_with_the_model_as_before_the_failing_step() {
     let before = params(&m);
     let mut bad = y.clone();
     bad[299] = 7;
-    let opts = FitOptions { epochs: 1, batch_size: 20, ..Default::default() };
+    let opts = FitOptions::default().with_epochs(1).with_batch_size(20);
     assert_eq!(
         m.fit(x.view(), Targets::Classes(&bad), &opts).unwrap_err(),
         Error::LabelOutOfRange { index: 299, label: 7, classes: 3 }
     );
     let empty = Matrix::zeros(0, 2);
     assert!(matches!(m.fit(empty.view(), Targets::Classes(&[]), &opts), Err(Error::InvalidArgument(_))));
-    assert!(matches!(
-        m.fit(x.view(), Targets::Classes(&y), &FitOptions { batch_size: 0, ..opts }),
-        Err(Error::InvalidArgument(_))
-    ));
+    assert!(matches!(m.fit(x.view(), Targets::Classes(&y), &opts.with_batch_size(0)), Err(Error::InvalidArgument(_))));
     assert_eq!(params(&m), before);
     assert_eq!(m.iterations(), 0);
 }
@@ -380,7 +373,7 @@ fn an_infinite_gradient_is_named_by_step_layer_and_tensor() {
         |e| matches!(e, Error::NonFinite { step: 0, layer, tensor } if layer == "layer 0 (Dense 1→1)" && tensor == "dweights"),
     );
     // The same through `fit`.
-    let opts = FitOptions { epochs: 3, batch_size: 1, ..Default::default() };
+    let opts = FitOptions::default().with_epochs(3).with_batch_size(1);
     assert_rejected(
         "infinite gradient in fit",
         &mut m,
@@ -413,7 +406,7 @@ fn training_from_scaled_bytes_equals_training_from_the_f32_matrix() {
     let bytes: Vec<u8> = (0..200 * 784).map(|_| rng.below(256) as u8).collect();
     let x = Matrix::from_fn(200, 784, |i, j| bytes[i * 784 + j] as f32 * (1.0 / 255.0));
     let y: Vec<usize> = (0..200).map(|_| rng.below(10)).collect();
-    let opts = FitOptions { epochs: 2, batch_size: 64, shuffle: true, seed: 5, validation: None };
+    let opts = FitOptions::default().with_epochs(2).with_batch_size(64).with_seed(5);
     let mut a = mnist_model(6, Optimizer::adam(1e-3));
     let mut b = mnist_model(6, Optimizer::adam(1e-3));
     a.fit(x.view(), Targets::Classes(&y), &opts).unwrap();

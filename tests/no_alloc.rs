@@ -25,8 +25,7 @@ fn gemm_calls(
     dw: &mut Matrix,
     db: &mut [f32],
 ) {
-    let opts =
-        GemmOptions { isa: Some(isa), threads: Some(threads), min_work_per_thread: Some(0), ..Default::default() };
+    let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
     gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
     gemm_with(dw.view_mut(), x.t(), out.view(), Accum::Overwrite, Epilogue::BiasGradB(db), &opts).unwrap();
     let epi = Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: db };
@@ -41,7 +40,7 @@ fn warm_gemm_calls_do_not_allocate() {
     let h = Matrix::from_fn(m, n, |i, j| ((i + 2 * j) % 3) as f32 - 1.0);
     let (mut out, mut dw, mut db) = (Matrix::zeros(m, n), Matrix::zeros(k, n), vec![0.0f32; n]);
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+    for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
         for threads in [1, 2] {
             pool.install(|| {
                 // Warm up: every thread of the pool gets its buffers (reserved, since a
@@ -68,7 +67,7 @@ fn warm_gemm_calls_do_not_allocate() {
     let isa = Isa::best();
     fresh.install(|| {
         reserve_workspace(); // returns once every worker has run it
-        let opts = GemmOptions { isa: Some(isa), threads: Some(2), min_work_per_thread: Some(0), ..Default::default() };
+        let opts = GemmOptions::default().with_isa(isa).with_threads(2).with_min_work_per_thread(0);
         let before = ALLOCS.load(Ordering::SeqCst);
         for _ in 0..20 {
             gemm_with(out.view_mut(), x.view(), w.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();

@@ -104,13 +104,9 @@ fn adam_with_bias_correction() {
     let (mut p, mut m, mut v) = (c.params.clone(), vec![0.0f32; N], vec![0.0f32; N]);
     let (mut r, mut rm, mut rv) = (f64s(&c.params), vec![0.0f64; N], vec![0.0f64; N]);
     for (iterations, g) in c.grads.iter().enumerate() {
-        let step = update::AdamStep {
-            lr: lr as f32,
-            beta1: b1 as f32,
-            beta2: b2 as f32,
-            epsilon: eps as f32,
-            t: iterations as u64 + 1,
-        };
+        let step = update::AdamStep::new(lr as f32, iterations as u64 + 1)
+            .with_betas(b1 as f32, b2 as f32)
+            .with_epsilon(eps as f32);
         update::adam(&mut p, g, &mut m, &mut v, step).unwrap();
         for i in 0..N {
             let g = g[i] as f64;
@@ -129,13 +125,6 @@ fn adam_with_bias_correction() {
 fn updates_reject_mismatched_lengths() {
     let mut p = vec![0.0f32; 4];
     assert!(update::sgd(&mut p, &[0.0; 3], 0.1).is_err());
-    assert!(update::adam(
-        &mut p,
-        &[0.0; 4],
-        &mut [0.0; 4],
-        &mut [0.0; 5],
-        update::AdamStep { lr: 0.1, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, t: 1 }
-    )
-    .is_err());
+    assert!(update::adam(&mut p, &[0.0; 4], &mut [0.0; 4], &mut [0.0; 5], update::AdamStep::new(0.1, 1)).is_err());
     assert_eq!(p, vec![0.0; 4]);
 }

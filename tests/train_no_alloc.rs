@@ -56,7 +56,7 @@ fn training_steps_do_not_allocate() {
             .dense(10)
             .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1))
             .unwrap();
-        let opts = FitOptions { epochs: 2, batch_size: 16, shuffle: true, seed: 3, validation: None };
+        let opts = FitOptions::default().with_epochs(2).with_batch_size(16).with_seed(3);
         pool.install(|| {
             m.fit(x.view(), Targets::Classes(&y), &opts).unwrap(); // warm
             let before = ALLOCS.load(Ordering::SeqCst);

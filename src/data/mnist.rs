@@ -35,6 +35,7 @@ pub enum IdxKind {
 
 /// MNIST in memory: images as rows of 784 pixels in `[0, 1]`, labels as class indices.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Mnist {
     /// 60 000 × 784.
     pub train_images: Matrix,

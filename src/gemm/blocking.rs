@@ -15,8 +15,11 @@
 
 use std::sync::OnceLock;
 
-/// The per-core data cache sizes the block sizes are derived from, in bytes.
+/// The per-core data cache sizes the block sizes are derived from, in bytes. Made by
+/// [`CacheSizes::new`] or [`CacheSizes::detected`] (`#[non_exhaustive]`: a cache level
+/// may be added).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CacheSizes {
     /// Level-1 data cache of one core.
     pub l1d: usize,
@@ -25,6 +28,11 @@ pub struct CacheSizes {
 }
 
 impl CacheSizes {
+    /// A core with `l1d` bytes of level-1 data cache and `l2` bytes of level-2 cache.
+    pub const fn new(l1d: usize, l2: usize) -> Self {
+        CacheSizes { l1d, l2 }
+    }
+
     /// Used when the CPU does not report its caches: the smallest of the common
     /// desktop and server cores (Zen 1–3, Skylake client), so that blocks never
     /// overflow a real cache.
@@ -46,8 +54,9 @@ impl CacheSizes {
     }
 }
 
-/// The block sizes of one kernel on one machine.
+/// The block sizes of one kernel on one machine (a report: `#[non_exhaustive]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Blocking {
     /// Largest k block (the depth of one packed panel pair). k is split into
     /// `ceil(k / kc)` equal blocks rather than `kc + remainder`, so k = 784 with

@@ -63,6 +63,7 @@ pub enum Accum {
 /// What happens to each tile of `C = op(A)·op(B)` (after [`Accum`]) before it is
 /// stored. The names follow cuBLASLt's epilogues. Shapes: C is `m × n`.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Epilogue<'a> {
     /// Store C as is.
     None,
@@ -90,8 +91,23 @@ pub enum Epilogue<'a> {
     BiasGradB(&'a mut [f32]),
 }
 
-/// How a GEMM runs. `Default` gives the automatic choice for everything.
+/// How a GEMM runs. `Default` gives the automatic choice for everything; the `with_*`
+/// setters change one choice each. The struct is `#[non_exhaustive]`, so that a new
+/// option is not a breaking change: build it from `default()`, not a struct literal.
+///
+/// ```
+/// use fusegrad::gemm::{GemmOptions, Isa};
+/// let opts = GemmOptions::default().with_isa(Isa::Portable).with_threads(1);
+/// assert_eq!((opts.isa, opts.threads), (Some(Isa::Portable), Some(1)));
+/// ```
+///
+/// A struct literal does not compile outside the crate, even with every field given:
+///
+/// ```compile_fail,E0639
+/// let opts = fusegrad::gemm::GemmOptions { isa: None, threads: None, min_work_per_thread: None, caches: None };
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
 pub struct GemmOptions {
     /// Kernel path; `None` uses [`default_isa`] (`FUSEGRAD_KERNEL`, else the best).
     pub isa: Option<Isa>,
@@ -108,6 +124,29 @@ pub struct GemmOptions {
     /// small shapes. Results are bit-identical for any thread count with the same
     /// caches; different caches may change the k split, and so the last bits.
     pub caches: Option<CacheSizes>,
+}
+
+impl GemmOptions {
+    /// Runs on kernel path `isa` (an error at the call if this CPU cannot).
+    pub fn with_isa(mut self, isa: Isa) -> Self {
+        self.isa = Some(isa);
+        self
+    }
+    /// At most `threads` parallel tasks (`0` is an error at the call).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads);
+        self
+    }
+    /// Splits off a task only for at least `work` multiply-adds (`0` splits every problem).
+    pub fn with_min_work_per_thread(mut self, work: usize) -> Self {
+        self.min_work_per_thread = Some(work);
+        self
+    }
+    /// Derives the block sizes from `caches` instead of the detected ones.
+    pub fn with_caches(mut self, caches: CacheSizes) -> Self {
+        self.caches = Some(caches);
+        self
+    }
 }
 
 /// `C = op(A)·op(B)` (or `C += …`), then `epilogue`, with the automatic kernel and

@@ -195,7 +195,7 @@ mod tests {
     #[test]
     fn row_major_a_packs_like_transposed_a_at_every_edge() {
         // Heights and depths around the 8 × 8 and 16 × 16 blocks, panel heights 16.
-        for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
             for (mc, kc, mr) in [(16, 16, 16), (13, 9, 16), (40, 33, 16), (17, 8, 16), (7, 20, 16), (24, 17, 8)] {
                 let (m, k) = (mc + 3, kc + 5);
                 let a = Matrix::from_fn(m, k, |i, j| (i * 1000 + j) as f32);
@@ -223,7 +223,7 @@ mod tests {
             (17, 23, 8),
             (9, 40, 16),
         ];
-        for isa in Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
             for (kc, nc, nr) in shapes {
                 let (k, n) = (kc + 3, nc + 5);
                 let b = Matrix::from_fn(k, n, |i, j| (i * 1000 + j) as f32);

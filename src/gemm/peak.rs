@@ -107,7 +107,7 @@ mod tests {
     #[test]
     fn every_available_path_has_a_probe_and_unknown_asm_probes_are_errors() {
         let short = Duration::from_millis(5);
-        for isa in Isa::ALL {
+        for &isa in Isa::ALL {
             let peak = peak_gflops(isa, short);
             assert_eq!(peak.is_ok(), isa.is_available(), "{isa:?}");
             if let Ok(g) = peak {

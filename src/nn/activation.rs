@@ -8,6 +8,7 @@ use crate::ops::activation as act;
 
 /// Which activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Activation {
     /// `max(x, 0)`.
     Relu,

@@ -65,7 +65,16 @@ fn par_update_parts(
 /// L1 and L2 penalties on a layer's weights and biases (NNFS chapter 14):
 /// `loss += l1·Σ|w| + l2·Σw²`, so `dw += l1·sign(w) + 2·l2·w` (sign(0) = +1, as the
 /// book has it).
+///
+/// `#[non_exhaustive]`: build it from `default()` and the `with_*` setters.
+///
+/// ```
+/// use fusegrad::nn::Regularization;
+/// let r = Regularization::default().with_weight_l2(5e-4).with_bias_l2(5e-4);
+/// assert_eq!((r.weight_l1, r.weight_l2), (0.0, 5e-4));
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct Regularization {
     /// L1 factor on weights.
     pub weight_l1: f32,
@@ -78,6 +87,26 @@ pub struct Regularization {
 }
 
 impl Regularization {
+    /// The L1 factor on weights.
+    pub fn with_weight_l1(mut self, l1: f32) -> Self {
+        self.weight_l1 = l1;
+        self
+    }
+    /// The L2 factor on weights.
+    pub fn with_weight_l2(mut self, l2: f32) -> Self {
+        self.weight_l2 = l2;
+        self
+    }
+    /// The L1 factor on biases.
+    pub fn with_bias_l1(mut self, l1: f32) -> Self {
+        self.bias_l1 = l1;
+        self
+    }
+    /// The L2 factor on biases.
+    pub fn with_bias_l2(mut self, l2: f32) -> Self {
+        self.bias_l2 = l2;
+        self
+    }
     fn is_zero(&self) -> bool {
         *self == Regularization::default()
     }

@@ -5,6 +5,7 @@ use crate::rng::Rng;
 
 /// How a Dense layer's weights start. Biases always start at zero, as in NNFS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Init {
     /// He (Kaiming) normal: `N(0, 2 / fan_in)`, for layers followed by ReLU.
     He,

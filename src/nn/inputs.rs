@@ -134,7 +134,7 @@ mod tests {
     #[test]
     fn simd_and_portable_conversions_agree_on_every_length() {
         let src: Vec<u8> = (0..300u32).map(|i| (i * 37 % 256) as u8).collect();
-        for isa in crate::gemm::Isa::ALL.into_iter().filter(|i| i.is_available()) {
+        for isa in crate::gemm::Isa::ALL.iter().copied().filter(|i| i.is_available()) {
             for len in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 299, 300] {
                 let (mut a, mut b) = (vec![f32::NAN; len + 3], vec![f32::NAN; len + 3]);
                 bytes_to_f32_with(isa, &src[..len], &mut a[..len], 1.0 / 255.0);

@@ -6,6 +6,7 @@ use crate::ops::{loss, softmax_ce};
 
 /// The loss a model minimises.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Loss {
     /// Softmax of the last layer's output (logits) + categorical cross-entropy, fused
     /// (NNFS's `Activation_Softmax_Loss_CategoricalCrossentropy`). Targets: classes.
@@ -43,6 +44,7 @@ impl Targets<'_> {
 
 /// Loss value and correct count of one batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BatchLoss {
     /// Mean data loss over the batch.
     pub loss: f32,

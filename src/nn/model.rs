@@ -20,6 +20,7 @@ use std::time::Instant;
 // worth a Box (which would put a pointer chase into every match).
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Layer {
     /// A Dense layer (with a fused ReLU when one followed it).
     Dense(Dense),
@@ -173,8 +174,10 @@ impl ModelBuilder {
     }
 }
 
-/// Loss and accuracy over a data set.
+/// Loss and accuracy over a data set (a report: `#[non_exhaustive]`, so that fields
+/// can be added).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Evaluation {
     /// Mean data loss.
     pub loss: f32,
@@ -182,8 +185,10 @@ pub struct Evaluation {
     pub accuracy: Option<f32>,
 }
 
-/// What one epoch of [`Sequential::fit`] did.
+/// What one epoch of [`Sequential::fit`] did (a report: `#[non_exhaustive]`, so that
+/// fields can be added).
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct EpochReport {
     /// 1-based epoch number.
     pub epoch: usize,
@@ -223,8 +228,17 @@ impl<F: FnMut(&EpochReport) + Send> FitObserver for OnEpoch<F> {
     }
 }
 
-/// How [`Sequential::fit`] runs.
+/// How [`Sequential::fit`] runs. Start from `default()` (1 epoch, batch 128, shuffled
+/// with seed 0, no validation) and change what you need with the `with_*` setters; the
+/// struct is `#[non_exhaustive]`, so a new option is not a breaking change.
+///
+/// ```
+/// use fusegrad::nn::FitOptions;
+/// let opts = FitOptions::default().with_epochs(10).with_batch_size(64).with_seed(42);
+/// assert_eq!((opts.epochs, opts.batch_size, opts.shuffle), (10, 64, true));
+/// ```
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct FitOptions<'a> {
     /// Passes over the training data.
     pub epochs: usize,
@@ -241,6 +255,34 @@ pub struct FitOptions<'a> {
 impl Default for FitOptions<'_> {
     fn default() -> Self {
         FitOptions { epochs: 1, batch_size: 128, shuffle: true, seed: 0, validation: None }
+    }
+}
+
+impl<'a> FitOptions<'a> {
+    /// `epochs` passes over the training data.
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+    /// `batch_size` samples per step.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+    /// Shuffles the samples every epoch, or keeps their order.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+    /// The seed of the shuffling.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Evaluates `inputs` against `targets` after each epoch.
+    pub fn with_validation(mut self, inputs: MatRef<'a>, targets: Targets<'a>) -> Self {
+        self.validation = Some((inputs, targets));
+        self
     }
 }
 

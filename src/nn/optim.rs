@@ -8,8 +8,10 @@ use crate::ops::update;
 
 /// An optimizer and its hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub enum Optimizer {
     /// `p −= lr·g`, or with momentum `m = μm − lr·g; p += m`. NNFS defaults: lr 1.0.
+    #[non_exhaustive]
     Sgd {
         /// Initial learning rate.
         learning_rate: f32,
@@ -19,6 +21,7 @@ pub enum Optimizer {
         momentum: f32,
     },
     /// AdaGrad. NNFS defaults: lr 1.0, ε 1e-7.
+    #[non_exhaustive]
     Adagrad {
         /// Initial learning rate.
         learning_rate: f32,
@@ -28,6 +31,7 @@ pub enum Optimizer {
         epsilon: f32,
     },
     /// RMSprop. NNFS defaults: lr 0.001, ε 1e-7, ρ 0.9.
+    #[non_exhaustive]
     RmsProp {
         /// Initial learning rate.
         learning_rate: f32,
@@ -39,6 +43,7 @@ pub enum Optimizer {
         rho: f32,
     },
     /// Adam with bias correction. NNFS defaults: lr 0.001, ε 1e-7, β₁ 0.9, β₂ 0.999.
+    #[non_exhaustive]
     Adam {
         /// Initial learning rate.
         learning_rate: f32,
@@ -84,6 +89,66 @@ impl Optimizer {
             | Optimizer::Adam { decay, .. } => *decay = d,
         }
         self
+    }
+
+    /// The same SGD with momentum `m`.
+    ///
+    /// # Panics
+    /// When `self` is not SGD (only SGD has momentum).
+    pub fn with_momentum(mut self, m: f32) -> Self {
+        match &mut self {
+            Optimizer::Sgd { momentum, .. } => *momentum = m,
+            other => panic!("with_momentum: {} has no momentum (only Optimizer::Sgd has)", other.name()),
+        }
+        self
+    }
+
+    /// The same optimizer with `e` added to the root of its cache.
+    ///
+    /// # Panics
+    /// When `self` is SGD (which has no ε).
+    pub fn with_epsilon(mut self, e: f32) -> Self {
+        match &mut self {
+            Optimizer::Adagrad { epsilon, .. }
+            | Optimizer::RmsProp { epsilon, .. }
+            | Optimizer::Adam { epsilon, .. } => *epsilon = e,
+            other => panic!("with_epsilon: {} has no epsilon", other.name()),
+        }
+        self
+    }
+
+    /// The same RMSprop with cache decay ρ.
+    ///
+    /// # Panics
+    /// When `self` is not RMSprop.
+    pub fn with_rho(mut self, r: f32) -> Self {
+        match &mut self {
+            Optimizer::RmsProp { rho, .. } => *rho = r,
+            other => panic!("with_rho: {} has no rho (only Optimizer::RmsProp has)", other.name()),
+        }
+        self
+    }
+
+    /// The same Adam with moment decays β₁, β₂.
+    ///
+    /// # Panics
+    /// When `self` is not Adam.
+    pub fn with_betas(mut self, b1: f32, b2: f32) -> Self {
+        match &mut self {
+            Optimizer::Adam { beta1, beta2, .. } => (*beta1, *beta2) = (b1, b2),
+            other => panic!("with_betas: {} has no betas (only Optimizer::Adam has)", other.name()),
+        }
+        self
+    }
+
+    /// The optimizer's name as NNFS spells its class: `SGD`, `Adagrad`, `RMSprop`, `Adam`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Optimizer::Sgd { .. } => "SGD",
+            Optimizer::Adagrad { .. } => "Adagrad",
+            Optimizer::RmsProp { .. } => "RMSprop",
+            Optimizer::Adam { .. } => "Adam",
+        }
     }
 
     fn base(&self) -> (f32, f32) {

@@ -13,6 +13,7 @@ use crate::matrix::{MatMut, MatRef};
 
 /// What one pass of softmax + cross-entropy gives back.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct SoftmaxCeStats {
     /// Mean over rows of `log Σ_c exp(z_c) − z_label`.
     pub loss: f32,

@@ -65,8 +65,10 @@ pub fn rmsprop(params: &mut [f32], grads: &[f32], cache: &mut [f32], lr: f32, rh
     Ok(())
 }
 
-/// Hyperparameters of one Adam step.
+/// Hyperparameters of one Adam step: [`AdamStep::new`] gives NNFS's β₁, β₂ and ε
+/// (`#[non_exhaustive]`: change them with the `with_*` setters).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct AdamStep {
     /// Current learning rate (after decay).
     pub lr: f32,
@@ -78,6 +80,24 @@ pub struct AdamStep {
     pub epsilon: f32,
     /// 1-based step number `t`, for the bias corrections `1 − βᵗ`.
     pub t: u64,
+}
+
+impl AdamStep {
+    /// Step `t` (1-based) at learning rate `lr`, with β₁ 0.9, β₂ 0.999 and ε 1e-7.
+    pub fn new(lr: f32, t: u64) -> Self {
+        AdamStep { lr, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, t }
+    }
+    /// The moment decays β₁ and β₂.
+    pub fn with_betas(mut self, beta1: f32, beta2: f32) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+    /// The ε added to `√v̂`.
+    pub fn with_epsilon(mut self, epsilon: f32) -> Self {
+        self.epsilon = epsilon;
+        self
+    }
 }
 
 /// Adam: `m = β₁m + (1 − β₁)g; v = β₂v + (1 − β₂)g²;

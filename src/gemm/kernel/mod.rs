@@ -26,6 +26,7 @@ pub(crate) mod portable;
 
 /// An instruction-set path for the GEMM microkernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Isa {
     /// AVX-512F: 6×64 tiles (4 zmm per row), 16×16 tiles for narrow outputs (n ≤ 16),
     /// 16×10 tiles with the vectors along m for `Xᵀ·dZ` with n ≤ 10.
@@ -41,7 +42,7 @@ pub enum Isa {
 
 impl Isa {
     /// Every path, fastest first.
-    pub const ALL: [Isa; 4] = [Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable];
+    pub const ALL: &'static [Isa] = &[Isa::Avx512, Isa::Avx2, Isa::Neon, Isa::Portable];
 
     /// Whether this CPU can run the path.
     pub fn is_available(self) -> bool {
@@ -60,7 +61,7 @@ impl Isa {
 
     /// The fastest path this CPU supports.
     pub fn best() -> Isa {
-        Isa::ALL.into_iter().find(|isa| isa.is_available()).unwrap_or(Isa::Portable)
+        Isa::ALL.iter().copied().find(|isa| isa.is_available()).unwrap_or(Isa::Portable)
     }
 
     /// The name used by `FUSEGRAD_KERNEL` and the benchmarks.
