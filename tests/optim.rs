@@ -128,3 +128,27 @@ fn updates_reject_mismatched_lengths() {
     assert!(update::adam(&mut p, &[0.0; 4], &mut [0.0; 4], &mut [0.0; 5], update::AdamStep::new(0.1, 1)).is_err());
     assert_eq!(p, vec![0.0; 4]);
 }
+
+#[test]
+fn optimizer_setters_set_their_parameter_and_refuse_one_the_optimizer_lacks() {
+    use fusegrad::nn::Optimizer;
+    assert_eq!(Optimizer::sgd(0.1).with_momentum(0.5), Optimizer::sgd_momentum(0.1, 0.5));
+    match Optimizer::adam(0.01).with_betas(0.8, 0.95).with_epsilon(1e-8).with_decay(1e-3) {
+        Optimizer::Adam { learning_rate, decay, epsilon, beta1, beta2, .. } => {
+            assert_eq!((learning_rate, decay, epsilon, beta1, beta2), (0.01, 1e-3, 1e-8, 0.8, 0.95))
+        }
+        other => panic!("expected Adam, got {other:?}"),
+    }
+    match Optimizer::rmsprop(0.01).with_rho(0.5) {
+        Optimizer::RmsProp { rho, epsilon, .. } => assert_eq!((rho, epsilon), (0.5, 1e-7)),
+        other => panic!("expected RMSprop, got {other:?}"),
+    }
+    let refused = |f: fn() -> Optimizer| {
+        let msg = std::panic::catch_unwind(f).expect_err("must panic");
+        msg.downcast_ref::<String>().cloned().unwrap_or_default()
+    };
+    assert!(refused(|| Optimizer::sgd(0.1).with_betas(0.9, 0.99)).contains("SGD has no betas"));
+    assert!(refused(|| Optimizer::adam(0.1).with_momentum(0.9)).contains("Adam has no momentum"));
+    assert!(refused(|| Optimizer::sgd(0.1).with_epsilon(1e-8)).contains("SGD has no epsilon"));
+    assert!(refused(|| Optimizer::adagrad(0.1).with_rho(0.9)).contains("Adagrad has no rho"));
+}
