@@ -7,48 +7,76 @@
 #             portable kernel and the driver run
 #   asan      AddressSanitizer over the GEMM differential tests (every path this CPU
 #             runs, each forced in turn: AVX-512, AVX2, portable) and the model tests
-#   valgrind  memcheck over the GEMM differential tests in release (valgrind hides
-#             AVX-512, so the AVX2 and portable paths run)
-# Usage: scripts/ub-check.sh [miri] [asan] [valgrind]   (default: all three)
-# Installs nightly with miri and rust-src through rustup when missing; says plainly
-# and exits 0 when it cannot (no network), so that CI reports instead of failing.
+#   msan      MemorySanitizer over tests/gemm_sequence.rs in release (every shape
+#             class on every path this CPU runs, AVX-512 included): definedness
+#             tracked bit by bit through the compiled code, the arbiter when valgrind
+#             reports an uninitialised value
+#   valgrind  memcheck (--track-origins=yes) over tests/gemm_sequence.rs in release
+#             (valgrind hides AVX-512, so the AVX2 and portable paths run); installs
+#             Debian's valgrind when missing
+#   valgrind-gemm  memcheck over the GEMM differential tests too (minutes; not in CI)
+# Usage: scripts/ub-check.sh [miri] [asan] [msan] [valgrind] [valgrind-gemm]
+#        (default: all)
+# Runs on the pinned nightly of scripts/nightly.sh, installing it when missing. When
+# rustup cannot provide it, says so and skips that part (exit 0) — except under
+# CI=true, where a check that cannot run is a failure, not a pass.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/nightly.sh
+. scripts/nightly.sh
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(miri asan valgrind)
+[ ${#parts[@]} -eq 0 ] && parts=(miri asan msan valgrind valgrind-gemm)
 want() { printf '%s\n' "${parts[@]}" | grep -qx "$1"; }
 
 need_nightly() {
-    if ! rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^miri'; then
-        rustup toolchain install nightly --profile minimal --component miri --component rust-src >/dev/null 2>&1 || {
-            echo "ub-check: rustup could not provide nightly with miri and rust-src here: $1 skipped"
-            return 1
-        }
-    fi
+    local what=$1
+    shift
+    ensure_nightly "$@" && return 0
+    [ "${CI:-}" = true ] && { echo "ub-check: $what needs $NIGHTLY, and CI cannot skip it"; exit 1; }
+    echo "ub-check: $what skipped"
+    return 1
 }
 
-if want miri && need_nightly miri; then
+if want miri && need_nightly miri miri; then
     echo "== miri: tests/miri.rs (tree borrows; rayon's pool threads outlive a test)"
     MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation" \
-        cargo +nightly miri test --no-default-features --test miri
+        cargo "+$NIGHTLY" miri test --no-default-features --test miri
 fi
 if want asan && need_nightly asan; then
     host=$(rustc -vV | sed -n 's/^host: //p')
     echo "== AddressSanitizer ($host): tests/gemm.rs, tests/model.rs"
     RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=0 \
-        CARGO_TARGET_DIR=target/asan cargo +nightly test -Zbuild-std --target "$host" \
+        CARGO_TARGET_DIR=target/asan cargo "+$NIGHTLY" test -Zbuild-std --target "$host" \
         --no-default-features --test gemm --test model
 fi
-if want valgrind; then
-    if command -v valgrind >/dev/null; then
-        echo "== valgrind memcheck: tests/gemm.rs (release)"
-        bin=$(cargo test --release --no-default-features --test gemm --no-run --message-format=json 2>/dev/null \
+if want msan && need_nightly msan; then
+    host=$(rustc -vV | sed -n 's/^host: //p')
+    echo "== MemorySanitizer ($host): tests/gemm_sequence.rs (release)"
+    RUSTFLAGS="-Zsanitizer=memory -Zsanitizer-memory-track-origins" \
+        CARGO_TARGET_DIR=target/msan cargo "+$NIGHTLY" test --release -Zbuild-std --target "$host" \
+        --no-default-features --test gemm_sequence
+fi
+if want valgrind || want valgrind-gemm; then
+    if ! command -v valgrind >/dev/null; then
+        sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo"
+        export DEBIAN_FRONTEND=noninteractive
+        $sudo apt-get install -y -q valgrind >/dev/null 2>&1 \
+            || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q valgrind >/dev/null; }
+    fi
+    test_bin() {
+        cargo test --release --no-default-features --test "$1" --no-run --message-format=json 2>/dev/null \
             | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("profile", {}).get("test") and m.get("executable"): print(m["executable"])' | tail -n 1)
-        FUSEGRAD_PROP_CASES=8 valgrind -q --error-exitcode=9 "$bin" --test-threads=2
-    else
-        echo "ub-check: valgrind not installed (apt-get install valgrind): skipped"
+    if m.get("profile", {}).get("test") and m.get("executable"): print(m["executable"])' | tail -n 1
+    }
+    if want valgrind; then
+        echo "== valgrind memcheck: tests/gemm_sequence.rs (release)"
+        valgrind -q --track-origins=yes --error-exitcode=9 "$(test_bin gemm_sequence)" --test-threads=1
+    fi
+    if want valgrind-gemm; then
+        echo "== valgrind memcheck: tests/gemm.rs (release)"
+        FUSEGRAD_PROP_CASES=8 valgrind -q --error-exitcode=9 "$(test_bin gemm)" --test-threads=2
     fi
 fi
