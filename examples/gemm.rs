@@ -186,7 +186,7 @@ fn print_peers() {
     println!(
         "peers: matrixmultiply runs its {} kernel{}; the gemm crate its AVX2+FMA kernels",
         common::matrixmultiply_kernel(),
-        if cfg!(feature = "peer-avx512") { "" } else { " (built with --no-default-features: no AVX-512)" }
+        if cfg!(feature = "peer-avx512") { "" } else { " (built without --features peer-avx512)" }
     );
 }
 

@@ -33,7 +33,7 @@ pub fn matrixmultiply_gemm(mut c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>) {
 }
 
 /// The kernel `matrixmultiply::sgemm` runs on this CPU: its AVX-512 one only when the
-/// `peer-avx512` feature (on by default) built it, else its FMA one where the CPU
+/// `peer-avx512` feature (off by default) built it, else its FMA one where the CPU
 /// has AVX2 + FMA.
 pub fn matrixmultiply_kernel() -> &'static str {
     #[cfg(target_arch = "x86_64")]
