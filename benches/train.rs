@@ -5,7 +5,7 @@
 
 use criterion::Criterion;
 use fusegrad::nn::{Loss, Optimizer, Sequential, Targets};
-use fusegrad::parallel::with_hot_workers;
+use fusegrad::runtime::with_hot_workers;
 use fusegrad::Matrix;
 use std::time::{Duration, Instant};
 

@@ -62,11 +62,16 @@
 pub mod data;
 mod error;
 pub mod gemm;
-mod governor;
 mod matrix;
 pub mod nn;
 pub mod ops;
-pub mod parallel;
+pub mod runtime;
+
+/// The old home of [`runtime::with_hot_workers`].
+#[deprecated(since = "0.1.0", note = "moved to `fusegrad::runtime::with_hot_workers`")]
+pub mod parallel {
+    pub use crate::runtime::with_hot_workers;
+}
 mod rng;
 
 pub use error::{Error, Result};

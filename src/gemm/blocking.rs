@@ -84,9 +84,7 @@ impl Blocking {
     ///   the other half to the B rows streaming past it, within 64..=512. The B
     ///   micro-panel is not kept in L1 beside it (BLIS's haswell kc = 256 does that):
     ///   it streams from L2 either way, and a deeper k block halves the loads and
-    ///   stores of each C tile. Measured on Zen 4, AVX2 6 × 16 path, interleaved
-    ///   medians of 7 runs: kc 279 → 512 took 1024³ from 92.3 to 96.3 GFLOP/s on one
-    ///   core (189 → 200 on two) and 2048³ from 92.8 to 95.7.
+    ///   stores of each C tile.
     /// - `nc`: the packed B block (`kc × nc` floats) fills at most half of L2, leaving
     ///   room for C and A lines; a multiple of `nr`, at least `nr`, at most 4096.
     /// - `mc`: 144 rows rounded down to a multiple of `mr` (at least `mr`).
@@ -116,7 +114,6 @@ pub fn k_block_start(k: usize, nb: usize, b: usize) -> usize {
 /// A row-major B is read in place (not packed) by kernels that mask their B loads
 /// when the task has at most this many rows of C, or n fits in one tile: a packed B
 /// block is reused by every MR-row panel, so packing pays only when there are many.
-/// Measured: 128×784×128 gains 92% → 97% of peak unpacked; 1024³ loses 92% → 86%.
 pub const DIRECT_B_MAX_ROWS: usize = 256;
 
 /// ... or when all of B fits in a quarter of L2 (256 KiB), where re-reading it costs
@@ -124,10 +121,8 @@ pub const DIRECT_B_MAX_ROWS: usize = 256;
 pub const DIRECT_B_MAX_FLOATS: usize = 64 * 1024;
 
 /// A GEMM gets one task per this many multiply-adds (up to the thread count); below
-/// it, it runs on the calling thread: a rayon fork/join costs 1–3 µs, the whole
-/// runtime of the small MNIST products. Measured on 2 Zen 4 cores (`examples/gemm
-/// --min-work`): 128×128×64 (1 M) drops from 19.7 to 10.9 µs on 2 threads, while
-/// 128×64×10 (82 K) gets slower. Override per call with
+/// it, it runs on the calling thread: a rayon fork/join costs as much as a small
+/// product takes (swept with `examples/gemm --min-work`). Override per call with
 /// `GemmOptions::min_work_per_thread`.
 pub const MIN_WORK_PER_THREAD: usize = 1 << 18;
 

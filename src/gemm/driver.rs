@@ -83,10 +83,10 @@ pub(crate) fn reserve_workspace() {
             aligned(&mut bufs.b, b_len);
         })
     };
-    if rayon::current_thread_index().is_none() || crate::parallel::threads() == 1 {
+    if rayon::current_thread_index().is_none() || crate::runtime::threads() == 1 {
         reserve();
     }
-    if crate::parallel::threads() > 1 {
+    if crate::runtime::threads() > 1 {
         rayon::broadcast(|_| reserve());
     }
 }
@@ -94,8 +94,8 @@ pub(crate) fn reserve_workspace() {
 /// The largest packed A block (`mc × kc`) and packed B block (`nc × kc`), in floats,
 /// over every kernel, for these caches.
 fn workspace_floats(caches: CacheSizes) -> (usize, usize) {
-    // Memoised for the detected caches: computing it costs some forty integer
-    // divisions, a sizeable part of the time of a small GEMM such as 128×64×10.
+    // Memoised for the detected caches: its integer divisions are a visible part of
+    // a small GEMM's time.
     static FOR_DETECTED: OnceLock<(usize, usize)> = OnceLock::new();
     if caches == CacheSizes::detected() {
         *FOR_DETECTED.get_or_init(|| workspace_floats_for(caches))

@@ -191,7 +191,7 @@ pub fn gemm_with(
     let threads = match options.threads {
         Some(0) => return Err(Error::Kernel("threads must be at least 1, got 0".into())),
         Some(t) => t,
-        None => crate::parallel::threads(),
+        None => crate::runtime::threads(),
     };
     let plan = driver::Plan {
         threads,
@@ -201,8 +201,8 @@ pub fn gemm_with(
     // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
     // x86 paths have tiles with the vectors along m for it, where every lane works
     // (a 16-wide vector along n uses 10 of its 16). A row-major A would have to be
-    // packed with transposes, which measured slower on 128×64×10 than the row tiles
-    // reading it in place (AVX2: 43 vs 49 GFLOP/s).
+    // packed with transposes, which measured slower than the row tiles reading it in
+    // place.
     #[cfg(target_arch = "x86_64")]
     let column_tile = b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1;
     match isa {

@@ -19,8 +19,8 @@ use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
 use crate::nn::optim::Optimizer;
 use crate::ops::activation::relu_backward;
-use crate::parallel::{parts_for, split_point};
 use crate::rng::Rng;
+use crate::runtime::{parts_for, split_point};
 
 /// Fewest elements worth a task of its own in a parallel update: below this the
 /// scheduling (a few µs) outweighs the pass.
@@ -144,8 +144,8 @@ pub struct Dense {
     relu: bool,
     /// `dz` when it has to be formed from `dvalues` (NNFS-style `backward`).
     dz: Matrix,
-    /// Optimizer state: weights then biases, up to two buffers each.
-    state: [Vec<f32>; 4],
+    /// Optimizer state of the weights and of the biases.
+    state: OptimizerState,
     pub(crate) gemm: GemmOptions,
 }
 
@@ -162,7 +162,7 @@ impl Dense {
             regularization: Regularization::default(),
             relu: false,
             dz: Matrix::zeros(0, n_neurons),
-            state: Default::default(),
+            state: OptimizerState::default(),
             gemm: GemmOptions::default(),
         }
     }
@@ -344,12 +344,8 @@ impl Dense {
     /// built, so that updates never allocate.
     pub fn prepare_optimizer(&mut self, optimizer: &Optimizer) {
         let k = optimizer.state_buffers();
-        let (nw, nb) = (self.weights.as_slice().len(), self.biases.len());
-        for (i, s) in self.state.iter_mut().enumerate() {
-            let (slot, len) = (i % 2, if i < 2 { nw } else { nb });
-            s.clear();
-            s.resize(if slot < k { len } else { 0 }, 0.0);
-        }
+        self.state.weights.prepare(k, self.weights.as_slice().len());
+        self.state.biases.prepare(k, self.biases.len());
     }
 
     /// Applies one `optimizer` step to the weights and biases (NNFS's
@@ -359,18 +355,51 @@ impl Dense {
     /// [`Error::ShapeMismatch`] if the state was prepared for another optimizer.
     pub fn update_params(&mut self, optimizer: &Optimizer, iterations: u64) -> Result<()> {
         let k = optimizer.state_buffers();
-        if self.state[0].len() != if k > 0 { self.weights.as_slice().len() } else { 0 }
-            || self.state[1].len() != if k > 1 { self.weights.as_slice().len() } else { 0 }
-        {
+        if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
             self.prepare_optimizer(optimizer);
         }
-        let [w0, w1, b0, b1] = &mut self.state;
+        let ParamState { first: w0, second: w1 } = &mut self.state.weights;
         par_update(optimizer, self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations)?;
+        let ParamState { first: b0, second: b1 } = &mut self.state.biases;
         optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
     }
 
-    /// Borrows the optimizer state for tests and inspection: `[w0, w1, b0, b1]`.
-    pub fn optimizer_state(&self) -> &[Vec<f32>; 4] {
-        &self.state
+    /// The optimizer state for tests and inspection: the weights' first and second
+    /// buffer, then the biases' (empty where the optimizer keeps none).
+    #[doc(hidden)]
+    pub fn optimizer_state(&self) -> [&[f32]; 4] {
+        let (w, b) = (&self.state.weights, &self.state.biases);
+        [&w.first, &w.second, &b.first, &b.second]
+    }
+}
+
+/// The optimizer state of a layer (NNFS keeps it on the layer too).
+#[derive(Clone, Debug, Default)]
+struct OptimizerState {
+    weights: ParamState,
+    biases: ParamState,
+}
+
+/// The state of one parameter buffer: `first` is SGD's momentum, AdaGrad's and
+/// RMSprop's cache, Adam's first moment; `second` is Adam's second moment. A buffer
+/// the optimizer does not use is empty.
+#[derive(Clone, Debug, Default)]
+struct ParamState {
+    first: Vec<f32>,
+    second: Vec<f32>,
+}
+
+impl ParamState {
+    /// Zeros for an optimizer with `buffers` state buffers over `len` parameters.
+    fn prepare(&mut self, buffers: usize, len: usize) {
+        for (i, s) in [&mut self.first, &mut self.second].into_iter().enumerate() {
+            s.clear();
+            s.resize(if i < buffers { len } else { 0 }, 0.0);
+        }
+    }
+
+    fn is_prepared(&self, buffers: usize, len: usize) -> bool {
+        let want = |i: usize| if i < buffers { len } else { 0 };
+        self.first.len() == want(0) && self.second.len() == want(1)
     }
 }

@@ -5,7 +5,7 @@
 use super::check_rows_contiguous;
 use crate::error::{Error, Result};
 use crate::matrix::MatRef;
-use crate::parallel::{parts_for, split_point};
+use crate::runtime::{parts_for, split_point};
 
 /// `out[j] = Σ_i x[i][j]`, rows added in order (overwrites `out`).
 ///

@@ -2,8 +2,8 @@
 //!
 //! On a quiet machine two threads beat one (the GEMM tiles split between them). On a
 //! busy one they can lose badly: if another process shares a core with one of the
-//! workers, every fork-join of a step waits for that worker's next time slice, and an
-//! MNIST epoch measured 10–16× slower on 2 threads than on 1 (issue #10). The governor
+//! workers, every fork-join of a step waits for that worker's next time slice, and a
+//! step can take several times as long on 2 threads as on 1. The governor
 //! measures instead of guessing. It times steps in three modes:
 //!
 //! - [`Mode::Parallel`]: the step's GEMMs and passes split over the pool;
@@ -63,10 +63,10 @@ pub(crate) const MAX_KEEP_FACTOR: usize = 4;
 
 #[derive(Clone, Copy, Debug)]
 enum Phase {
-    /// Measuring `modes[order[next]]`; `medians[i]` is that of `modes[order[i]]` for
+    /// Measuring `modes[order[next]]`; `figures[i]` is that of `modes[order[i]]` for
     /// `i < next` (fixed arrays: deciding never allocates, so neither does a step). A
     /// re-probe measures the kept mode first, so that a hopeless one can be cut short.
-    Probe { next: usize, order: [usize; 3], medians: [f64; 3] },
+    Probe { next: usize, order: [usize; 3], figures: [f64; 3] },
     /// Running `mode`, expected at `baseline` seconds per sample (the probe's figure,
     /// then a moving average of the windows since), for `windows_left` more windows;
     /// `slow` tells whether the last window was over [`DEGRADED`] × `baseline`;
@@ -99,7 +99,7 @@ impl Governor {
             modes: vec![Mode::Parallel, Mode::SerialHere, Mode::SerialThere],
             // The serial modes first: on a busy machine the parallel window can then be
             // cut short as hopeless instead of running in full.
-            phase: Phase::Probe { next: 0, order: [1, 2, 0], medians: [f64::INFINITY; 3] },
+            phase: Phase::Probe { next: 0, order: [1, 2, 0], figures: [f64::INFINITY; 3] },
             window: Vec::with_capacity(WINDOW),
             seen: 0,
             last_choice: None,
@@ -138,8 +138,8 @@ impl Governor {
             self.window.push(seconds_per_sample);
         }
         let hopeless = match self.phase {
-            Phase::Probe { next, medians, .. } if next > 0 && !self.window.is_empty() => {
-                let best = medians[..next].iter().copied().fold(f64::INFINITY, f64::min);
+            Phase::Probe { next, figures, .. } if next > 0 && !self.window.is_empty() => {
+                let best = figures[..next].iter().copied().fold(f64::INFINITY, f64::min);
                 let mean = self.window.iter().sum::<f64>() / self.window.len() as f64;
                 (self.window.len() >= 3 && mean > best * HOPELESS) || mean > best * 2.0 * HOPELESS
             }
@@ -148,21 +148,21 @@ impl Governor {
         if self.seen < WINDOW && !hopeless {
             return;
         }
-        let median = figure(&self.window);
+        let window_figure = figure(&self.window);
         self.window.clear();
         self.seen = 0;
         self.phase = match self.phase {
-            Phase::Probe { next, order, mut medians } => {
-                medians[next] = median;
+            Phase::Probe { next, order, mut figures } => {
+                figures[next] = window_figure;
                 if next + 1 < self.modes.len() {
-                    Phase::Probe { next: next + 1, order, medians }
+                    Phase::Probe { next: next + 1, order, figures }
                 } else {
                     let probed: [Mode; 3] = std::array::from_fn(|i| self.modes[order[i] % self.modes.len()]);
-                    let (mode, baseline) = choose(&probed[..self.modes.len()], &medians);
+                    let (mode, baseline) = choose(&probed[..self.modes.len()], &figures);
                     if log_enabled() {
                         let seen: Vec<String> = probed
                             .iter()
-                            .zip(medians)
+                            .zip(figures)
                             .map(|(m, t)| format!("{m:?} {:.2} µs/sample", t * 1e6))
                             .collect();
                         eprintln!("fusegrad governor: probed {}; keeping {mode:?}", seen.join(", "));
@@ -175,17 +175,17 @@ impl Governor {
                     self.last_choice = Some(mode);
                     let runner_up = probed[..self.modes.len()]
                         .iter()
-                        .zip(medians)
+                        .zip(figures)
                         .filter(|(m, _)| **m != mode)
                         .fold(f64::INFINITY, |b, (_, t)| b.min(t));
                     Phase::Keep { mode, baseline, windows_left: self.keep_windows, slow: false, runner_up }
                 }
             }
             Phase::Keep { mode, baseline, windows_left, slow, runner_up } => {
-                let slow_now = median > baseline * DEGRADED;
+                let slow_now = window_figure > baseline * DEGRADED;
                 // The kept mode's running average has fallen behind what the runner-up
                 // measured: its probe figure was a lucky stretch.
-                let overtaken = 0.8 * baseline + 0.2 * median > runner_up * 1.1;
+                let overtaken = moving_average(baseline, window_figure) > runner_up * 1.1;
                 if (slow && slow_now) || overtaken || windows_left <= 1 {
                     if log_enabled() {
                         let why = if windows_left <= 1 {
@@ -197,7 +197,7 @@ impl Governor {
                         };
                         eprintln!(
                             "fusegrad governor: {mode:?} at {:.2} µs/sample (chosen at {:.2}): {why}, probing",
-                            median * 1e6,
+                            window_figure * 1e6,
                             baseline * 1e6
                         );
                     }
@@ -210,13 +210,13 @@ impl Governor {
                     for (slot, i) in order[1..].iter_mut().zip((0..3).filter(|&i| i != kept)) {
                         *slot = i;
                     }
-                    let average = 0.8 * baseline + 0.2 * median;
-                    Phase::Probe { next: 1, order, medians: [average, f64::INFINITY, f64::INFINITY] }
+                    let average = moving_average(baseline, window_figure);
+                    Phase::Probe { next: 1, order, figures: [average, f64::INFINITY, f64::INFINITY] }
                 } else {
                     // The expected figure follows every window (slow ones too: time
                     // slices make a mode's steps alternate); a sudden slowdown outruns
                     // the average and is caught above.
-                    let baseline = 0.8 * baseline + 0.2 * median;
+                    let baseline = moving_average(baseline, window_figure);
                     Phase::Keep { mode, baseline, windows_left: windows_left - 1, slow: slow_now, runner_up }
                 }
             }
@@ -225,13 +225,19 @@ impl Governor {
 }
 
 /// The fastest mode, with parallel kept unless a serial one beats it clearly.
-fn choose(modes: &[Mode], medians: &[f64; 3]) -> (Mode, f64) {
-    let measured = || modes.iter().copied().zip(medians.iter().copied());
+fn choose(modes: &[Mode], figures: &[f64; 3]) -> (Mode, f64) {
+    let measured = || modes.iter().copied().zip(figures.iter().copied());
     let best = measured().fold((modes[0], f64::INFINITY), |b, m| if m.1 < b.1 { m } else { b });
     match measured().find(|(m, _)| *m == Mode::Parallel) {
         Some((_, parallel)) if best.1 >= parallel * PREFER_PARALLEL => (Mode::Parallel, parallel),
         _ => best,
     }
+}
+
+/// The expected figure of a kept mode after one more window: an exponential moving
+/// average, so that a lucky probe window fades and one slow window does not decide.
+fn moving_average(expected: f64, window: f64) -> f64 {
+    0.8 * expected + 0.2 * window
 }
 
 /// A window's figure: the mean of its counted steps without the slowest one (the

@@ -1,11 +1,12 @@
-//! Keeping a rayon pool's workers awake across a run of parallel GEMMs.
+//! How the crate's parallel passes use the current rayon pool: the [`serial`] switch a
+//! one-thread model runs under, the even split of elementwise passes, and keeping the
+//! other workers awake across a run of GEMMs.
 //!
 //! A training step runs eight GEMMs with short serial passes between them (the loss,
 //! the finiteness check, the update). An idle rayon worker spins only briefly before it
-//! sleeps, and waking it costs ≈ 17 µs on our VMs, against 11 µs for a whole 128×128×64
-//! product on 2 threads: measured, a 2-thread GEMM with 30 µs of serial work before it
-//! took 28 µs, slower than on 1 thread (19.7 µs). [`with_hot_workers`] keeps the other
-//! workers polling for work (OpenMP's "active" wait policy) while a closure runs.
+//! sleeps, and waking it costs more than a small product on 2 threads takes
+//! (docs/perf/mnist.md). [`with_hot_workers`] keeps the other workers polling for work
+//! (OpenMP's "active" wait policy) while a closure runs.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,0 +1,360 @@
+//! `Sequential::fit`: epochs of shuffled mini-batches, each step run the way the
+//! thread governor picks, with per-epoch reports.
+
+use super::{first_nonfinite_row, Evaluation, Sequential};
+use crate::error::{Error, Result};
+use crate::matrix::{MatRef, Matrix};
+use crate::nn::inputs::Inputs;
+use crate::nn::loss::Targets;
+use crate::rng::Rng;
+use crate::runtime::governor::{Governor, Mode};
+use std::time::Instant;
+
+/// What one epoch of [`Sequential::fit`] did (a report: `#[non_exhaustive]`, so that
+/// fields can be added).
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct EpochReport {
+    /// 1-based epoch number.
+    pub epoch: usize,
+    /// Mean training data loss over the epoch's batches (weighted by batch size).
+    pub loss: f32,
+    /// Regularization penalty at the end of the epoch.
+    pub regularization_loss: f32,
+    /// Training accuracy over the epoch, for classification losses.
+    pub accuracy: Option<f32>,
+    /// Loss and accuracy on the validation data, when given.
+    pub validation: Option<Evaluation>,
+    /// Seconds spent training (shuffle, forward, backward, update); evaluation excluded.
+    pub train_seconds: f64,
+    /// Seconds spent on validation.
+    pub eval_seconds: f64,
+    /// Optimizer steps so far.
+    pub iterations: u64,
+    /// Learning rate at the end of the epoch (after decay).
+    pub learning_rate: f32,
+}
+
+/// Hooks into [`Sequential::fit_observed`]: called on the training thread after every
+/// step and every epoch. Both default to doing nothing.
+pub trait FitObserver: Send {
+    /// After step `step` (1-based) of `steps` in epoch `epoch` (1-based).
+    fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize) {}
+    /// After each epoch, with its report.
+    fn on_epoch(&mut self, _report: &EpochReport) {}
+}
+
+/// Adapts an epoch callback to a [`FitObserver`].
+struct OnEpoch<F>(F);
+
+impl<F: FnMut(&EpochReport) + Send> FitObserver for OnEpoch<F> {
+    fn on_epoch(&mut self, report: &EpochReport) {
+        (self.0)(report)
+    }
+}
+
+/// How [`Sequential::fit`] runs. Start from `default()` (1 epoch, batch 128, shuffled
+/// with seed 0, no validation) and change what you need with the `with_*` setters; the
+/// struct is `#[non_exhaustive]`, so a new option is not a breaking change.
+///
+/// ```
+/// use fusegrad::nn::FitOptions;
+/// let opts = FitOptions::default().with_epochs(10).with_batch_size(64).with_seed(42);
+/// assert_eq!((opts.epochs, opts.batch_size, opts.shuffle), (10, 64, true));
+/// ```
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct FitOptions<'a> {
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Samples per step (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Shuffle the samples every epoch.
+    pub shuffle: bool,
+    /// Seed of the shuffling.
+    pub seed: u64,
+    /// Data to evaluate after each epoch.
+    pub validation: Option<(MatRef<'a>, Targets<'a>)>,
+}
+
+impl Default for FitOptions<'_> {
+    fn default() -> Self {
+        FitOptions { epochs: 1, batch_size: 128, shuffle: true, seed: 0, validation: None }
+    }
+}
+
+impl<'a> FitOptions<'a> {
+    /// `epochs` passes over the training data.
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+    /// `batch_size` samples per step.
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+    /// Shuffles the samples every epoch, or keeps their order.
+    pub fn with_shuffle(mut self, shuffle: bool) -> Self {
+        self.shuffle = shuffle;
+        self
+    }
+    /// The seed of the shuffling.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+    /// Evaluates `inputs` against `targets` after each epoch.
+    pub fn with_validation(mut self, inputs: MatRef<'a>, targets: Targets<'a>) -> Self {
+        self.validation = Some((inputs, targets));
+        self
+    }
+}
+
+impl Sequential {
+    /// Trains for `options.epochs` epochs; see [`Self::fit_with`].
+    ///
+    /// # Errors
+    /// As [`Self::fit_with`].
+    pub fn fit(&mut self, x: impl Inputs, targets: Targets<'_>, options: &FitOptions<'_>) -> Result<Vec<EpochReport>> {
+        self.fit_with(x, targets, options, |_| {})
+    }
+
+    /// Trains for `options.epochs` epochs over mini-batches, calling `on_epoch` after
+    /// each epoch with its report (and returning all reports).
+    ///
+    /// # Errors
+    /// Bad shapes, targets or options are reported before any training; a NaN or
+    /// infinity stops training with [`Error::NonFinite`] naming the step, layer and
+    /// tensor (the parameters keep the values of the last good step).
+    pub fn fit_with(
+        &mut self,
+        x: impl Inputs,
+        targets: Targets<'_>,
+        options: &FitOptions<'_>,
+        on_epoch: impl FnMut(&EpochReport) + Send,
+    ) -> Result<Vec<EpochReport>> {
+        self.fit_observed(x, targets, options, &mut OnEpoch(on_epoch))
+    }
+
+    /// [`Self::fit_with`] with a [`FitObserver`] that also hears about every step
+    /// (for a progress bar).
+    ///
+    /// # Errors
+    /// As [`Self::fit_with`].
+    pub fn fit_observed(
+        &mut self,
+        x: impl Inputs,
+        targets: Targets<'_>,
+        options: &FitOptions<'_>,
+        observer: &mut dyn FitObserver,
+    ) -> Result<Vec<EpochReport>> {
+        self.check_shape(x.rows(), x.cols(), Some(&targets))?;
+        if options.batch_size == 0 {
+            return Err(Error::InvalidArgument("batch_size must be at least 1".into()));
+        }
+        if x.rows() == 0 {
+            return Err(Error::InvalidArgument("fit needs at least one sample".into()));
+        }
+        if let Some((vx, vt)) = &options.validation {
+            self.check_inputs(vx, Some(vt))?;
+        }
+        let options = *options;
+        self.in_pool(move |m| m.fit_loop(x, targets, &options, observer))?
+    }
+
+    fn fit_loop(
+        &mut self,
+        x: impl Inputs,
+        targets: Targets<'_>,
+        options: &FitOptions<'_>,
+        observer: &mut dyn FitObserver,
+    ) -> Result<Vec<EpochReport>> {
+        let n = x.rows();
+        let batch = options.batch_size.min(n);
+        let mut order: Vec<usize> = (0..n).collect();
+        let mut rng = Rng::new(options.seed);
+        let mut reports = Vec::with_capacity(options.epochs);
+        // The batch buffers leave `self` for the epoch, so a step can borrow both.
+        let mut bx = std::mem::take(&mut self.batch_x);
+        let mut bc = std::mem::take(&mut self.batch_classes);
+        let mut bv = std::mem::take(&mut self.batch_values);
+        // Every worker's GEMM buffers now, not on its first task mid-epoch.
+        crate::gemm::reserve_workspace();
+        // The other workers spin between GEMMs instead of sleeping: a wake-up costs
+        // more than a small product (see `runtime::with_hot_workers`). The governor
+        // times the steps and, where another process makes a worker slow, runs them on
+        // one thread instead (see `governor`); results do not depend on its choice.
+        // A one-thread model runs serially here, whatever pool it was called from: nothing
+        // to govern.
+        let mut governor = match (self.adaptive_threads, crate::runtime::threads()) {
+            (_, 1) => Governor::fixed(Mode::SerialHere),
+            (true, threads) => Governor::new(threads),
+            (false, _) => Governor::fixed(Mode::Parallel),
+        };
+        let result = crate::runtime::with_workers(|helpers| {
+            for epoch in 1..=options.epochs {
+                let start = Instant::now();
+                if options.shuffle {
+                    rng.shuffle(&mut order);
+                }
+                let mut sums = StepSums::default();
+                let steps = n.div_ceil(batch);
+                let mut next_step = 0;
+                while next_step < steps {
+                    // A run of steps in one mode, until the governor changes its mind or
+                    // the epoch ends. Handed to another worker, the run goes as one job:
+                    // waking this thread after every step would cost a time slice of the
+                    // busy core each time.
+                    let mode = governor.mode();
+                    helpers.set_hot(mode != Mode::SerialHere);
+                    let first = next_step;
+                    let mut run = StepRun {
+                        x,
+                        targets,
+                        order: &order,
+                        batch,
+                        steps,
+                        mode,
+                        next_step: &mut next_step,
+                        governor: &mut governor,
+                        sums: &mut sums,
+                        bufs: (&mut bx, &mut bc, &mut bv),
+                    };
+                    let result = match mode {
+                        Mode::Parallel => run.run(self),
+                        Mode::SerialHere => crate::runtime::serial(|| run.run(self)),
+                        Mode::SerialThere => {
+                            crate::runtime::on_another_worker(|| crate::runtime::serial(|| run.run(self)))
+                        }
+                    };
+                    for step in first..next_step {
+                        observer.on_step(epoch, step + 1, steps);
+                    }
+                    result?;
+                }
+                let StepSums { loss_sum, correct, total } = sums;
+                let train_seconds = start.elapsed().as_secs_f64();
+                let eval_start = Instant::now();
+                let validation = match options.validation {
+                    Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch)?),
+                    None => None,
+                };
+                let report = EpochReport {
+                    epoch,
+                    loss: (loss_sum / n as f64) as f32,
+                    regularization_loss: self.regularization_loss(),
+                    accuracy: self.loss.is_classification().then(|| correct as f32 / total.max(1) as f32),
+                    validation,
+                    train_seconds,
+                    eval_seconds: eval_start.elapsed().as_secs_f64(),
+                    iterations: self.iterations,
+                    learning_rate: self.optimizer.current_learning_rate(self.iterations),
+                };
+                observer.on_epoch(&report);
+                reports.push(report);
+            }
+            Ok(reports)
+        });
+        (self.batch_x, self.batch_classes, self.batch_values) = (bx, bc, bv);
+        result
+    }
+}
+
+/// Running sums of an epoch's steps.
+#[derive(Default)]
+struct StepSums {
+    loss_sum: f64,
+    correct: usize,
+    total: usize,
+}
+
+/// Consecutive training steps of one epoch run in one [`Mode`]: everything a run
+/// needs, so that it can be handed to another worker as one job.
+struct StepRun<'a, 'b, I: Inputs> {
+    x: I,
+    targets: Targets<'a>,
+    order: &'b [usize],
+    batch: usize,
+    steps: usize,
+    mode: Mode,
+    next_step: &'b mut usize,
+    governor: &'b mut Governor,
+    sums: &'b mut StepSums,
+    bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix),
+}
+
+impl<I: Inputs> StepRun<'_, '_, I> {
+    /// Runs steps from `next_step` while the governor keeps this run's mode.
+    fn run(&mut self, model: &mut Sequential) -> Result<()> {
+        let n = self.order.len();
+        while *self.next_step < self.steps && self.governor.mode() == self.mode {
+            let step = *self.next_step;
+            let chunk = &self.order[step * self.batch..((step + 1) * self.batch).min(n)];
+            let start = Instant::now();
+            let (bx, bc, bv) = (&mut *self.bufs.0, &mut *self.bufs.1, &mut *self.bufs.2);
+            let t = gather(self.x, self.targets, chunk, bx, bc, bv);
+            // The next batch's rows load while this step computes.
+            if let Some(next) = self.order.get((step + 1) * self.batch..((step + 2) * self.batch).min(n)) {
+                self.x.prefetch(next);
+            }
+            let b = model.step_prechecked(bx.view(), t).map_err(|e| match e {
+                // In `fit` the sample is known: name it.
+                Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
+                    let row = first_nonfinite_row(bx.view()).unwrap_or(0);
+                    let sample = chunk.get(row).copied().unwrap_or(0);
+                    Error::NonFinite {
+                        step,
+                        layer: format!("sample {sample} of the data (row {row} of the batch)"),
+                        tensor,
+                    }
+                }
+                e => e,
+            })?;
+            self.governor.record(start.elapsed().as_secs_f64() / chunk.len() as f64);
+            self.sums.loss_sum += b.loss as f64 * chunk.len() as f64;
+            (self.sums.correct, self.sums.total) = (self.sums.correct + b.correct, self.sums.total + b.total);
+            *self.next_step += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Copies the samples `rows` of `x` (and their targets) into the batch buffers.
+fn gather<'b>(
+    x: impl Inputs,
+    targets: Targets<'_>,
+    rows: &[usize],
+    bx: &mut Matrix,
+    bc: &'b mut Vec<usize>,
+    bv: &'b mut Matrix,
+) -> Targets<'b> {
+    bx.resize(rows.len(), x.cols());
+    // Rows in fixed groups, spread over the pool: the gather is latency-bound on
+    // random rows, and the other workers are idle at this point of the step.
+    const GROUP: usize = 32;
+    let cols = x.cols().max(1);
+    if crate::runtime::threads() > 1 && rows.len() > GROUP {
+        use rayon::prelude::*;
+        bx.as_mut_slice()
+            .par_chunks_mut(GROUP * cols)
+            .zip(rows.par_chunks(GROUP))
+            .for_each(|(out, group)| x.gather(group, out));
+    } else {
+        x.gather(rows, bx.as_mut_slice());
+    }
+    match targets {
+        Targets::Classes(c) => {
+            bc.clear();
+            bc.extend(rows.iter().map(|&r| c[r]));
+            Targets::Classes(bc)
+        }
+        Targets::Values(v) => {
+            bv.resize(rows.len(), v.cols());
+            for (dst, &r) in rows.iter().enumerate() {
+                bv.row_mut(dst).copy_from_slice(v.row(r));
+            }
+            Targets::Values(bv.view())
+        }
+    }
+}
