@@ -78,6 +78,7 @@ fn mask_by(c: &mut MatMut<'_>, h: MatRef<'_>) {
 
 /// `op(A)·op(B)` accumulated in f64, with no epilogue. Returns `(product, scale)`
 /// where `scale[i][j] = Σ_p |a_ip · b_pj|`.
+#[doc(hidden)]
 pub fn gemm_naive_f64(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
     assert_eq!(a.cols(), b.rows(), "gemm_naive_f64: A is {}×{}, B is {}×{}", a.rows(), a.cols(), b.rows(), b.cols());
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
@@ -99,6 +100,7 @@ pub fn gemm_naive_f64(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// Convenience for tests and benches: the naive product as a new matrix.
+#[doc(hidden)]
 pub fn matmul_naive(a: MatRef<'_>, b: MatRef<'_>) -> Result<Matrix> {
     let mut c = Matrix::zeros(a.rows(), b.cols());
     gemm_naive(c.view_mut(), a, b, Accum::Overwrite, Epilogue::None)?;

@@ -32,12 +32,13 @@ pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, k
             panel.fill(0.0);
         }
         if cs == 1 {
-            // Row-major A: each row of the block is a contiguous run, scattered into
-            // one lane of the panel.
+            // Row-major A (or Bᵀ, as in dX = dZ·Wᵀ): each row of the block is a
+            // contiguous run, scattered into one lane of the panel.
             let vectors = Vectors { data, first: first_row, count: rows, stride: rs, p0, kc };
             scatter_vectors(panel, mr, vectors, isa);
         } else if rs == 1 {
-            // Transposed A: one panel column is `rows` contiguous elements.
+            // Transposed A (or row-major B): one panel column is `rows` contiguous
+            // elements.
             for p in 0..kc {
                 let off = (p0 + p) * cs + first_row;
                 panel[p * mr..p * mr + rows].copy_from_slice(&data[off..off + rows]);
@@ -53,44 +54,15 @@ pub fn pack_a(dst: &mut [f32], a: MatRef<'_>, i0: usize, mc: usize, p0: usize, k
 }
 
 /// Packs `B[p0 .. p0+kc][j0 .. j0+nc]` into `dst` as `ceil(nc/nr)` panels of `nr` columns,
-/// with the instructions of the `isa` path.
+/// with the instructions of the `isa` path: the panels of B are those of `Bᵀ` packed as
+/// an A, since panel q holds `B[p][q·nr + c] = Bᵀ[q·nr + c][p]` at `p·nr + c` either way.
 #[allow(clippy::too_many_arguments)]
 pub fn pack_b(dst: &mut [f32], b: MatRef<'_>, p0: usize, kc: usize, j0: usize, nc: usize, nr: usize, isa: Isa) {
-    if kc == 0 {
-        return;
-    }
-    let (data, rs, cs) = (b.as_slice(), b.row_stride(), b.col_stride());
-    let panels = nc.div_ceil(nr);
-    let dst = &mut dst[..panels * nr * kc];
-    for (q, panel) in dst.chunks_exact_mut(nr * kc).enumerate() {
-        let cols = nr.min(nc - q * nr);
-        let first_col = j0 + q * nr;
-        if cols < nr {
-            panel.fill(0.0);
-        }
-        if cs == 1 {
-            // Row-major B: one panel row is `cols` contiguous elements.
-            for p in 0..kc {
-                let off = (p0 + p) * rs + first_col;
-                panel[p * nr..p * nr + cols].copy_from_slice(&data[off..off + cols]);
-            }
-        } else if rs == 1 {
-            // Transposed B (Wᵀ): each column of the block (a row of W) is a contiguous
-            // run, scattered into one lane of the panel.
-            let vectors = Vectors { data, first: first_col, count: cols, stride: cs, p0, kc };
-            scatter_vectors(panel, nr, vectors, isa);
-        } else {
-            for p in 0..kc {
-                for c in 0..cols {
-                    panel[p * nr + c] = data[(p0 + p) * rs + (first_col + c) * cs];
-                }
-            }
-        }
-    }
+    pack_a(dst, b.t(), j0, nc, p0, kc, nr, isa)
 }
 
 /// `count` contiguous runs of `kc` floats: run `c` is `data[(first + c)·stride + p0 ..]`
-/// (the rows of a row-major A block, or the columns of a `Bᵀ` block).
+/// (the rows of a row-major A block; for B, the columns of a `Bᵀ` block).
 #[derive(Clone, Copy)]
 struct Vectors<'a> {
     data: &'a [f32],

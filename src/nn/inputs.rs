@@ -4,6 +4,7 @@
 //! compact storage pays: [`ScaledBytes`] keeps MNIST's pixels as bytes (a quarter of
 //! the memory traffic of f32) and converts while gathering.
 
+use crate::data::convert::bytes_to_f32;
 use crate::error::{Error, Result};
 use crate::matrix::MatRef;
 
@@ -81,68 +82,7 @@ impl Inputs for ScaledBytes<'_> {
     /// row by row.
     fn prefetch(&self, rows: &[usize]) {
         for &r in rows {
-            crate::gemm::kernel::prefetch(&self.data[r * self.cols..(r + 1) * self.cols]);
-        }
-    }
-}
-
-/// `dst[i] = src[i] as f32 * scale`, with the vector instructions of the kernel path in
-/// use ([`default_isa`](crate::gemm::default_isa): `FUSEGRAD_KERNEL`, else the CPU's
-/// best), so that a forced path runs what a CPU with only that path runs: the byte
-/// gather is a quarter of an MNIST step's non-GEMM time, and the baseline (SSE2)
-/// conversion runs at under 2 elements per cycle.
-///
-/// # Panics
-/// If the lengths differ.
-pub fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
-    let isa = crate::gemm::default_isa().unwrap_or_else(|_| crate::gemm::Isa::best());
-    bytes_to_f32_with(isa, src, dst, scale);
-}
-
-/// [`bytes_to_f32`] on the given path (the portable loop for a path without its own
-/// conversion, or one this CPU cannot run).
-fn bytes_to_f32_with(isa: crate::gemm::Isa, src: &[u8], dst: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    match isa {
-        crate::gemm::Isa::Avx512 if isa.is_available() => {
-            return crate::gemm::kernel::avx512::bytes_to_f32(src, dst, scale)
-        }
-        crate::gemm::Isa::Avx2 if isa.is_available() => {
-            return crate::gemm::kernel::avx2::bytes_to_f32(src, dst, scale)
-        }
-        _ => {}
-    }
-    let _ = isa;
-    bytes_to_f32_portable(src, dst, scale);
-}
-
-/// The portable twin of [`bytes_to_f32`].
-///
-/// # Panics
-/// If the lengths differ.
-pub fn bytes_to_f32_portable(src: &[u8], dst: &mut [f32], scale: f32) {
-    assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
-    for (o, &b) in dst.iter_mut().zip(src) {
-        *o = b as f32 * scale;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn simd_and_portable_conversions_agree_on_every_length() {
-        let src: Vec<u8> = (0..300u32).map(|i| (i * 37 % 256) as u8).collect();
-        for isa in crate::gemm::Isa::ALL.iter().copied().filter(|i| i.is_available()) {
-            for len in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 64, 299, 300] {
-                let (mut a, mut b) = (vec![f32::NAN; len + 3], vec![f32::NAN; len + 3]);
-                bytes_to_f32_with(isa, &src[..len], &mut a[..len], 1.0 / 255.0);
-                bytes_to_f32_portable(&src[..len], &mut b[..len], 1.0 / 255.0);
-                assert_eq!(a[..len], b[..len], "{isa:?}, length {len}");
-                assert!(a[len..].iter().all(|v| v.is_nan()), "{isa:?}, length {len}: wrote past the end");
-                assert!(a[..len].iter().zip(&src).all(|(&x, &s)| x == s as f32 * (1.0 / 255.0)));
-            }
+            crate::data::convert::prefetch(&self.data[r * self.cols..(r + 1) * self.cols]);
         }
     }
 }

@@ -13,11 +13,12 @@ mod loss;
 mod model;
 mod optim;
 
+pub use crate::data::convert::{bytes_to_f32, bytes_to_f32_portable};
 pub use activation::{Activation, ActivationLayer};
 pub use dense::{Dense, Dinputs, Regularization};
 pub use dropout::Dropout;
 pub use init::{init_weights, Init};
-pub use inputs::{bytes_to_f32, bytes_to_f32_portable, Inputs, ScaledBytes};
+pub use inputs::{Inputs, ScaledBytes};
 pub use loss::{BatchLoss, Loss, Targets};
 pub use model::{EpochReport, Evaluation, FitObserver, FitOptions, Layer, ModelBuilder, Sequential};
 pub use optim::Optimizer;

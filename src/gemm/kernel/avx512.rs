@@ -20,7 +20,8 @@
 //! the activation (lane masks suppress faults, so nothing outside the tile is touched);
 //! rows past `mr` are skipped.
 
-use super::{APanel, BPanel, Isa, Kernel, Tile, TileEpilogue};
+use super::epilogue::{masks, store_tile, Lanes};
+use super::{APanel, BPanel, Isa, Kernel, Tile};
 use std::arch::x86_64::*;
 
 /// 6 × 64 tile: the main AVX-512 kernel.
@@ -75,15 +76,6 @@ impl Kernel for Avx512Columns {
     }
 }
 
-/// Lane masks for the `NV` vectors of a tile row with `nr` valid columns.
-#[inline(always)]
-fn lane_masks<const NV: usize>(nr: usize) -> [__mmask16; NV] {
-    std::array::from_fn(|v| {
-        let valid = nr.saturating_sub(v * 16).min(16);
-        ((1u32 << valid) - 1) as __mmask16
-    })
-}
-
 /// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
 ///
 /// # Safety
@@ -128,7 +120,8 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
 
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b: BPanel, t: &Tile) {
-    let masks = lane_masks::<NV>(t.nr);
+    // SAFETY: mask arithmetic only.
+    let masks = unsafe { masks::<Zmm, NV>(t.nr) };
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of an unpacked B needs
     // its B loads masked (a masked load costs a little even with a full mask).
@@ -141,72 +134,75 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     };
 
     // SAFETY: forwarded contract.
-    unsafe { store_tile(&acc, t, &masks) }
+    unsafe { store::<MR, NV>(&acc, t, &masks) }
 }
 
-/// The epilogue of a tile of `MR` rows × `NV` vectors: add C, the bias, ReLU or the
-/// ReLU mask with its column sums, then store the valid part; shared by every AVX-512
-/// tile, so they all apply the same operations in the same order.
+/// The shared epilogue on zmm lanes, as a function compiled for avx512f that LLVM may
+/// keep out of line: inlined into the 6 × 64 tile's function, it made the k loop spill.
 ///
 /// # Safety
-/// The tile contract of [`Kernel::tile`] for `t`; `masks` from `lane_masks(t.nr)`;
-/// avx512f available.
+/// The tile contract of [`Kernel::tile`] for `t`; `masks` from `masks(t.nr)`; avx512f
+/// available.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store_tile<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &Tile, masks: &[__mmask16; NV]) {
-    let zero = _mm512_setzero_ps();
-    // SAFETY (whole store phase): every access below is a masked load or store whose
-    // lanes are the tile's valid columns (j < nr), on rows i < mr, at offsets the
-    // caller guarantees valid; masked-off lanes are never touched.
-    unsafe {
-        let add_c = |i: usize, v: usize, x: __m512| -> __m512 {
-            if t.load_c {
-                _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[v], t.c.add(i * t.rsc + v * 16)))
-            } else {
-                x
-            }
-        };
-        let store = |i: usize, v: usize, x: __m512| _mm512_mask_storeu_ps(t.c.add(i * t.rsc + v * 16), masks[v], x);
-        match t.epilogue {
-            TileEpilogue::None => {
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
-                    for (v, &x) in row.iter().enumerate() {
-                        store(i, v, add_c(i, v, x));
-                    }
-                }
-            }
-            TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
-                let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
-                let bv: [__m512; NV] = std::array::from_fn(|v| _mm512_maskz_loadu_ps(masks[v], bias.add(v * 16)));
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
-                    for (v, &x) in row.iter().enumerate() {
-                        let mut x = _mm512_add_ps(add_c(i, v, x), bv[v]);
-                        if relu {
-                            // max(0, x): NaN in x passes through.
-                            x = _mm512_max_ps(zero, x);
-                        }
-                        store(i, v, x);
-                    }
-                }
-            }
-            TileEpilogue::ReluMask { h, rsh, colsum } => {
-                let mut sums = [zero; NV];
-                for (i, row) in acc.iter().enumerate().take(t.mr) {
-                    for (v, &x) in row.iter().enumerate() {
-                        let hv = _mm512_maskz_loadu_ps(masks[v], h.add(i * rsh + v * 16));
-                        let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(hv, zero);
-                        let x = _mm512_maskz_mov_ps(keep, add_c(i, v, x));
-                        sums[v] = _mm512_add_ps(sums[v], x);
-                        store(i, v, x);
-                    }
-                }
-                if !colsum.is_null() {
-                    for (v, &s) in sums.iter().enumerate() {
-                        _mm512_mask_storeu_ps(colsum.add(v * 16), masks[v], s);
-                    }
-                }
-            }
-        }
+unsafe fn store<const MR: usize, const NV: usize>(acc: &[[__m512; NV]; MR], t: &Tile, masks: &[__mmask16; NV]) {
+    // SAFETY: forwarded contract.
+    unsafe { store_tile::<Zmm, MR, NV, false>(acc, t, masks) }
+}
+
+/// The AVX-512 lanes of the shared epilogue ([`store_tile`]): zmm vectors, mask
+/// registers for partial loads and stores.
+pub(crate) struct Zmm;
+
+impl Lanes for Zmm {
+    type V = __m512;
+    type Mask = __mmask16;
+    const W: usize = 16;
+    const MASKING_IS_FREE: bool = true;
+
+    #[inline(always)]
+    unsafe fn mask(valid: usize) -> __mmask16 {
+        ((1u32 << valid) - 1) as __mmask16
+    }
+    #[inline(always)]
+    unsafe fn zero() -> __m512 {
+        // SAFETY: avx512f available (the caller's contract).
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    unsafe fn add(a: __m512, b: __m512) -> __m512 {
+        // SAFETY: avx512f available.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(x: __m512) -> __m512 {
+        // SAFETY: avx512f available. max(0, x) returns x when x is NaN, and −0.0 for −0.0.
+        unsafe { _mm512_max_ps(_mm512_setzero_ps(), x) }
+    }
+    #[inline(always)]
+    unsafe fn keep_where_positive(h: __m512, x: __m512) -> __m512 {
+        // SAFETY: avx512f available; the ordered compare is false for NaN.
+        unsafe { _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(h, _mm512_setzero_ps()), x) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> __m512 {
+        // SAFETY: 16 readable floats at p (the caller's contract).
+        unsafe { _mm512_loadu_ps(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, mask: __mmask16) -> __m512 {
+        // SAFETY: a masked load reads (and faults on) only the masked lanes.
+        unsafe { _mm512_maskz_loadu_ps(mask, p) }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, x: __m512) {
+        // SAFETY: 16 writable floats at p (the caller's contract).
+        unsafe { _mm512_storeu_ps(p, x) }
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, x: __m512, mask: __mmask16, _valid: usize) {
+        // SAFETY: a masked store writes only the masked lanes, which the caller vouches for.
+        unsafe { _mm512_mask_storeu_ps(p, mask, x) }
     }
 }
 
@@ -243,107 +239,7 @@ unsafe fn columns_tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
     let rows = transpose16x16(std::array::from_fn(|j| if j < NR { acc[j] } else { zero }));
     let rows: [[__m512; 1]; 16] = std::array::from_fn(|i| [rows[i]]);
     // SAFETY: forwarded contract (nr ≤ 10 ≤ 16 columns: one masked vector per row).
-    unsafe { store_tile(&rows, t, &lane_masks::<1>(t.nr)) }
-}
-
-/// Single-core throughput probe: 16 independent zmm FMA chains (Zen 4 needs 4 in
-/// flight, Zen 5 needs 8). Returns the folded result and the flops per iteration.
-pub(crate) fn fma_chains(iters: u64) -> (f32, u64) {
-    assert!(super::Isa::Avx512.is_available(), "fma_chains: avx512f not available");
-    // SAFETY: avx512f was checked just above.
-    unsafe { fma_chains_impl(iters) }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains_impl(iters: u64) -> (f32, u64) {
-    let mut acc = [_mm512_set1_ps(1.0); 16];
-    let x = _mm512_set1_ps(std::hint::black_box(0.999_999));
-    let y = _mm512_set1_ps(std::hint::black_box(1e-7));
-    for _ in 0..iters {
-        for a in acc.iter_mut() {
-            *a = _mm512_fmadd_ps(*a, x, y);
-        }
-    }
-    let total = acc.iter().fold(_mm512_setzero_ps(), |s, &a| _mm512_add_ps(s, a));
-    (_mm512_reduce_add_ps(total), 16 * 16 * 2)
-}
-
-/// The second, independently written probe: `CHAINS` (8 or 12) `vfmadd231ps` on fixed
-/// zmm registers in an inline-assembly loop (see `avx2::fma_chains_asm`). Returns the
-/// flops per iteration.
-pub(crate) fn fma_chains_asm<const CHAINS: usize>(iters: u64) -> u64 {
-    assert!(super::Isa::Avx512.is_available(), "fma_chains_asm: avx512f not available");
-    // SAFETY: avx512f was checked just above.
-    unsafe { fma_chains_asm_impl::<CHAINS>(iters.max(1)) }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_chains_asm_impl<const CHAINS: usize>(iters: u64) -> u64 {
-    macro_rules! probe {
-        ($($r:literal),*) => {
-            // SAFETY: register-only arithmetic on the registers declared clobbered;
-            // the loop counter is a register operand and `iters ≥ 1`.
-            unsafe {
-                std::arch::asm!(
-                    "vpxord zmm14, zmm14, zmm14",
-                    "vpxord zmm15, zmm15, zmm15",
-                    $(concat!("vpxord zmm", $r, ", zmm", $r, ", zmm", $r),)*
-                    "2:",
-                    $(concat!("vfmadd231ps zmm", $r, ", zmm14, zmm15"),)*
-                    "dec {n}",
-                    "jnz 2b",
-                    n = inout(reg) iters => _,
-                    out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
-                    out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
-                    out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
-                    out("zmm14") _, out("zmm15") _,
-                    options(nomem, nostack),
-                )
-            }
-        };
-    }
-    match CHAINS {
-        8 => probe!(0, 1, 2, 3, 4, 5, 6, 7),
-        12 => probe!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11),
-        _ => panic!("fma_chains_asm: 8 or 12 chains, got {CHAINS}"),
-    }
-    (CHAINS * 16 * 2) as u64
-}
-
-/// `dst[i] = src[i] as f32 * scale` for `i < dst.len()` (= `src.len()`), 16 bytes per
-/// instruction (zero-extend to i32, convert, multiply); the tail with a lane mask.
-///
-/// # Panics
-/// If the lengths differ, or the CPU lacks avx512f.
-pub(crate) fn bytes_to_f32(src: &[u8], dst: &mut [f32], scale: f32) {
-    assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
-    assert!(super::Isa::Avx512.is_available(), "bytes_to_f32: avx512f not available");
-    // SAFETY: avx512f was checked just above; the lengths are equal.
-    unsafe { bytes_to_f32_impl(src, dst, scale) }
-}
-
-#[target_feature(enable = "avx512f")]
-unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
-    // Only AVX-512F instructions: a byte-masked load would need AVX-512BW, which the
-    // dispatch does not check, so the tail goes through a zeroed 16-byte buffer.
-    let s = _mm512_set1_ps(scale);
-    let convert = |bytes: __m128i| _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s);
-    let mut chunks = src.chunks_exact(16);
-    let mut out = dst.chunks_exact_mut(16);
-    for (c, o) in (&mut chunks).zip(&mut out) {
-        // SAFETY: `c` has exactly 16 bytes and `o` exactly 16 floats.
-        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), convert(_mm_loadu_si128(c.as_ptr().cast()))) };
-    }
-    let tail = chunks.remainder();
-    if !tail.is_empty() {
-        let mut buf = [0u8; 16];
-        buf[..tail.len()].copy_from_slice(tail);
-        let o = out.into_remainder();
-        let mask = ((1u32 << tail.len()) - 1) as __mmask16;
-        // SAFETY: `buf` has 16 bytes; the store is masked to the `tail.len()` floats
-        // left in `o`.
-        unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, convert(_mm_loadu_si128(buf.as_ptr().cast()))) };
-    }
+    unsafe { store::<16, 1>(&rows, t, &masks::<Zmm, 1>(t.nr)) }
 }
 
 /// Transposes a strip of `blocks` 16 × 16 blocks lying side by side in 16 rows of

@@ -20,6 +20,7 @@ use std::sync::OnceLock;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+mod epilogue;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod portable;
@@ -125,23 +126,6 @@ pub fn default_isa() -> Result<Isa> {
             _ => Ok(Isa::best()),
         })
         .clone()
-}
-
-/// Asks the CPU to start loading `data` into cache (every 64-byte line of it) without
-/// waiting for it: lets a data loader have the next batch in flight while the current
-/// step computes. A no-op off x86_64.
-#[inline]
-pub fn prefetch(data: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(64) {
-        // SAFETY: prefetch never faults and does not read memory architecturally; the
-        // address is inside `data` anyway; SSE is part of the x86_64 baseline.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(line.as_ptr().cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 /// The side of the square block the `isa` path transposes in registers when packing

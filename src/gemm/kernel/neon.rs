@@ -1,7 +1,6 @@
 //! aarch64 NEON microkernel: 12 rows × 8 columns of C (2 q registers per row), 24
 //! accumulators: BLIS's `12x8r` arrangement (its firestorm / M1 kernel), written with
-//! intrinsics. See `../shared/research/NEON-NOTES.md` for the shapes of BLIS,
-//! OpenBLAS, matrixmultiply and gemm and the FMA pipes of the cores.
+//! intrinsics (docs/perf/design-notes.md).
 //!
 //! ```text
 //!             b[p][0..4]  b[p][4..8]
@@ -20,12 +19,11 @@
 //! A and B are always packed (`READS_A_IN_PLACE` and `READS_B_IN_PLACE` are false):
 //! the A panel is 12 contiguous floats per k step, zero-padded past `mr`; the B panel
 //! 8 per step, zero-padded past `nr`. Edges: rows past `mr` are computed and never
-//! stored; a tile narrower than 8 columns goes through the portable kernel's
-//! element-wise epilogue, which performs the same operations in the same order, so
-//! full and partial tiles round alike.
+//! stored; a partial vector of a tile narrower than 8 columns goes through a stack
+//! buffer in the shared epilogue.
 
-use super::portable::store_tile;
-use super::{APanel, BPanel, Isa, Kernel, Tile, TileEpilogue};
+use super::epilogue::{masks, store_tile, Lanes};
+use super::{APanel, BPanel, Isa, Kernel, Tile};
 use std::arch::aarch64::*;
 
 pub(crate) struct Neon;
@@ -46,20 +44,14 @@ impl Kernel for Neon {
         // SAFETY: the caller guarantees packed panels of `kc` steps: 12 readable floats
         // of A and 8 of B per step.
         let acc = unsafe { accumulate(kc, a.ptr, b.ptr) };
-        if t.nr == NR {
-            // SAFETY: the tile contract for a full-width tile.
-            unsafe { store_full_width(&acc, t) }
-        } else {
-            let mut rows = [[0.0f32; NR]; MR];
-            for (row, v) in rows.iter_mut().zip(acc.iter()) {
-                // SAFETY: each row of `rows` has 8 floats: two q stores.
-                unsafe {
-                    vst1q_f32(row.as_mut_ptr(), v[0]);
-                    vst1q_f32(row.as_mut_ptr().add(4), v[1]);
-                }
+        // SAFETY: the tile contract is forwarded unchanged; NEON is baseline.
+        unsafe {
+            let masks = masks::<Q, 2>(t.nr);
+            if t.mr == MR && t.nr == NR {
+                store_tile::<Q, MR, 2, true>(&acc, t, &masks)
+            } else {
+                store_tile::<Q, MR, 2, false>(&acc, t, &masks)
             }
-            // SAFETY: the tile contract is forwarded unchanged.
-            unsafe { store_tile(&rows, t) }
         }
     }
 }
@@ -105,72 +97,69 @@ unsafe fn accumulate(kc: usize, a: *const f32, b: *const f32) -> [[float32x4_t; 
     acc
 }
 
-/// The epilogue of a tile with all 8 columns valid, in registers; the same operations
-/// in the same order as `portable::store_tile` (C added first, then the bias; ReLU
-/// passes NaN and keeps −0.0; the ReLU mask zeroes where `h ≤ 0` or `h` is NaN;
-/// column sums start at 0 and add rows in order).
-///
-/// # Safety
-/// The tile contract of [`Kernel::tile`] with `t.nr == 8`.
-unsafe fn store_full_width(acc: &[[float32x4_t; 2]; MR], t: &Tile) {
-    // SAFETY (whole function): rows i < mr and columns j < 8 = nr of C, the bias, h
-    // and colsum are valid by the tile contract; every pointer below stays in them.
-    unsafe {
-        let zero = vdupq_n_f32(0.0);
-        let mut sums = [zero; 2];
-        let bias = match t.epilogue {
-            TileEpilogue::Bias(b) | TileEpilogue::BiasRelu(b) => Some([vld1q_f32(b), vld1q_f32(b.add(4))]),
-            _ => None,
-        };
-        for (i, row) in acc.iter().enumerate().take(t.mr) {
-            for (h, &v) in row.iter().enumerate() {
-                let dst = t.c.add(i * t.rsc + 4 * h);
-                let mut x = if t.load_c { vaddq_f32(vld1q_f32(dst), v) } else { v };
-                match t.epilogue {
-                    TileEpilogue::None => {}
-                    TileEpilogue::Bias(_) | TileEpilogue::BiasRelu(_) => {
-                        x = vaddq_f32(x, bias.unwrap_or([zero; 2])[h]);
-                        if matches!(t.epilogue, TileEpilogue::BiasRelu(_)) {
-                            // `if 0 > x { 0 } else { x }`: clear the lanes below zero
-                            // only, so NaN and −0.0 pass (FMAX would turn −0 into +0).
-                            let below = vcltq_f32(x, zero);
-                            x = vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(x), below));
-                        }
-                    }
-                    TileEpilogue::ReluMask { h: hp, rsh, .. } => {
-                        let keep = vcgtq_f32(vld1q_f32(hp.add(i * rsh + 4 * h)), zero);
-                        x = vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(x), keep));
-                        sums[h] = vaddq_f32(sums[h], x);
-                    }
-                }
-                vst1q_f32(dst, x);
-            }
-        }
-        if let TileEpilogue::ReluMask { colsum, .. } = t.epilogue {
-            if !colsum.is_null() {
-                vst1q_f32(colsum, sums[0]);
-                vst1q_f32(colsum.add(4), sums[1]);
-            }
+/// The NEON lanes of the shared epilogue ([`store_tile`]): q registers; NEON has no
+/// masked loads or stores, so a partial vector goes through a small stack buffer.
+pub(crate) struct Q;
+
+impl Lanes for Q {
+    type V = float32x4_t;
+    type Mask = usize;
+    const W: usize = 4;
+
+    #[inline(always)]
+    unsafe fn mask(valid: usize) -> usize {
+        valid
+    }
+    #[inline(always)]
+    unsafe fn zero() -> float32x4_t {
+        // SAFETY: NEON is part of the aarch64 baseline.
+        unsafe { vdupq_n_f32(0.0) }
+    }
+    #[inline(always)]
+    unsafe fn add(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        // SAFETY: as above.
+        unsafe { vaddq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn relu(x: float32x4_t) -> float32x4_t {
+        // SAFETY: as above. Clears only the lanes below zero, so NaN and −0.0 pass
+        // (FMAX would turn −0.0 into +0.0).
+        unsafe {
+            let below = vcltq_f32(x, vdupq_n_f32(0.0));
+            vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(x), below))
         }
     }
-}
-
-/// Single-core throughput probe: 24 independent chains of `fmla v.4s` (4-pipe cores
-/// need 16 in flight at 4 cycles of latency); with the two constants 26 of the 32
-/// vector registers.
-pub(crate) fn fma_chains(iters: u64) -> (f32, u64) {
-    const CHAINS: usize = 24;
-    // SAFETY: register-only arithmetic; NEON is part of the aarch64 baseline.
-    unsafe {
-        let x = vdupq_n_f32(std::hint::black_box(0.999_999));
-        let y = vdupq_n_f32(std::hint::black_box(1e-7));
-        let mut acc = [vdupq_n_f32(1.0); CHAINS];
-        for _ in 0..iters {
-            for a in acc.iter_mut() {
-                *a = vfmaq_f32(y, *a, x);
-            }
+    #[inline(always)]
+    unsafe fn keep_where_positive(h: float32x4_t, x: float32x4_t) -> float32x4_t {
+        // SAFETY: as above; the compare is false for NaN.
+        unsafe { vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(x), vcgtq_f32(h, vdupq_n_f32(0.0)))) }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> float32x4_t {
+        // SAFETY: 4 readable floats at p (the caller's contract).
+        unsafe { vld1q_f32(p) }
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, valid: usize) -> float32x4_t {
+        let mut buf = [0.0f32; 4];
+        // SAFETY: `valid ≤ 4` readable floats at p (the caller's contract).
+        unsafe {
+            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), valid);
+            vld1q_f32(buf.as_ptr())
         }
-        let total = acc.iter().fold(vdupq_n_f32(0.0), |s, &a| vaddq_f32(s, a));
-        (vaddvq_f32(total), (CHAINS * 4 * 2) as u64)
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, x: float32x4_t) {
+        // SAFETY: 4 writable floats at p (the caller's contract).
+        unsafe { vst1q_f32(p, x) }
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, x: float32x4_t, _mask: usize, valid: usize) {
+        let mut buf = [0.0f32; 4];
+        // SAFETY: `valid ≤ 4` writable floats at p (the caller's contract).
+        unsafe {
+            vst1q_f32(buf.as_mut_ptr(), x);
+            std::ptr::copy_nonoverlapping(buf.as_ptr(), p, valid);
+        }
     }
 }

@@ -12,7 +12,9 @@
 //! flattering. [`peak_gflops_asm`] is a second probe written independently, in inline
 //! assembly, to check the first against.
 
-use super::kernel::{self, Isa};
+mod probes;
+
+use super::kernel::Isa;
 use crate::error::{Error, Result};
 use std::time::{Duration, Instant};
 
@@ -32,12 +34,12 @@ pub fn peak_gflops(isa: Isa, duration: Duration) -> Result<f64> {
     isa.check_available()?;
     let probe: fn(u64) -> (f32, u64) = match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => kernel::avx512::fma_chains,
+        Isa::Avx512 => probes::avx512::fma_chains,
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => kernel::avx2::fma_chains,
+        Isa::Avx2 => probes::avx2::fma_chains,
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => kernel::neon::fma_chains,
-        _ => kernel::portable::fma_chains,
+        Isa::Neon => probes::neon::fma_chains,
+        _ => probes::portable::fma_chains,
     };
     Ok(best_rate(duration, |iters| {
         let (folded, flops_per_iter) = probe(iters);
@@ -54,17 +56,18 @@ pub fn peak_gflops(isa: Isa, duration: Duration) -> Result<f64> {
 /// # Errors
 /// [`Error::Kernel`] when this CPU cannot run `isa`, when the path has no assembly
 /// probe, or when `chains` is not 8 or 12.
+#[doc(hidden)]
 pub fn peak_gflops_asm(isa: Isa, chains: usize, duration: Duration) -> Result<f64> {
     isa.check_available()?;
     let probe: Option<fn(u64) -> u64> = match (isa, chains) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, 8) => Some(kernel::avx2::fma_chains_asm::<8>),
+        (Isa::Avx2, 8) => Some(probes::avx2::fma_chains_asm::<8>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, 12) => Some(kernel::avx2::fma_chains_asm::<12>),
+        (Isa::Avx2, 12) => Some(probes::avx2::fma_chains_asm::<12>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, 8) => Some(kernel::avx512::fma_chains_asm::<8>),
+        (Isa::Avx512, 8) => Some(probes::avx512::fma_chains_asm::<8>),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, 12) => Some(kernel::avx512::fma_chains_asm::<12>),
+        (Isa::Avx512, 12) => Some(probes::avx512::fma_chains_asm::<12>),
         _ => None,
     };
     match probe {

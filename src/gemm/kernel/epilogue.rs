@@ -1,0 +1,215 @@
+//! The one epilogue every kernel stores its tile through: add C, then the bias, ReLU
+//! or the ReLU mask with its column sums, then store the valid part of the tile. Each
+//! ISA supplies only the few lane operations of [`Lanes`]; the order of operations is
+//! this body's, so every path computes the same values from the same accumulators.
+
+use super::{Tile, TileEpilogue};
+
+/// The vector operations of one ISA that the epilogue needs. Implementations are
+/// `#[inline(always)]` so that, inlined into a kernel compiled with the ISA's target
+/// features, they become single instructions.
+pub(crate) trait Lanes {
+    /// A vector of [`Lanes::W`] floats.
+    type V: Copy;
+    /// Which lanes of a partial vector are valid.
+    type Mask: Copy;
+    /// Floats per vector.
+    const W: usize;
+    /// Whether masked loads and stores cost as little as plain ones (AVX-512's mask
+    /// registers): then a tile that is not `WHOLE` masks every vector instead of
+    /// branching on which ones are full.
+    const MASKING_IS_FREE: bool = false;
+
+    /// The mask of the first `valid` lanes (`valid ≤ W`).
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn mask(valid: usize) -> Self::Mask;
+    /// All lanes 0.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn zero() -> Self::V;
+    /// Lane-wise `a + b`.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `if 0 > x { 0 } else { x }`: NaN and −0.0 pass through.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn relu(x: Self::V) -> Self::V;
+    /// Lane-wise `if h > 0 { x } else { 0 }` (NaN in `h` counts as not positive).
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn keep_where_positive(h: Self::V, x: Self::V) -> Self::V;
+    /// `W` floats from `p`.
+    ///
+    /// # Safety
+    /// `p .. p + W` is readable; the CPU supports the ISA.
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// The lanes of `mask` from `p`, the others 0; masked-off lanes are not read.
+    ///
+    /// # Safety
+    /// The masked lanes of `p` are readable; the CPU supports the ISA.
+    unsafe fn load_masked(p: *const f32, mask: Self::Mask) -> Self::V;
+    /// `W` floats to `p`.
+    ///
+    /// # Safety
+    /// `p .. p + W` is writable; the CPU supports the ISA.
+    unsafe fn store(p: *mut f32, x: Self::V);
+    /// The first `valid` lanes (the lanes of `mask`) to `p`; no other float is written.
+    ///
+    /// # Safety
+    /// `p .. p + valid` is writable; the CPU supports the ISA.
+    unsafe fn store_masked(p: *mut f32, x: Self::V, mask: Self::Mask, valid: usize);
+}
+
+/// Stores a tile of `MR` rows × `NV` vectors of accumulators through the tile's
+/// epilogue. `WHOLE` (an `MR × NV·W` tile) makes every loop bound and every
+/// full-vector test a constant, so that the accumulators stay in registers; otherwise
+/// rows past `t.mr` are skipped and the vectors past `t.nr` are masked.
+///
+/// # Safety
+/// The tile contract of [`Kernel::tile`](super::Kernel::tile) for `t` (with
+/// `t.mr == MR` and `t.nr == NV·W` when `WHOLE`); `masks` from [`masks`]`(t.nr)`; the
+/// CPU supports `L`'s ISA.
+#[inline(always)]
+pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[L::V; NV]; MR],
+    t: &Tile,
+    masks: &[L::Mask; NV],
+) {
+    let rows = if WHOLE { MR } else { t.mr };
+    let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
+    let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
+    // SAFETY (whole store phase): full vectors lie inside the tile's valid columns;
+    // partial ones are read and written through masks of exactly the valid lanes (none
+    // for a vector wholly past nr, whose address is only formed, with wrapping_add);
+    // rows are limited to mr. Every offset touched is one the caller vouched for.
+    unsafe {
+        let zero = L::zero();
+        let load = |v: usize, p: *const f32| if full(v) { L::load(p) } else { L::load_masked(p, masks[v]) };
+        let store_at = |p: *mut f32, v: usize, x: L::V| {
+            if full(v) {
+                L::store(p, x)
+            } else {
+                L::store_masked(p, x, masks[v], valid(v))
+            }
+        };
+        let at = |i: usize, v: usize| t.c.wrapping_add(i * t.rsc + v * L::W);
+        let add_c = |i: usize, v: usize, x: L::V| if t.load_c { L::add(x, load(v, at(i, v))) } else { x };
+        match t.epilogue {
+            TileEpilogue::None => {
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    for (v, &x) in row.iter().enumerate() {
+                        store_at(at(i, v), v, add_c(i, v, x));
+                    }
+                }
+            }
+            TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
+                let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
+                let bv: [L::V; NV] = std::array::from_fn(|v| load(v, bias.wrapping_add(v * L::W)));
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    for (v, &x) in row.iter().enumerate() {
+                        let mut x = L::add(add_c(i, v, x), bv[v]);
+                        if relu {
+                            x = L::relu(x);
+                        }
+                        store_at(at(i, v), v, x);
+                    }
+                }
+            }
+            TileEpilogue::ReluMask { h, rsh, colsum } => {
+                let mut sums = [zero; NV];
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    for (v, &x) in row.iter().enumerate() {
+                        let hv = load(v, h.wrapping_add(i * rsh + v * L::W));
+                        let x = L::keep_where_positive(hv, add_c(i, v, x));
+                        sums[v] = L::add(sums[v], x);
+                        store_at(at(i, v), v, x);
+                    }
+                }
+                if !colsum.is_null() {
+                    for (v, &s) in sums.iter().enumerate() {
+                        store_at(colsum.wrapping_add(v * L::W), v, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The masks of the `NV` vectors of a tile row with `nr` valid columns (the kernels
+/// that mask their B loads share them with the epilogue).
+///
+/// # Safety
+/// The CPU supports `L`'s ISA.
+#[inline(always)]
+pub(crate) unsafe fn masks<L: Lanes, const NV: usize>(nr: usize) -> [L::Mask; NV] {
+    // SAFETY: forwarded ISA contract.
+    std::array::from_fn(|v| unsafe { L::mask(nr.saturating_sub(v * L::W).min(L::W)) })
+}
+
+/// Scalar lanes (one float per "vector"): the portable kernel's epilogue, and the
+/// edge tiles of kernels whose ISA has no masked loads and stores.
+pub(crate) struct Scalar;
+
+impl Lanes for Scalar {
+    type V = f32;
+    type Mask = bool;
+    const W: usize = 1;
+
+    #[inline(always)]
+    unsafe fn mask(valid: usize) -> bool {
+        valid > 0
+    }
+    #[inline(always)]
+    unsafe fn zero() -> f32 {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn relu(x: f32) -> f32 {
+        super::portable::relu(x)
+    }
+    #[inline(always)]
+    unsafe fn keep_where_positive(h: f32, x: f32) -> f32 {
+        if h > 0.0 {
+            x
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        // SAFETY: the caller guarantees one readable float.
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn load_masked(p: *const f32, mask: bool) -> f32 {
+        if mask {
+            // SAFETY: read only when the lane is valid, which the caller vouches for.
+            unsafe { *p }
+        } else {
+            0.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, x: f32) {
+        // SAFETY: the caller guarantees one writable float.
+        unsafe { *p = x }
+    }
+    #[inline(always)]
+    unsafe fn store_masked(p: *mut f32, x: f32, mask: bool, _valid: usize) {
+        if mask {
+            // SAFETY: written only when the lane is valid, which the caller vouches for.
+            unsafe { *p = x }
+        }
+    }
+}
