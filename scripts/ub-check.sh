@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Undefined-behaviour checks of the unsafe code (SIMD kernels, raw panel pointers, the
 # C pointer shared across threads):
+# miri, msan and the sequence under valgrind build through ub/ (tests/miri.rs and
+# tests/gemm_sequence.rs without the dev-dependencies, which they would rebuild).
 #   miri      tests/miri.rs: every safe entry point that reaches `unsafe` on small
 #             shapes (GEMM layouts, strides, Accum, epilogues, the 2-thread split,
 #             softmax-CE, a 2-step fit, save/load); miri's CPU has no AVX, so the
@@ -40,7 +42,7 @@ need_nightly() {
 if want miri && need_nightly miri miri; then
     echo "== miri: tests/miri.rs (tree borrows; rayon's pool threads outlive a test)"
     MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation" \
-        cargo "+$NIGHTLY" miri test --no-default-features --test miri
+        cargo "+$NIGHTLY" miri test --manifest-path ub/Cargo.toml --test miri
 fi
 if want asan && need_nightly asan; then
     host=$(rustc -vV | sed -n 's/^host: //p')
@@ -54,7 +56,7 @@ if want msan && need_nightly msan; then
     echo "== MemorySanitizer ($host): tests/gemm_sequence.rs (release)"
     RUSTFLAGS="-Zsanitizer=memory -Zsanitizer-memory-track-origins" \
         CARGO_TARGET_DIR=target/msan cargo "+$NIGHTLY" test --release -Zbuild-std --target "$host" \
-        --no-default-features --test gemm_sequence
+        --manifest-path ub/Cargo.toml --test gemm_sequence
 fi
 if want valgrind || want valgrind-gemm; then
     if ! command -v valgrind >/dev/null; then
@@ -64,8 +66,10 @@ if want valgrind || want valgrind-gemm; then
         $sudo apt-get install -y -q valgrind >/dev/null 2>&1 \
             || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q valgrind >/dev/null; }
     fi
+    # $1: the test; $2: the manifest (ub/ builds without the dev-dependencies).
     test_bin() {
-        cargo test --release --no-default-features --test "$1" --no-run --message-format=json 2>/dev/null \
+        cargo test --release --manifest-path "${2:-Cargo.toml}" --no-default-features --test "$1" --no-run \
+            --message-format=json 2>/dev/null \
             | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
@@ -73,7 +77,7 @@ for l in sys.stdin:
     }
     if want valgrind; then
         echo "== valgrind memcheck: tests/gemm_sequence.rs (release)"
-        valgrind -q --track-origins=yes --error-exitcode=9 "$(test_bin gemm_sequence)" --test-threads=1
+        valgrind -q --track-origins=yes --error-exitcode=9 "$(test_bin gemm_sequence ub/Cargo.toml)" --test-threads=1
     fi
     if want valgrind-gemm; then
         echo "== valgrind memcheck: tests/gemm.rs (release)"

@@ -12,8 +12,8 @@ runs=${1:-3}
 epochs=${2:-3}
 data=${MNIST_DIR:-data/mnist}
 command -v taskset >/dev/null || { echo "under_load: needs taskset (util-linux)"; exit 1; }
-cargo build --release --example mnist -q
-bin=${CARGO_TARGET_DIR:-target}/release/examples/mnist
+cargo build --release --example mnist_timing -q
+bin=${CARGO_TARGET_DIR:-target}/release/examples/mnist_timing
 have_numpy=0
 python3 -c 'import numpy' 2>/dev/null && have_numpy=1
 
