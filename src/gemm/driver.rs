@@ -71,11 +71,12 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     r
 }
 
-/// Sizes the packing buffers of the calling thread and of every thread of the pool
-/// its GEMMs run in (the current rayon pool, else the global one) to their largest, so
-/// no later GEMM run by them allocates: a worker that happened not to take a task
-/// during warm-up would otherwise allocate on its first one.
-pub(crate) fn reserve_workspace() {
+/// Sizes the packing buffers of the calling thread and, when its GEMMs may use more
+/// than one thread, of every thread of the pool they run in (the current rayon pool,
+/// else the global one) to their largest, so no later GEMM run by them allocates: a
+/// worker that happened not to take a task during warm-up would otherwise allocate on
+/// its first one.
+pub(crate) fn reserve_workspace(threads: usize) {
     let (a_len, b_len) = workspace_floats(CacheSizes::detected());
     let reserve = || {
         with_buffers(|bufs| {
@@ -83,10 +84,10 @@ pub(crate) fn reserve_workspace() {
             aligned(&mut bufs.b, b_len);
         })
     };
-    if rayon::current_thread_index().is_none() || crate::runtime::threads() == 1 {
+    if rayon::current_thread_index().is_none() || threads == 1 {
         reserve();
     }
-    if crate::runtime::threads() > 1 {
+    if threads > 1 {
         rayon::broadcast(|_| reserve());
     }
 }

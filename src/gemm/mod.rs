@@ -167,7 +167,12 @@ pub fn gemm(c: MatMut<'_>, a: MatRef<'_>, b: MatRef<'_>, accum: Accum, epilogue:
 /// [`Sequential`](crate::nn::Sequential) calls it on its first training step and at
 /// the start of every `fit`.
 pub fn reserve_workspace() {
-    driver::reserve_workspace();
+    driver::reserve_workspace(rayon::current_num_threads());
+}
+
+/// [`reserve_workspace`] for GEMMs that will use `threads` threads (1: this thread only).
+pub(crate) fn reserve_workspace_for(threads: usize) {
+    driver::reserve_workspace(threads);
 }
 
 /// [`gemm`] with explicit [`GemmOptions`].
@@ -191,7 +196,7 @@ pub fn gemm_with(
     let threads = match options.threads {
         Some(0) => return Err(Error::Kernel("threads must be at least 1, got 0".into())),
         Some(t) => t,
-        None => crate::runtime::threads(),
+        None => rayon::current_num_threads(),
     };
     let plan = driver::Plan {
         threads,

@@ -28,8 +28,17 @@ const UPDATE_MIN_PER_TASK: usize = 16 * 1024;
 
 /// [`Optimizer::update`] split over the current rayon pool, one even share per thread
 /// (see [`split_point`]). The update is elementwise, so the split cannot change a bit.
-fn par_update(opt: &Optimizer, p: &mut [f32], g: &[f32], s0: &mut [f32], s1: &mut [f32], it: u64) -> Result<()> {
-    par_update_parts(opt, p, g, s0, s1, it, parts_for(p.len(), UPDATE_MIN_PER_TASK))
+#[allow(clippy::too_many_arguments)]
+fn par_update(
+    opt: &Optimizer,
+    p: &mut [f32],
+    g: &[f32],
+    s0: &mut [f32],
+    s1: &mut [f32],
+    it: u64,
+    threads: usize,
+) -> Result<()> {
+    par_update_parts(opt, p, g, s0, s1, it, parts_for(threads, p.len(), UPDATE_MIN_PER_TASK))
 }
 
 fn par_update_parts(
@@ -194,9 +203,19 @@ impl Dense {
         self.weights.cols()
     }
 
-    /// Caps the threads of this layer's GEMMs (`None`: the rayon pool's size).
+    /// Caps the threads of this layer's GEMMs and update (`None`: the rayon pool's size).
     pub fn set_threads(&mut self, threads: Option<usize>) {
         self.gemm.threads = threads;
+    }
+
+    /// The threads a call of the public API may use: the cap, else the current pool's.
+    fn threads(&self) -> usize {
+        self.gemm.threads.unwrap_or_else(rayon::current_num_threads)
+    }
+
+    /// This layer's GEMM options with the thread count a caller decided.
+    fn gemm_on(&self, threads: usize) -> GemmOptions {
+        self.gemm.with_threads(threads)
     }
 
     /// `"Dense 784→128"`, as errors name the layer.
@@ -225,10 +244,16 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `inputs` does not have `n_inputs` columns.
     pub fn forward(&mut self, inputs: MatRef<'_>) -> Result<()> {
+        self.forward_on(inputs, self.threads())
+    }
+
+    /// [`Self::forward`] on `threads` threads of the current pool (a model's choice).
+    pub(crate) fn forward_on(&mut self, inputs: MatRef<'_>, threads: usize) -> Result<()> {
         self.check_inputs(&inputs)?;
         self.output.resize(inputs.rows(), self.n_neurons());
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
-        gemm_with(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm)
+        let opts = self.gemm_on(threads);
+        gemm_with(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)
     }
 
     /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if
@@ -246,8 +271,19 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other.
     pub fn backward_with(&mut self, inputs: MatRef<'_>, dvalues: MatRef<'_>, dinputs: Dinputs<'_>) -> Result<()> {
+        self.backward_with_on(inputs, dvalues, dinputs, self.threads())
+    }
+
+    /// [`Self::backward_with`] on `threads` threads of the current pool.
+    pub(crate) fn backward_with_on(
+        &mut self,
+        inputs: MatRef<'_>,
+        dvalues: MatRef<'_>,
+        dinputs: Dinputs<'_>,
+        threads: usize,
+    ) -> Result<()> {
         if !self.relu {
-            return self.backward_dz(inputs, dvalues, dinputs);
+            return self.backward_dz_on(inputs, dvalues, dinputs, threads);
         }
         if dvalues.rows() != self.output.rows() || dvalues.cols() != self.n_neurons() {
             return Err(self.shape_error(
@@ -260,7 +296,7 @@ impl Dense {
         let mut dz = std::mem::take(&mut self.dz);
         dz.resize(dvalues.rows(), self.n_neurons());
         let r = relu_backward(dvalues, self.output.view(), dz.view_mut())
-            .and_then(|()| self.backward_dz(inputs, dz.view(), dinputs));
+            .and_then(|()| self.backward_dz_on(inputs, dz.view(), dinputs, threads));
         self.dz = dz;
         r
     }
@@ -272,6 +308,18 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other.
     pub fn backward_dz(&mut self, inputs: MatRef<'_>, dz: MatRef<'_>, dinputs: Dinputs<'_>) -> Result<()> {
+        self.backward_dz_on(inputs, dz, dinputs, self.threads())
+    }
+
+    /// [`Self::backward_dz`] on `threads` threads of the current pool.
+    pub(crate) fn backward_dz_on(
+        &mut self,
+        inputs: MatRef<'_>,
+        dz: MatRef<'_>,
+        dinputs: Dinputs<'_>,
+        threads: usize,
+    ) -> Result<()> {
+        let opts = self.gemm_on(threads);
         self.check_inputs(&inputs)?;
         let batch = inputs.rows();
         if dz.rows() != batch || dz.cols() != self.n_neurons() {
@@ -297,7 +345,7 @@ impl Dense {
             dz,
             Accum::Overwrite,
             Epilogue::BiasGradB(&mut self.dbiases),
-            &self.gemm,
+            &opts,
         )?;
         if !self.regularization.is_zero() {
             self.add_regularization_gradients();
@@ -310,7 +358,7 @@ impl Dense {
                     Dinputs::ComputeReluMasked(h) => Epilogue::ReluMask(h),
                     _ => Epilogue::None,
                 };
-                gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &self.gemm)
+                gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)
             }
         }
     }
@@ -354,12 +402,17 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] if the state was prepared for another optimizer.
     pub fn update_params(&mut self, optimizer: &Optimizer, iterations: u64) -> Result<()> {
+        self.update_params_on(optimizer, iterations, self.threads())
+    }
+
+    /// [`Self::update_params`] with the weights' pass split over `threads` threads.
+    pub(crate) fn update_params_on(&mut self, optimizer: &Optimizer, iterations: u64, threads: usize) -> Result<()> {
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
             self.prepare_optimizer(optimizer);
         }
         let ParamState { first: w0, second: w1 } = &mut self.state.weights;
-        par_update(optimizer, self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations)?;
+        par_update(optimizer, self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations, threads)?;
         let ParamState { first: b0, second: b1 } = &mut self.state.biases;
         optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
     }

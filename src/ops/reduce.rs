@@ -62,6 +62,11 @@ pub fn all_finite(x: &[f32]) -> bool {
 /// [`all_finite`] split over the current rayon pool, one even share per thread (for
 /// buffers of at least two shares of 32 Ki elements).
 pub fn par_all_finite(x: &[f32]) -> bool {
+    all_finite_on(x, rayon::current_num_threads())
+}
+
+/// [`all_finite`] split over `threads` threads of the current pool.
+pub(crate) fn all_finite_on(x: &[f32], threads: usize) -> bool {
     fn split_check(x: &[f32], parts: usize) -> bool {
         match split_point(x.len(), parts) {
             None => all_finite(x),
@@ -72,7 +77,7 @@ pub fn par_all_finite(x: &[f32]) -> bool {
             }
         }
     }
-    split_check(x, parts_for(x.len(), 32 * 1024))
+    split_check(x, parts_for(threads, x.len(), 32 * 1024))
 }
 
 #[cfg(test)]

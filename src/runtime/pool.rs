@@ -34,24 +34,25 @@ impl ModelPool {
     }
 
     /// Runs `f` in the model's pool, so that every GEMM is called from a pool worker (a
-    /// call from outside pays for waking the workers each time). A one-thread model runs
-    /// `f` on the caller's thread with every parallel pass kept there. Already inside
+    /// call from outside pays for waking the workers each time), and gives it the
+    /// threads its passes may use. A one-thread model runs `f` on the caller's thread,
+    /// told to use that thread alone. Already inside
     /// the model's pool, or inside a pool of the configured size (any size when none is
     /// configured), `f` runs right here: a second pool would only compete with the
     /// caller's for the same cores.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the pool's threads cannot be started.
-    pub(crate) fn install<R: Send>(&mut self, f: impl FnOnce() -> R + Send) -> Result<R> {
+    pub(crate) fn install<R: Send>(&mut self, f: impl FnOnce(usize) -> R + Send) -> Result<R> {
         if self.threads == Some(1) {
-            return Ok(super::serial(f));
+            return Ok(f(1));
         }
         let in_a_pool = rayon::current_thread_index().is_some();
         if in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()) {
-            return Ok(f());
+            return Ok(f(rayon::current_num_threads()));
         }
         if self.pool.as_ref().is_some_and(|p| p.current_thread_index().is_some()) {
-            return Ok(f());
+            return Ok(f(rayon::current_num_threads()));
         }
         let pool = match &self.pool {
             Some(pool) => Arc::clone(pool),
@@ -67,7 +68,7 @@ impl ModelPool {
                 pool
             }
         };
-        Ok(pool.install(f))
+        Ok(pool.install(|| f(rayon::current_num_threads())))
     }
 }
 

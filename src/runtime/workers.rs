@@ -1,6 +1,6 @@
-//! How the crate's parallel passes use the current rayon pool: the [`serial`] switch a
-//! one-thread model runs under, the even split of elementwise passes, and keeping the
-//! other workers awake across a run of GEMMs.
+//! How the crate's parallel passes use the current rayon pool: the even split of
+//! elementwise passes over the threads a caller decided, and keeping the other
+//! workers awake across a run of GEMMs.
 //!
 //! A training step runs eight GEMMs with short serial passes between them (the loss,
 //! the finiteness check, the update). An idle rayon worker spins only briefly before it
@@ -8,38 +8,7 @@
 //! (docs/perf/mnist.md). [`with_hot_workers`] keeps the other workers polling for work
 //! (OpenMP's "active" wait policy) while a closure runs.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-thread_local! {
-    /// Set while [`serial`] runs: every parallel pass of the crate stays on this thread.
-    static SERIAL: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Runs `f` with every parallel pass of this crate (optimizer updates, finiteness
-/// checks, batch gathers, workspace reservation) kept on the calling thread, whatever
-/// pool it is or is not in. A model set to one thread runs its calls this way, on the
-/// caller's thread, with no hand-over to a pool at all.
-pub(crate) fn serial<R>(f: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            SERIAL.with(|s| s.set(self.0));
-        }
-    }
-    let _restore = Restore(SERIAL.with(|s| s.replace(true)));
-    f()
-}
-
-/// The threads a parallel pass may use here: 1 inside [`serial`], else the current
-/// rayon pool's size.
-pub(crate) fn threads() -> usize {
-    if SERIAL.with(Cell::get) {
-        1
-    } else {
-        rayon::current_num_threads()
-    }
-}
 
 /// Where to cut `len` elements in two for a balanced split over `parts` tasks:
 /// `None` when one task should do it all (`parts` ≤ 1), else the end of the first
@@ -57,11 +26,11 @@ pub(crate) fn split_point(len: usize, parts: usize) -> Option<usize> {
     Some(mid)
 }
 
-/// How many tasks an elementwise pass over `len` elements deserves: one per thread of
-/// the current pool, but none smaller than `min_len` (below that, scheduling a task
-/// costs more than the work).
-pub(crate) fn parts_for(len: usize, min_len: usize) -> usize {
-    threads().min(len / min_len.max(1)).max(1)
+/// How many tasks an elementwise pass over `len` elements deserves when it may use
+/// `threads` threads: one per thread, but none smaller than `min_len` (below that,
+/// scheduling a task costs more than the work).
+pub(crate) fn parts_for(threads: usize, len: usize, min_len: usize) -> usize {
+    threads.min(len / min_len.max(1)).max(1)
 }
 
 /// Sets the flag when dropped, so helpers stop even if the closure panics.
@@ -196,42 +165,11 @@ mod tests {
     }
 
     #[test]
-    fn serial_keeps_passes_on_this_thread_and_restores() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
-        pool.install(|| {
-            assert_eq!(threads(), 3);
-            assert_eq!(parts_for(1 << 20, 1024), 3);
-            serial(|| {
-                assert_eq!((threads(), parts_for(1 << 20, 1024)), (1, 1));
-                serial(|| assert_eq!(threads(), 1));
-                assert_eq!(threads(), 1, "a nested serial() must not end the outer one");
-            });
-            assert_eq!(threads(), 3);
-            let r = std::panic::catch_unwind(|| serial(|| panic!("boom")));
-            assert!(r.is_err());
-            assert_eq!(threads(), 3, "restored after a panic");
-        });
-    }
-
-    #[test]
-    fn work_handed_to_another_worker_runs_there_and_parked_helpers_still_help() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        pool.install(|| {
-            with_workers(|helpers| {
-                let here = rayon::current_thread_index();
-                let there = on_another_worker(rayon::current_thread_index);
-                assert!(there.is_some() && there != here, "ran on {there:?}, the loop is on {here:?}");
-                // Parked helpers wake within a millisecond and still take work.
-                helpers.set_hot(false);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                use rayon::prelude::*;
-                let sum: u64 = (0..100_000u64).into_par_iter().sum();
-                assert_eq!(sum, 100_000 * 99_999 / 2);
-                helpers.set_hot(true);
-                assert_ne!(on_another_worker(rayon::current_thread_index), here);
-            });
-        });
-        assert_eq!(on_another_worker(|| 5), 5); // outside a pool: runs here
+    fn parts_follow_the_threads_and_the_smallest_share() {
+        assert_eq!(parts_for(3, 1 << 20, 1024), 3);
+        assert_eq!(parts_for(1, 1 << 20, 1024), 1);
+        assert_eq!(parts_for(8, 3000, 1024), 2, "no share below min_len");
+        assert_eq!(parts_for(4, 10, 1024), 1);
     }
 
     #[test]

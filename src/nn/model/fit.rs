@@ -160,7 +160,7 @@ impl Sequential {
             self.check_inputs(vx, Some(vt))?;
         }
         let options = *options;
-        self.in_pool(move |m| m.fit_loop(x, targets, &options, observer))?
+        self.in_pool(move |m, threads| m.fit_loop(x, targets, &options, observer, threads))?
     }
 
     fn fit_loop(
@@ -169,6 +169,7 @@ impl Sequential {
         targets: Targets<'_>,
         options: &FitOptions<'_>,
         observer: &mut dyn FitObserver,
+        threads: usize,
     ) -> Result<Vec<EpochReport>> {
         let n = x.rows();
         let batch = options.batch_size.min(n);
@@ -180,14 +181,14 @@ impl Sequential {
         let mut bc = std::mem::take(&mut self.batch_classes);
         let mut bv = std::mem::take(&mut self.batch_values);
         // Every worker's GEMM buffers now, not on its first task mid-epoch.
-        crate::gemm::reserve_workspace();
+        crate::gemm::reserve_workspace_for(threads);
         // The other workers spin between GEMMs instead of sleeping: a wake-up costs
         // more than a small product (see `runtime::with_hot_workers`). The governor
         // times the steps and, where another process makes a worker slow, runs them on
         // one thread instead (see `governor`); results do not depend on its choice.
         // A one-thread model runs serially here, whatever pool it was called from: nothing
         // to govern.
-        let mut governor = match (self.adaptive_threads, crate::runtime::threads()) {
+        let mut governor = match (self.adaptive_threads, threads) {
             (_, 1) => Governor::fixed(Mode::SerialHere),
             (true, threads) => Governor::new(threads),
             (false, _) => Governor::fixed(Mode::Parallel),
@@ -222,11 +223,9 @@ impl Sequential {
                         bufs: (&mut bx, &mut bc, &mut bv),
                     };
                     let result = match mode {
-                        Mode::Parallel => run.run(self),
-                        Mode::SerialHere => crate::runtime::serial(|| run.run(self)),
-                        Mode::SerialThere => {
-                            crate::runtime::on_another_worker(|| crate::runtime::serial(|| run.run(self)))
-                        }
+                        Mode::Parallel => run.run(self, threads),
+                        Mode::SerialHere => run.run(self, 1),
+                        Mode::SerialThere => crate::runtime::on_another_worker(|| run.run(self, 1)),
                     };
                     for step in first..next_step {
                         observer.on_step(epoch, step + 1, steps);
@@ -237,7 +236,7 @@ impl Sequential {
                 let train_seconds = start.elapsed().as_secs_f64();
                 let eval_start = Instant::now();
                 let validation = match options.validation {
-                    Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch)?),
+                    Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch, threads)?),
                     None => None,
                 };
                 let report = EpochReport {
@@ -286,19 +285,20 @@ struct StepRun<'a, 'b, I: Inputs> {
 
 impl<I: Inputs> StepRun<'_, '_, I> {
     /// Runs steps from `next_step` while the governor keeps this run's mode.
-    fn run(&mut self, model: &mut Sequential) -> Result<()> {
+    /// Every pass of a step uses `threads` threads (1 in the serial modes).
+    fn run(&mut self, model: &mut Sequential, threads: usize) -> Result<()> {
         let n = self.order.len();
         while *self.next_step < self.steps && self.governor.mode() == self.mode {
             let step = *self.next_step;
             let chunk = &self.order[step * self.batch..((step + 1) * self.batch).min(n)];
             let start = Instant::now();
             let (bx, bc, bv) = (&mut *self.bufs.0, &mut *self.bufs.1, &mut *self.bufs.2);
-            let t = gather(self.x, self.targets, chunk, bx, bc, bv);
+            let t = gather(self.x, self.targets, chunk, bx, bc, bv, threads);
             // The next batch's rows load while this step computes.
             if let Some(next) = self.order.get((step + 1) * self.batch..((step + 2) * self.batch).min(n)) {
                 self.x.prefetch(next);
             }
-            let b = model.step_prechecked(bx.view(), t).map_err(|e| match e {
+            let b = model.step_prechecked(bx.view(), t, threads).map_err(|e| match e {
                 // In `fit` the sample is known: name it.
                 Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
                     let row = first_nonfinite_row(bx.view()).unwrap_or(0);
@@ -320,7 +320,8 @@ impl<I: Inputs> StepRun<'_, '_, I> {
     }
 }
 
-/// Copies the samples `rows` of `x` (and their targets) into the batch buffers.
+/// Copies the samples `rows` of `x` (and their targets) into the batch buffers, on
+/// `threads` threads of the current pool.
 fn gather<'b>(
     x: impl Inputs,
     targets: Targets<'_>,
@@ -328,13 +329,14 @@ fn gather<'b>(
     bx: &mut Matrix,
     bc: &'b mut Vec<usize>,
     bv: &'b mut Matrix,
+    threads: usize,
 ) -> Targets<'b> {
     bx.resize(rows.len(), x.cols());
     // Rows in fixed groups, spread over the pool: the gather is latency-bound on
     // random rows, and the other workers are idle at this point of the step.
     const GROUP: usize = 32;
     let cols = x.cols().max(1);
-    if crate::runtime::threads() > 1 && rows.len() > GROUP {
+    if threads > 1 && rows.len() > GROUP {
         use rayon::prelude::*;
         bx.as_mut_slice()
             .par_chunks_mut(GROUP * cols)

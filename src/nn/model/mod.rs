@@ -15,7 +15,7 @@ use crate::nn::dense::{Dense, Dinputs};
 use crate::nn::dropout::Dropout;
 use crate::nn::loss::{BatchLoss, Loss, Targets};
 use crate::nn::optim::Optimizer;
-use crate::ops::reduce::par_all_finite;
+use crate::ops::reduce::all_finite_on;
 use crate::runtime::ModelPool;
 
 /// One layer of a [`Sequential`] model.
@@ -187,12 +187,13 @@ impl Sequential {
         self.adaptive_threads = adaptive;
     }
 
-    /// Runs `f` in the model's pool ([`ModelPool::install`]).
-    fn in_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> Result<R> {
+    /// Runs `f` in the model's pool ([`ModelPool::install`]), telling it how many
+    /// threads its passes may use.
+    fn in_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self, usize) -> R + Send) -> Result<R> {
         // A copy of the handle (an `Arc`), so that `f` can borrow the whole model; the
         // pool it may build is kept.
         let mut pool = self.pool.clone();
-        let result = pool.install(|| f(self));
+        let result = pool.install(|threads| f(self, threads));
         self.pool = pool;
         result
     }
@@ -232,13 +233,13 @@ impl Sequential {
         Ok(())
     }
 
-    /// Forward through every layer; `training` switches dropout on.
-    fn forward(&mut self, x: MatRef<'_>, training: bool) -> Result<()> {
+    /// Forward through every layer on `threads` threads; `training` switches dropout on.
+    fn forward(&mut self, x: MatRef<'_>, training: bool, threads: usize) -> Result<()> {
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let input = if l == 0 { x } else { below[l - 1].output().view() };
             match &mut rest[0] {
-                Layer::Dense(d) => d.forward(input)?,
+                Layer::Dense(d) => d.forward_on(input, threads)?,
                 Layer::Activation(a) => a.forward(input)?,
                 Layer::Dropout(d) => d.forward(input, training)?,
             }
@@ -246,8 +247,8 @@ impl Sequential {
         Ok(())
     }
 
-    /// Backward from `self.dloss` through every layer.
-    fn backward(&mut self, x: MatRef<'_>) -> Result<()> {
+    /// Backward from `self.dloss` through every layer on `threads` threads.
+    fn backward(&mut self, x: MatRef<'_>, threads: usize) -> Result<()> {
         let n = self.layers.len();
         for l in (0..n).rev() {
             let (below, rest) = self.layers.split_at_mut(l);
@@ -265,9 +266,9 @@ impl Sequential {
                         Some(_) => Dinputs::Compute,
                     };
                     if d.has_relu() && !masked_above {
-                        d.backward_with(input, grad, dinputs)?; // masks by its own output first
+                        d.backward_with_on(input, grad, dinputs, threads)?; // masks by its own output first
                     } else {
-                        d.backward_dz(input, grad, dinputs)?;
+                        d.backward_dz_on(input, grad, dinputs, threads)?;
                     }
                 }
                 Layer::Activation(a) => a.backward(grad)?,
@@ -294,11 +295,11 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        self.in_pool(move |m| {
+        self.in_pool(move |m, threads| {
             if m.iterations == 0 {
-                crate::gemm::reserve_workspace(); // `fit` reserves for its own loop
+                crate::gemm::reserve_workspace_for(threads); // `fit` reserves for its own loop
             }
-            m.step_prechecked(x, targets)
+            m.step_prechecked(x, targets, threads)
         })?
     }
 
@@ -313,26 +314,27 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        self.in_pool(move |m| {
-            let batch = m.forward_loss(x, targets)?;
-            m.backward(x)?;
+        self.in_pool(move |m, threads| {
+            let batch = m.forward_loss(x, targets, threads)?;
+            m.backward(x, threads)?;
             Ok(batch)
         })?
     }
 
     /// Forward in training mode, then the loss and its gradient into `self.dloss`.
-    fn forward_loss(&mut self, x: MatRef<'_>, targets: Targets<'_>) -> Result<BatchLoss> {
-        self.forward(x, true)?;
+    fn forward_loss(&mut self, x: MatRef<'_>, targets: Targets<'_>, threads: usize) -> Result<BatchLoss> {
+        self.forward(x, true, threads)?;
         self.dloss.resize(x.rows(), self.n_outputs);
         let last = self.layers.last().expect("a built model has layers").output().view();
         self.loss.forward_backward(last, targets, Some(self.dloss.view_mut()))
     }
 
     /// One training step on inputs and targets already checked by the caller
-    /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update.
-    fn step_prechecked(&mut self, x: MatRef<'_>, targets: Targets<'_>) -> Result<BatchLoss> {
+    /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update,
+    /// every pass on `threads` threads of the current pool.
+    fn step_prechecked(&mut self, x: MatRef<'_>, targets: Targets<'_>, threads: usize) -> Result<BatchLoss> {
         let step = self.iterations;
-        let batch = self.forward_loss(x, targets)?;
+        let batch = self.forward_loss(x, targets, threads)?;
         if !batch.loss.is_finite() {
             // Name the inputs when they are the cause (checked only now, so a good
             // step pays nothing for it).
@@ -345,11 +347,11 @@ impl Sequential {
             }
             return Err(Error::NonFinite { step, layer: "the model output".into(), tensor: "loss".into() });
         }
-        self.backward(x)?;
+        self.backward(x, threads)?;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Layer::Dense(d) = layer {
                 for (tensor, data) in [("dweights", d.dweights.as_slice()), ("dbiases", d.dbiases.as_slice())] {
-                    if !par_all_finite(data) {
+                    if !all_finite_on(data, threads) {
                         return Err(Error::NonFinite {
                             step,
                             layer: format!("layer {i} ({})", layer.describe()),
@@ -362,7 +364,7 @@ impl Sequential {
         let optimizer = self.optimizer;
         for layer in &mut self.layers {
             if let Layer::Dense(d) = layer {
-                d.update_params(&optimizer, self.iterations)?;
+                d.update_params_on(&optimizer, self.iterations, threads)?;
             }
         }
         self.iterations += 1;
@@ -385,13 +387,19 @@ impl Sequential {
             return Err(Error::InvalidArgument("evaluate needs at least one sample and a batch size ≥ 1".into()));
         }
         if self.runs_serially(x.rows()) {
-            return self.evaluate_batches(x, targets, batch_size);
+            return self.evaluate_batches(x, targets, batch_size, 1);
         }
-        self.in_pool(move |m| m.evaluate_batches(x, targets, batch_size))?
+        self.in_pool(move |m, threads| m.evaluate_batches(x, targets, batch_size, threads))?
     }
 
     /// [`Self::evaluate`] after its checks, on whichever thread calls it.
-    fn evaluate_batches(&mut self, x: MatRef<'_>, targets: Targets<'_>, batch_size: usize) -> Result<Evaluation> {
+    fn evaluate_batches(
+        &mut self,
+        x: MatRef<'_>,
+        targets: Targets<'_>,
+        batch_size: usize,
+        threads: usize,
+    ) -> Result<Evaluation> {
         let (mut loss_sum, mut correct, mut total) = (0.0f64, 0usize, 0usize);
         let n = x.rows();
         for start in (0..n).step_by(batch_size) {
@@ -401,7 +409,7 @@ impl Sequential {
                 Targets::Classes(c) => Targets::Classes(&c[start..start + rows]),
                 Targets::Values(v) => Targets::Values(v.submatrix(start, 0, rows, v.cols())?),
             };
-            self.forward(xb, false)?;
+            self.forward(xb, false, threads)?;
             let out = self.layers.last().expect("a built model has layers").output().view();
             let b = self.loss.forward_backward(out, tb, None)?;
             loss_sum += b.loss as f64 * rows as f64;
@@ -447,17 +455,17 @@ impl Sequential {
             )));
         }
         if self.runs_serially(x.rows()) {
-            return self.predict_batches(x, out);
+            return self.predict_batches(x, out, 1);
         }
-        self.in_pool(move |m| m.predict_batches(x, out))?
+        self.in_pool(move |m, threads| m.predict_batches(x, out, threads))?
     }
 
     /// [`Self::predict_into`] after its checks, in batches of 256 rows.
-    fn predict_batches(&mut self, x: MatRef<'_>, mut out: MatMut<'_>) -> Result<()> {
+    fn predict_batches(&mut self, x: MatRef<'_>, mut out: MatMut<'_>, threads: usize) -> Result<()> {
         let batch = 256;
         for start in (0..x.rows()).step_by(batch) {
             let rows = batch.min(x.rows() - start);
-            self.forward(x.submatrix(start, 0, rows, x.cols())?, false)?;
+            self.forward(x.submatrix(start, 0, rows, x.cols())?, false, threads)?;
             let last = self.layers.last().expect("a built model has layers").output();
             let dst = out.rb_mut().submatrix(start, 0, rows, self.n_outputs)?;
             if self.loss == Loss::SoftmaxCrossEntropy {
