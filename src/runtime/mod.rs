@@ -9,4 +9,4 @@ mod workers;
 
 pub(crate) use pool::ModelPool;
 pub use workers::with_hot_workers;
-pub(crate) use workers::{on_another_worker, parts_for, split_point, with_workers};
+pub(crate) use workers::{on_another_worker, parts_for, split_point, with_workers, Helpers};

@@ -8,6 +8,7 @@ use crate::nn::inputs::Inputs;
 use crate::nn::loss::Targets;
 use crate::rng::Rng;
 use crate::runtime::governor::{Governor, Mode};
+use crate::runtime::Helpers;
 use std::time::Instant;
 
 /// What one epoch of [`Sequential::fit`] did (a report: `#[non_exhaustive]`, so that
@@ -173,7 +174,7 @@ impl Sequential {
     ) -> Result<Vec<EpochReport>> {
         let n = x.rows();
         let batch = options.batch_size.min(n);
-        let mut order: Vec<usize> = (0..n).collect();
+        let order: Vec<usize> = (0..n).collect();
         let mut rng = Rng::new(options.seed);
         let mut reports = Vec::with_capacity(options.epochs);
         // The batch buffers leave `self` for the epoch, so a step can borrow both.
@@ -188,68 +189,21 @@ impl Sequential {
         // one thread instead (see `governor`); results do not depend on its choice.
         // A one-thread model runs serially here, whatever pool it was called from: nothing
         // to govern.
-        let mut governor = match (self.adaptive_threads, threads) {
+        let governor = match (self.adaptive_threads, threads) {
             (_, 1) => Governor::fixed(Mode::SerialHere),
             (true, threads) => Governor::new(threads),
             (false, _) => Governor::fixed(Mode::Parallel),
         };
+        let mut epochs = Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv) };
         let result = crate::runtime::with_workers(|helpers| {
             for epoch in 1..=options.epochs {
                 let start = Instant::now();
                 if options.shuffle {
-                    rng.shuffle(&mut order);
+                    rng.shuffle(&mut epochs.order);
                 }
-                let mut sums = StepSums::default();
-                let steps = n.div_ceil(batch);
-                let mut next_step = 0;
-                while next_step < steps {
-                    // A run of steps in one mode, until the governor changes its mind or
-                    // the epoch ends. Handed to another worker, the run goes as one job:
-                    // waking this thread after every step would cost a time slice of the
-                    // busy core each time.
-                    let mode = governor.mode();
-                    helpers.set_hot(mode != Mode::SerialHere);
-                    let first = next_step;
-                    let mut run = StepRun {
-                        x,
-                        targets,
-                        order: &order,
-                        batch,
-                        steps,
-                        mode,
-                        next_step: &mut next_step,
-                        governor: &mut governor,
-                        sums: &mut sums,
-                        bufs: (&mut bx, &mut bc, &mut bv),
-                    };
-                    let result = match mode {
-                        Mode::Parallel => run.run(self, threads),
-                        Mode::SerialHere => run.run(self, 1),
-                        Mode::SerialThere => crate::runtime::on_another_worker(|| run.run(self, 1)),
-                    };
-                    for step in first..next_step {
-                        observer.on_step(epoch, step + 1, steps);
-                    }
-                    result?;
-                }
-                let StepSums { loss_sum, correct, total } = sums;
+                let sums = self.train_epoch(&mut epochs, epoch, helpers, observer, threads)?;
                 let train_seconds = start.elapsed().as_secs_f64();
-                let eval_start = Instant::now();
-                let validation = match options.validation {
-                    Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch, threads)?),
-                    None => None,
-                };
-                let report = EpochReport {
-                    epoch,
-                    loss: (loss_sum / n as f64) as f32,
-                    regularization_loss: self.regularization_loss(),
-                    accuracy: self.loss.is_classification().then(|| correct as f32 / total.max(1) as f32),
-                    validation,
-                    train_seconds,
-                    eval_seconds: eval_start.elapsed().as_secs_f64(),
-                    iterations: self.iterations,
-                    learning_rate: self.optimizer.current_learning_rate(self.iterations),
-                };
+                let report = self.epoch_report(epoch, sums, n, train_seconds, options.validation, batch, threads)?;
                 observer.on_epoch(&report);
                 reports.push(report);
             }
@@ -258,6 +212,91 @@ impl Sequential {
         (self.batch_x, self.batch_classes, self.batch_values) = (bx, bc, bv);
         result
     }
+
+    /// One epoch's steps, in runs of one mode each, until the governor changes its mind
+    /// or the epoch ends. Handed to another worker, a run goes as one job: waking this
+    /// thread after every step would cost a time slice of the busy core each time.
+    fn train_epoch<I: Inputs>(
+        &mut self,
+        epochs: &mut Epochs<'_, '_, I>,
+        epoch: usize,
+        helpers: &Helpers,
+        observer: &mut dyn FitObserver,
+        threads: usize,
+    ) -> Result<StepSums> {
+        let steps = epochs.x.rows().div_ceil(epochs.batch);
+        let (mut sums, mut next_step) = (StepSums::default(), 0);
+        while next_step < steps {
+            let mode = epochs.governor.mode();
+            helpers.set_hot(mode != Mode::SerialHere);
+            let first = next_step;
+            let mut run = StepRun {
+                x: epochs.x,
+                targets: epochs.targets,
+                order: &epochs.order,
+                batch: epochs.batch,
+                steps,
+                mode,
+                next_step: &mut next_step,
+                governor: &mut epochs.governor,
+                sums: &mut sums,
+                bufs: (&mut *epochs.bufs.0, &mut *epochs.bufs.1, &mut *epochs.bufs.2),
+            };
+            let result = match mode {
+                Mode::Parallel => run.run(self, threads),
+                Mode::SerialHere => run.run(self, 1),
+                Mode::SerialThere => crate::runtime::on_another_worker(|| run.run(self, 1)),
+            };
+            for step in first..next_step {
+                observer.on_step(epoch, step + 1, steps);
+            }
+            result?;
+        }
+        Ok(sums)
+    }
+
+    /// The report of an epoch: its sums over `samples`, the validation data evaluated
+    /// (timed apart).
+    #[allow(clippy::too_many_arguments)]
+    fn epoch_report(
+        &mut self,
+        epoch: usize,
+        sums: StepSums,
+        samples: usize,
+        train_seconds: f64,
+        validation: Option<(MatRef<'_>, Targets<'_>)>,
+        batch: usize,
+        threads: usize,
+    ) -> Result<EpochReport> {
+        let StepSums { loss_sum, correct, total } = sums;
+        let eval_start = Instant::now();
+        let validation = match validation {
+            Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch, threads)?),
+            None => None,
+        };
+        Ok(EpochReport {
+            epoch,
+            loss: (loss_sum / samples as f64) as f32,
+            regularization_loss: self.regularization_loss(),
+            accuracy: self.loss.is_classification().then(|| correct as f32 / total.max(1) as f32),
+            validation,
+            train_seconds,
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+            iterations: self.iterations,
+            learning_rate: self.optimizer.current_learning_rate(self.iterations),
+        })
+    }
+}
+
+/// What the epoch loop keeps from one epoch to the next.
+struct Epochs<'a, 'b, I: Inputs> {
+    x: I,
+    targets: Targets<'a>,
+    /// The sample order, shuffled each epoch.
+    order: Vec<usize>,
+    batch: usize,
+    governor: Governor,
+    bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix),
 }
 
 /// Running sums of an epoch's steps.
