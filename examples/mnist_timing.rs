@@ -346,7 +346,10 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
             "peak_memory_mib": mem,
         });
         let text = serde_json::to_string_pretty(&json).expect("a JSON value serialises") + "\n";
-        std::fs::write(path, text).map_err(|e| fusegrad::Error::Io(format!("cannot write {}: {e}", path.display())))?;
+        if let Err(e) = std::fs::write(path, text) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            std::process::exit(1);
+        }
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -6,6 +6,7 @@
 //! can break, are `assert!`s instead.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, with enough detail to fix the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,15 @@ pub enum Error {
         /// Number of classes: labels must be in `0..classes`.
         classes: usize,
     },
-    /// NaN or infinity appeared during training.
+    /// An input row holds NaN or infinity (found by `predict`, `evaluate`, `fit`).
+    NonFiniteInput {
+        /// The operation, e.g. `"Sequential::predict"`.
+        op: &'static str,
+        /// The first offending row of the inputs.
+        row: usize,
+    },
+    /// NaN or infinity appeared during training (or in a prediction from finite
+    /// inputs: the parameters overflow).
     NonFinite {
         /// Training step (0-based, counted over the whole `fit`) where it appeared.
         step: u64,
@@ -47,7 +56,12 @@ pub enum Error {
     /// A hyperparameter or argument outside its valid range.
     InvalidArgument(String),
     /// A file could not be read or written.
-    Io(String),
+    Io {
+        /// What was being done, naming the path (and, for data files, how to get them).
+        what: String,
+        /// The operating system's error, also given by [`std::error::Error::source`].
+        source: IoCause,
+    },
     /// A file was read but its contents are not what they claim to be.
     Format(String),
 }
@@ -63,17 +77,58 @@ impl fmt::Display for Error {
             Error::LabelOutOfRange { index, label, classes } => {
                 write!(f, "label {label} at row {index} is out of range: expected a class in 0..{classes}")
             }
+            Error::NonFiniteInput { op, row } => {
+                write!(f, "{op}: input row {row} contains NaN or infinity")
+            }
             Error::NonFinite { step, layer, tensor } => {
                 write!(f, "training stopped at step {step}: {tensor} of {layer} contains NaN or infinity")
             }
             Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
-            Error::Io(msg) => write!(f, "i/o error: {msg}"),
+            Error::Io { what, source } => write!(f, "i/o error: {what}: {}", source.0),
             Error::Format(msg) => write!(f, "bad file format: {msg}"),
         }
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(&*source.0),
+            _ => None,
+        }
+    }
+}
+
+impl Error {
+    /// An [`Error::Io`] for `what`, caused by `source`.
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), source: IoCause(Arc::new(source)) }
+    }
+}
+
+/// The `std::io::Error` behind an [`Error::Io`], shared so that [`Error`] stays
+/// `Clone`; two causes are equal when their kinds and messages are.
+#[derive(Clone, Debug)]
+pub struct IoCause(Arc<std::io::Error>);
+
+impl IoCause {
+    /// The error itself.
+    pub fn get_ref(&self) -> &std::io::Error {
+        &self.0
+    }
+    /// Its kind (`NotFound`, `PermissionDenied`, …).
+    pub fn kind(&self) -> std::io::ErrorKind {
+        self.0.kind()
+    }
+}
+
+impl PartialEq for IoCause {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for IoCause {}
 
 /// `Result` with the crate's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;

@@ -74,7 +74,7 @@ pub mod parallel {
 }
 mod rng;
 
-pub use error::{Error, Result};
+pub use error::{Error, IoCause, Result};
 
 /// The README's code blocks, compiled and run as doctests so that they stay true.
 #[doc = include_str!("../README.md")]

@@ -193,7 +193,9 @@ fn saved_parameters_reload_to_the_same_predictions() {
     let err = wider.load_parameters(&path).unwrap_err();
     assert!(err.to_string().contains("Dense layer 0 is 2→64 in the file, 2→32 in the model"), "{err}");
     let err = fresh.load_parameters(dir.join("missing")).unwrap_err();
-    assert!(matches!(err, Error::Io(_)) && err.to_string().contains("missing"), "{err}");
+    assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("missing"), "{err}");
+    let cause = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());
+    assert_eq!(cause.map(|e| e.kind()), Some(std::io::ErrorKind::NotFound), "the io::Error is kept as the source");
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -415,4 +417,38 @@ fn training_from_scaled_bytes_equals_training_from_the_f32_matrix() {
     assert!(ScaledBytes::new(&bytes[..1000], 784, 1.0).is_err());
     let err = b.fit(ScaledBytes::new(&bytes, 392, 1.0).unwrap(), Targets::Classes(&y), &opts).unwrap_err();
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
+}
+
+#[test]
+fn inference_names_the_input_row_with_nan_or_infinity() {
+    let (x, y) = spiral(20, 3, 11);
+    let mut model = spiral_model(3);
+    let mut bad = x.clone();
+    bad[(37, 1)] = f32::NAN;
+    let err = model.predict(bad.view()).unwrap_err();
+    assert_eq!(err, Error::NonFiniteInput { op: "Sequential::predict", row: 37 }, "{err}");
+    bad[(37, 1)] = 0.0;
+    bad[(41, 0)] = f32::INFINITY;
+    let err = model.evaluate(bad.view(), Targets::Classes(&y), 16).unwrap_err();
+    assert_eq!(err, Error::NonFiniteInput { op: "Sequential::evaluate", row: 41 }, "{err}");
+    // The same rows, finite: fine.
+    assert!(model.predict(x.view()).unwrap().as_slice().iter().all(|v| v.is_finite()));
+    assert!(model.evaluate(x.view(), Targets::Classes(&y), 16).unwrap().loss.is_finite());
+}
+
+#[test]
+fn binary_cross_entropy_rejects_targets_outside_0_1() {
+    let x = Matrix::from_fn(4, 2, |i, j| (i + j) as f32 * 0.1);
+    let mut model = Sequential::builder(2)
+        .dense(3)
+        .relu()
+        .dense(1)
+        .sigmoid()
+        .build(Loss::BinaryCrossEntropy, Optimizer::sgd(0.1))
+        .unwrap();
+    let t = Matrix::from_fn(4, 1, |i, _| if i == 2 { 2.0 } else { 1.0 });
+    let err = model.train_step(x.view(), Targets::Values(t.view())).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)) && err.to_string().contains("[0, 1], got 2 at row 2"), "{err}");
+    let ok = Matrix::from_fn(4, 1, |i, _| (i % 2) as f32);
+    assert!(model.train_step(x.view(), Targets::Values(ok.view())).is_ok());
 }

@@ -22,7 +22,7 @@ pub const PIXEL_SCALE: f32 = 1.0 / 255.0;
 
 /// How to get the files, as every error says.
 pub const FETCH_HINT: &str =
-    "fetch them with `python3 scripts/fetch_mnist.py DIR` (or set MNIST_DIR to a directory that has them)";
+    "fetch them with `python3 scripts/fetch_mnist.py DIR` from the fusegrad repository, or point MNIST_DIR at a directory that has them";
 
 /// Which IDX file a path should be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub fn resolve_dir(flag: Option<&Path>) -> PathBuf {
 /// [`Error::Io`] when the file cannot be read, [`Error::Format`] for anything else;
 /// both name the file and say how to fetch the data.
 pub fn validate_idx(path: &Path, kind: IdxKind, expected_count: usize) -> Result<()> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("{}: {e}; {FETCH_HINT}", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("{} ({FETCH_HINT})", path.display()), e))?;
     validate_idx_bytes(&bytes, kind, expected_count)
         .map_err(|e| Error::Format(format!("{}: {e}; {FETCH_HINT}", path.display())))
 }

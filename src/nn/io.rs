@@ -71,7 +71,7 @@ impl Sequential {
     /// model's (the message says which layer and both shapes).
     pub fn load_parameters(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
         self.load_parameters_from_bytes(&bytes).map_err(|e| match e {
             Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
             e => e,
@@ -159,9 +159,10 @@ fn write_atomically<W: Durable>(
     create: impl FnOnce(&Path) -> std::io::Result<W>,
 ) -> Result<()> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let err = |what: &str, e: std::io::Error| Error::Io(format!("cannot write {}: {what}: {e}", path.display()));
-    let name =
-        path.file_name().ok_or_else(|| Error::Io(format!("cannot write {}: not a file name", path.display())))?;
+    let err = |what: &str, e: std::io::Error| Error::io(format!("cannot write {}: {what}", path.display()), e);
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::InvalidArgument(format!("cannot write {}: not a file name", path.display())))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));

@@ -76,7 +76,23 @@ impl Loss {
                 expected: format!("targets with {outputs} columns (one per model output)"),
                 got: format!("{}×{}", v.rows(), v.cols()),
             }),
-            (_, Targets::Values(_)) => Ok(()),
+            (Loss::BinaryCrossEntropy, Targets::Values(v)) => {
+                for i in 0..v.rows() {
+                    for j in 0..v.cols() {
+                        let t = v.get(i, j);
+                        if !(0.0..=1.0).contains(&t) {
+                            return Err(Error::InvalidArgument(format!(
+                                "binary cross-entropy takes targets in [0, 1], got {t} at row {i}, column {j}"
+                            )));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (_, Targets::Values(v)) => match (0..v.rows()).find(|&i| (0..v.cols()).any(|j| !v.get(i, j).is_finite())) {
+                Some(row) => Err(Error::InvalidArgument(format!("target row {row} contains NaN or infinity"))),
+                None => Ok(()),
+            },
             (l, Targets::Classes(_)) => Err(Error::InvalidArgument(format!(
                 "{l:?} takes target values (Targets::Values), got Targets::Classes"
             ))),

@@ -173,6 +173,27 @@ mod tests {
     }
 
     #[test]
+    fn work_handed_to_another_worker_runs_there_and_parked_helpers_still_help() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            with_workers(|helpers| {
+                let here = rayon::current_thread_index();
+                let there = on_another_worker(rayon::current_thread_index);
+                assert!(there.is_some() && there != here, "ran on {there:?}, the loop is on {here:?}");
+                // Parked helpers wake within a millisecond and still take work.
+                helpers.set_hot(false);
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                use rayon::prelude::*;
+                let sum: u64 = (0..100_000u64).into_par_iter().sum();
+                assert_eq!(sum, 100_000 * 99_999 / 2);
+                helpers.set_hot(true);
+                assert_ne!(on_another_worker(rayon::current_thread_index), here);
+            });
+        });
+        assert_eq!(on_another_worker(|| 5), 5); // outside a pool: runs here
+    }
+
+    #[test]
     fn helpers_stop_when_the_closure_panics() {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         let r = pool.install(|| std::panic::catch_unwind(|| with_hot_workers(|| panic!("boom"))));

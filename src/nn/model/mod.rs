@@ -380,7 +380,9 @@ impl Sequential {
     /// with dropout off.
     ///
     /// # Errors
-    /// Shape and target errors, before any work.
+    /// Shape and target errors (targets outside the loss's domain included), before any
+    /// work; [`Error::NonFiniteInput`] naming the first input row with NaN or infinity
+    /// (found when a batch's loss is not finite).
     pub fn evaluate(&mut self, x: MatRef<'_>, targets: Targets<'_>, batch_size: usize) -> Result<Evaluation> {
         self.check_inputs(&x, Some(&targets))?;
         if x.rows() == 0 || batch_size == 0 {
@@ -412,6 +414,9 @@ impl Sequential {
             self.forward(xb, false, threads)?;
             let out = self.layers.last().expect("a built model has layers").output().view();
             let b = self.loss.forward_backward(out, tb, None)?;
+            if !b.loss.is_finite() {
+                return Err(self.nonfinite_error("Sequential::evaluate", xb, start));
+            }
             loss_sum += b.loss as f64 * rows as f64;
             (correct, total) = (correct + b.correct, total + b.total);
         }
@@ -425,7 +430,10 @@ impl Sequential {
     /// [`Loss::SoftmaxCrossEntropy`], the class probabilities.
     ///
     /// # Errors
-    /// [`Error::ShapeMismatch`] when `x` has the wrong width.
+    /// [`Error::ShapeMismatch`] when `x` has the wrong width;
+    /// [`Error::NonFiniteInput`] naming the first input row with NaN or infinity (and
+    /// [`Error::NonFinite`] if every input is finite but an output is not). The check
+    /// looks at the outputs, so finite inputs cost one pass over them.
     pub fn predict(&mut self, x: MatRef<'_>) -> Result<Matrix> {
         self.check_inputs(&x, None)?;
         let mut out = Matrix::zeros(x.rows(), self.n_outputs);
@@ -439,6 +447,7 @@ impl Sequential {
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] when `x` has the wrong width or `out` the wrong shape.
+    /// As [`Self::predict`] for NaN or infinity; `out` is then partly written.
     pub fn predict_into(&mut self, x: MatRef<'_>, out: MatMut<'_>) -> Result<()> {
         self.check_inputs(&x, None)?;
         if out.rows() != x.rows() || out.cols() != self.n_outputs {
@@ -465,8 +474,12 @@ impl Sequential {
         let batch = 256;
         for start in (0..x.rows()).step_by(batch) {
             let rows = batch.min(x.rows() - start);
-            self.forward(x.submatrix(start, 0, rows, x.cols())?, false, threads)?;
+            let xb = x.submatrix(start, 0, rows, x.cols())?;
+            self.forward(xb, false, threads)?;
             let last = self.layers.last().expect("a built model has layers").output();
+            if !all_finite_on(last.as_slice(), 1) {
+                return Err(self.nonfinite_error("Sequential::predict", xb, start));
+            }
             let dst = out.rb_mut().submatrix(start, 0, rows, self.n_outputs)?;
             if self.loss == Loss::SoftmaxCrossEntropy {
                 crate::ops::activation::softmax_forward(last.view(), dst)?;
@@ -478,6 +491,20 @@ impl Sequential {
             }
         }
         Ok(())
+    }
+}
+
+impl Sequential {
+    /// The error for a non-finite output of inference on the batch `xb` (rows from
+    /// `first` of the caller's inputs): the input row that holds NaN or infinity, or,
+    /// when every input is finite, the output itself (the parameters overflow).
+    fn nonfinite_error(&self, op: &'static str, xb: MatRef<'_>, first: usize) -> Error {
+        match first_nonfinite_row(xb) {
+            Some(row) => Error::NonFiniteInput { op, row: first + row },
+            None => {
+                Error::NonFinite { step: self.iterations, layer: "the model output".into(), tensor: "output".into() }
+            }
+        }
     }
 }
 
