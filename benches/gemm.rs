@@ -2,7 +2,8 @@
 //! `matrixmultiply::sgemm` (single-threaded) on the MNIST training shapes at batch 128
 //! and on squares. Throughput is set to FLOPs (2·m·n·k), so criterion's "elem/s" is
 //! FLOP/s. Before the benches run, the single-core FMA peak of the dispatched kernel is
-//! measured and written to `target/criterion/peak.json`; `scripts/bench_table.py`
+//! measured and written to `target/criterion/peak.json` (under `$CARGO_TARGET_DIR`
+//! when set); `scripts/bench_table.py`
 //! turns the results into the README table as a share of that peak.
 
 #[path = "common/mod.rs"]
@@ -95,19 +96,23 @@ fn bench_gemm(c: &mut Criterion) {
     }
 }
 
-fn record_peak() {
+fn record_peak() -> f64 {
     let isa = default_isa().expect("kernel selection");
     let peak = peak_gflops(isa, Duration::from_secs(1)).expect("peak probe");
     println!("single-core FMA peak ({}): {peak:.1} GFLOP/s", isa.name());
-    let dir = std::path::Path::new("target/criterion");
+    // Where criterion writes its results: $CARGO_TARGET_DIR/criterion, else target/.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| "target".into(), std::path::PathBuf::from);
+    let dir = target.join("criterion");
+    let dir = dir.as_path();
     if std::fs::create_dir_all(dir).is_ok() {
         let json = format!("{{\"isa\": \"{}\", \"peak_gflops_per_core\": {peak:.2}}}\n", isa.name());
         let _ = std::fs::write(dir.join("peak.json"), json);
     }
+    peak
 }
 
 fn main() {
-    record_peak();
+    let peak = record_peak();
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(1))
@@ -115,4 +120,10 @@ fn main() {
         .configure_from_args();
     bench_gemm(&mut c);
     c.final_summary();
+    // Criterion has no unit of its own for a declared FLOP count: say what "elem/s" is.
+    println!(
+        "thrpt above is GFLOP/s (criterion prints it as Gelem/s: 2·m·n·k FLOP per call); \
+         python3 scripts/bench_table.py prints the table with shares of the {:.1} GFLOP/s peak",
+        peak
+    );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Turns criterion's results (target/criterion) into the README's markdown table.
 
-Run after `cargo bench --bench gemm`. Every figure is GFLOP/s from criterion's median
+Run after `cargo bench --bench gemm` (reads $CARGO_TARGET_DIR/criterion when set). Every figure is GFLOP/s from criterion's median
 time and the FLOP throughput the bench declares, and a share of the single-core FMA peak
 that the same bench run measured (target/criterion/peak.json): 1-thread figures against
 one core's peak, 2-thread figures against two cores'.
@@ -10,8 +10,15 @@ import json
 import pathlib
 import sys
 
-root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else "target/criterion")
-peak_info = json.loads((root / "peak.json").read_text())
+import os
+
+default = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", "target")) / "criterion"
+root = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else default)
+peak_file = root / "peak.json"
+if not peak_file.exists():
+    sys.exit(f"bench_table: no {peak_file}: run `cargo bench --bench gemm` first "
+             "(or pass the criterion directory as the argument)")
+peak_info = json.loads(peak_file.read_text())
 peak = peak_info["peak_gflops_per_core"]
 
 rows = {}
