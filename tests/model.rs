@@ -452,3 +452,34 @@ fn binary_cross_entropy_rejects_targets_outside_0_1() {
     let ok = Matrix::from_fn(4, 1, |i, _| (i % 2) as f32);
     assert!(model.train_step(x.view(), Targets::Values(ok.view())).is_ok());
 }
+
+#[test]
+fn an_observer_can_stop_fit_and_the_model_reports_its_layers_and_classes() {
+    struct StopAfter(usize);
+    impl fusegrad::nn::FitObserver for StopAfter {
+        fn keep_training(&mut self, report: &fusegrad::nn::EpochReport) -> bool {
+            report.epoch < self.0
+        }
+    }
+    let (x, y) = spiral(50, 3, 12);
+    let mut model = spiral_model(4);
+    let opts = FitOptions::default().with_epochs(100).with_batch_size(50);
+    let reports = model.fit_observed(x.view(), Targets::Classes(&y), &opts, &mut StopAfter(3)).unwrap();
+    assert_eq!(reports.len(), 3);
+    assert_eq!(model.iterations(), 3 * 3, "three epochs of three batches of 50");
+
+    // 2-64-3: 2·64 + 64 weights and biases, then 64·3 + 3.
+    assert_eq!(model.parameter_count(), 2 * 64 + 64 + 64 * 3 + 3);
+    let summary = model.summary();
+    assert!(summary.contains("Dense 2→64 + ReLU") && summary.contains("Dense 64→3"), "{summary}");
+    assert!(summary.contains(&format!("{} parameters", 2 * 64 + 64 + 64 * 3 + 3)), "{summary}");
+
+    let p = model.predict(x.view()).unwrap();
+    let classes = model.predict_classes(x.view()).unwrap();
+    assert_eq!(classes.len(), x.rows());
+    for (i, &c) in classes.iter().enumerate() {
+        let row = p.row(i);
+        assert!(row.iter().all(|&v| v <= row[c]), "row {i}: class {c} is not the largest of {row:?}");
+        assert!(row[..c].iter().all(|&v| v < row[c]), "row {i}: not the first maximum");
+    }
+}

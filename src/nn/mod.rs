@@ -20,5 +20,5 @@ pub use dropout::Dropout;
 pub use init::{init_weights, Init};
 pub use inputs::{Inputs, ScaledBytes};
 pub use loss::{BatchLoss, Loss, Targets};
-pub use model::{EpochReport, Evaluation, FitObserver, FitOptions, Layer, ModelBuilder, Sequential};
+pub use model::{EarlyStopping, EpochReport, Evaluation, FitObserver, FitOptions, Layer, ModelBuilder, Sequential};
 pub use optim::Optimizer;

@@ -43,6 +43,62 @@ pub trait FitObserver: Send {
     fn on_step(&mut self, _epoch: usize, _step: usize, _steps: usize) {}
     /// After each epoch, with its report.
     fn on_epoch(&mut self, _report: &EpochReport) {}
+    /// After [`FitObserver::on_epoch`]: `false` ends `fit` after this epoch (its report
+    /// is the last one returned). Default: keep training.
+    fn keep_training(&mut self, _report: &EpochReport) -> bool {
+        true
+    }
+}
+
+/// Early stopping: ends `fit` once the validation loss (the training loss without
+/// validation data) has not improved by more than `min_delta` for `patience` epochs.
+/// Pass it to [`Sequential::fit_observed`].
+///
+/// ```
+/// use fusegrad::data::spiral;
+/// use fusegrad::nn::{EarlyStopping, FitOptions, Loss, Optimizer, Sequential, Targets};
+/// let (x, y) = spiral(50, 3, 0);
+/// let mut model = Sequential::builder(2).dense(16).relu().dense(3)
+///     .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.05))?;
+/// let mut stop = EarlyStopping::new(5);
+/// let opts = FitOptions::default().with_epochs(10_000).with_batch_size(150);
+/// let reports = model.fit_observed(x.view(), Targets::Classes(&y), &opts, &mut stop)?;
+/// assert!(reports.len() < 10_000);
+/// assert_eq!(stop.best_epoch(), Some(reports.len() - 5));
+/// # Ok::<(), fusegrad::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct EarlyStopping {
+    patience: usize,
+    min_delta: f32,
+    best: Option<(usize, f32)>,
+}
+
+impl EarlyStopping {
+    /// Stops after `patience` epochs without improvement (`min_delta` 0).
+    pub fn new(patience: usize) -> Self {
+        EarlyStopping { patience, min_delta: 0.0, best: None }
+    }
+    /// Counts only improvements larger than `min_delta`.
+    pub fn with_min_delta(mut self, min_delta: f32) -> Self {
+        self.min_delta = min_delta;
+        self
+    }
+    /// The epoch with the lowest loss so far.
+    pub fn best_epoch(&self) -> Option<usize> {
+        self.best.map(|(e, _)| e)
+    }
+}
+
+impl FitObserver for EarlyStopping {
+    fn keep_training(&mut self, report: &EpochReport) -> bool {
+        let loss = report.validation.map_or(report.loss, |v| v.loss);
+        if self.best.is_none_or(|(_, best)| loss < best - self.min_delta) {
+            self.best = Some((report.epoch, loss));
+        }
+        let best_epoch = self.best.map_or(report.epoch, |(e, _)| e);
+        report.epoch - best_epoch < self.patience
+    }
 }
 
 /// Adapts an epoch callback to a [`FitObserver`].
@@ -205,7 +261,11 @@ impl Sequential {
                 let train_seconds = start.elapsed().as_secs_f64();
                 let report = self.epoch_report(epoch, sums, n, train_seconds, options.validation, batch, threads)?;
                 observer.on_epoch(&report);
+                let keep_training = observer.keep_training(&report);
                 reports.push(report);
+                if !keep_training {
+                    break;
+                }
             }
             Ok(reports)
         });

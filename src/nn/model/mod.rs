@@ -6,7 +6,7 @@ mod builder;
 mod fit;
 
 pub use builder::ModelBuilder;
-pub use fit::{EpochReport, FitObserver, FitOptions};
+pub use fit::{EarlyStopping, EpochReport, FitObserver, FitOptions};
 
 use crate::error::{Error, Result};
 use crate::matrix::{MatMut, MatRef, Matrix};
@@ -467,6 +467,55 @@ impl Sequential {
             return self.predict_batches(x, out, 1);
         }
         self.in_pool(move |m, threads| m.predict_batches(x, out, threads))?
+    }
+
+    /// The predicted class of each row of `x`: the index of its largest output (the
+    /// first one on ties), as NNFS's `np.argmax(predictions, axis=1)`.
+    ///
+    /// # Errors
+    /// As [`Self::predict`].
+    pub fn predict_classes(&mut self, x: MatRef<'_>) -> Result<Vec<usize>> {
+        let out = self.predict(x)?;
+        Ok((0..out.rows())
+            .map(|i| {
+                let row = out.row(i);
+                (0..row.len()).fold(0, |best, j| if row[j] > row[best] { j } else { best })
+            })
+            .collect())
+    }
+
+    /// A table of the layers (after fusion), their output widths and parameter
+    /// counts, with the total: what Keras's `model.summary()` shows.
+    pub fn summary(&self) -> String {
+        let mut s = format!("{:<4} {:<28} {:>10} {:>12}\n", "#", "layer", "outputs", "parameters");
+        let mut total = 0;
+        let mut width = self.n_inputs;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let params = match layer {
+                Layer::Dense(d) => {
+                    width = d.n_neurons();
+                    d.n_inputs() * d.n_neurons() + d.n_neurons()
+                }
+                _ => 0,
+            };
+            total += params;
+            s += &format!("{i:<4} {:<28} {width:>10} {params:>12}\n", layer.describe());
+        }
+        s += &format!(
+            "inputs {}, loss {:?}, optimizer {}; {total} parameters\n",
+            self.n_inputs,
+            self.loss,
+            self.optimizer.name()
+        );
+        s
+    }
+
+    /// Number of trainable parameters (weights and biases of every Dense layer).
+    pub fn parameter_count(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| if let Layer::Dense(d) = l { d.n_inputs() * d.n_neurons() + d.n_neurons() } else { 0 })
+            .sum()
     }
 
     /// [`Self::predict_into`] after its checks, in batches of 256 rows.
