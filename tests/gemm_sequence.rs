@@ -6,7 +6,7 @@
 //! checked against an f64 reference with an f32 rounding-error bound, and the padding
 //! of C must come back untouched.
 
-use fusegrad::gemm::{gemm_with, Accum, Epilogue, GemmOptions, Isa};
+use fusegrad::gemm::{gemm_naive_f64, gemm_with, Accum, Epilogue, GemmOptions, Isa};
 use fusegrad::{MatMut, MatRef};
 
 mod common;
@@ -62,22 +62,6 @@ enum Kind {
     BiasGradB,
 }
 
-/// The reference in f64: `(C, scale)` with `scale[i][j] = Σ_p |a_ip·b_pj|`.
-fn reference(a: MatRef<'_>, b: MatRef<'_>) -> (Vec<f64>, Vec<f64>) {
-    let (m, k, n) = (a.rows(), a.cols(), b.cols());
-    let (mut c, mut s) = (vec![0.0; m * n], vec![0.0; m * n]);
-    for i in 0..m {
-        for j in 0..n {
-            for p in 0..k {
-                let x = a.get(i, p) as f64 * b.get(p, j) as f64;
-                c[i * n + j] += x;
-                s[i * n + j] += x.abs();
-            }
-        }
-    }
-    (c, s)
-}
-
 #[allow(clippy::too_many_arguments)]
 fn check_call(
     rng: &mut Rng,
@@ -113,7 +97,8 @@ fn check_call(
     };
     gemm_with(c_view, a.view(), b.view(), accum, epilogue, options).unwrap();
 
-    let (prod, scale) = reference(a.view(), b.view());
+    // The f64 twin: the product and, per element, Σ_p |a_ip·b_pj|.
+    let (prod, scale) = gemm_naive_f64(a.view(), b.view());
     let what = format!("{label}: {m}x{k}x{n} C pad {c_pad} {accum:?} {kind:?}");
     let mut col_sum = vec![0.0f64; n];
     let mut col_tol = vec![0.0f64; n];

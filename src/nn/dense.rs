@@ -28,7 +28,6 @@ const UPDATE_MIN_PER_TASK: usize = 16 * 1024;
 
 /// [`Optimizer::update`] split over the current rayon pool, one even share per thread
 /// (see [`split_point`]). The update is elementwise, so the split cannot change a bit.
-#[allow(clippy::too_many_arguments)]
 fn par_update(
     opt: &Optimizer,
     p: &mut [f32],

@@ -259,7 +259,7 @@ impl Sequential {
                 }
                 let sums = self.train_epoch(&mut epochs, epoch, helpers, observer, threads)?;
                 let train_seconds = start.elapsed().as_secs_f64();
-                let report = self.epoch_report(epoch, sums, n, train_seconds, options.validation, batch, threads)?;
+                let report = self.epoch_report(epoch, sums, train_seconds, options.validation, batch, threads)?;
                 observer.on_epoch(&report);
                 let keep_training = observer.keep_training(&report);
                 reports.push(report);
@@ -290,18 +290,7 @@ impl Sequential {
             let mode = epochs.governor.mode();
             helpers.set_hot(mode != Mode::SerialHere);
             let first = next_step;
-            let mut run = StepRun {
-                x: epochs.x,
-                targets: epochs.targets,
-                order: &epochs.order,
-                batch: epochs.batch,
-                steps,
-                mode,
-                next_step: &mut next_step,
-                governor: &mut epochs.governor,
-                sums: &mut sums,
-                bufs: (&mut *epochs.bufs.0, &mut *epochs.bufs.1, &mut *epochs.bufs.2),
-            };
+            let mut run = StepRun { epochs: &mut *epochs, steps, mode, next_step: &mut next_step, sums: &mut sums };
             let result = match mode {
                 Mode::Parallel => run.run(self, threads),
                 Mode::SerialHere => run.run(self, 1),
@@ -315,20 +304,17 @@ impl Sequential {
         Ok(sums)
     }
 
-    /// The report of an epoch: its sums over `samples`, the validation data evaluated
-    /// (timed apart).
-    #[allow(clippy::too_many_arguments)]
+    /// The report of an epoch: its sums, the validation data evaluated (timed apart).
     fn epoch_report(
         &mut self,
         epoch: usize,
         sums: StepSums,
-        samples: usize,
         train_seconds: f64,
         validation: Option<(MatRef<'_>, Targets<'_>)>,
         batch: usize,
         threads: usize,
     ) -> Result<EpochReport> {
-        let StepSums { loss_sum, correct, total } = sums;
+        let StepSums { samples, loss_sum, correct, total } = sums;
         let eval_start = Instant::now();
         let validation = match validation {
             Some((vx, vt)) => Some(self.evaluate_batches(vx, vt, batch, threads)?),
@@ -362,6 +348,8 @@ struct Epochs<'a, 'b, I: Inputs> {
 /// Running sums of an epoch's steps.
 #[derive(Default)]
 struct StepSums {
+    /// Samples trained on.
+    samples: usize,
     loss_sum: f64,
     correct: usize,
     total: usize,
@@ -369,33 +357,29 @@ struct StepSums {
 
 /// Consecutive training steps of one epoch run in one [`Mode`]: everything a run
 /// needs, so that it can be handed to another worker as one job.
-struct StepRun<'a, 'b, I: Inputs> {
-    x: I,
-    targets: Targets<'a>,
-    order: &'b [usize],
-    batch: usize,
+struct StepRun<'r, 'a, 'b, I: Inputs> {
+    epochs: &'r mut Epochs<'a, 'b, I>,
     steps: usize,
     mode: Mode,
-    next_step: &'b mut usize,
-    governor: &'b mut Governor,
-    sums: &'b mut StepSums,
-    bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix),
+    next_step: &'r mut usize,
+    sums: &'r mut StepSums,
 }
 
-impl<I: Inputs> StepRun<'_, '_, I> {
+impl<I: Inputs> StepRun<'_, '_, '_, I> {
     /// Runs steps from `next_step` while the governor keeps this run's mode.
     /// Every pass of a step uses `threads` threads (1 in the serial modes).
     fn run(&mut self, model: &mut Sequential, threads: usize) -> Result<()> {
-        let n = self.order.len();
-        while *self.next_step < self.steps && self.governor.mode() == self.mode {
+        let Epochs { x, targets, order, batch, governor, bufs } = &mut *self.epochs;
+        let (x, targets, batch, n) = (*x, *targets, *batch, order.len());
+        while *self.next_step < self.steps && governor.mode() == self.mode {
             let step = *self.next_step;
-            let chunk = &self.order[step * self.batch..((step + 1) * self.batch).min(n)];
+            let chunk = &order[step * batch..((step + 1) * batch).min(n)];
             let start = Instant::now();
-            let (bx, bc, bv) = (&mut *self.bufs.0, &mut *self.bufs.1, &mut *self.bufs.2);
-            let t = gather(self.x, self.targets, chunk, bx, bc, bv, threads);
+            let (bx, bc, bv) = (&mut *bufs.0, &mut *bufs.1, &mut *bufs.2);
+            let t = gather(x, targets, chunk, bx, bc, bv, threads);
             // The next batch's rows load while this step computes.
-            if let Some(next) = self.order.get((step + 1) * self.batch..((step + 2) * self.batch).min(n)) {
-                self.x.prefetch(next);
+            if let Some(next) = order.get((step + 1) * batch..((step + 2) * batch).min(n)) {
+                x.prefetch(next);
             }
             let b = model.step_prechecked(bx.view(), t, threads).map_err(|e| match e {
                 // In `fit` the sample is known: name it.
@@ -410,7 +394,8 @@ impl<I: Inputs> StepRun<'_, '_, I> {
                 }
                 e => e,
             })?;
-            self.governor.record(start.elapsed().as_secs_f64() / chunk.len() as f64);
+            governor.record(start.elapsed().as_secs_f64() / chunk.len() as f64);
+            self.sums.samples += chunk.len();
             self.sums.loss_sum += b.loss as f64 * chunk.len() as f64;
             (self.sums.correct, self.sums.total) = (self.sums.correct + b.correct, self.sums.total + b.total);
             *self.next_step += 1;

@@ -518,6 +518,18 @@ impl Sequential {
             .sum()
     }
 
+    /// The error for a non-finite output of inference on the batch `xb` (rows from
+    /// `first` of the caller's inputs): the input row that holds NaN or infinity, or,
+    /// when every input is finite, the output itself (the parameters overflow).
+    fn nonfinite_error(&self, op: &'static str, xb: MatRef<'_>, first: usize) -> Error {
+        match first_nonfinite_row(xb) {
+            Some(row) => Error::NonFiniteInput { op, row: first + row },
+            None => {
+                Error::NonFinite { step: self.iterations, layer: "the model output".into(), tensor: "output".into() }
+            }
+        }
+    }
+
     /// [`Self::predict_into`] after its checks, in batches of 256 rows.
     fn predict_batches(&mut self, x: MatRef<'_>, mut out: MatMut<'_>, threads: usize) -> Result<()> {
         let batch = 256;
@@ -540,20 +552,6 @@ impl Sequential {
             }
         }
         Ok(())
-    }
-}
-
-impl Sequential {
-    /// The error for a non-finite output of inference on the batch `xb` (rows from
-    /// `first` of the caller's inputs): the input row that holds NaN or infinity, or,
-    /// when every input is finite, the output itself (the parameters overflow).
-    fn nonfinite_error(&self, op: &'static str, xb: MatRef<'_>, first: usize) -> Error {
-        match first_nonfinite_row(xb) {
-            Some(row) => Error::NonFiniteInput { op, row: first + row },
-            None => {
-                Error::NonFinite { step: self.iterations, layer: "the model output".into(), tensor: "output".into() }
-            }
-        }
     }
 }
 
