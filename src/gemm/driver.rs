@@ -18,6 +18,7 @@
 //! in tile order after the join, so they too are independent of the thread count.
 
 use super::blocking::{k_block_start, Blocking, CacheSizes, MAX_TILE};
+use super::kernel::update::{TileUpdate, UpdateRule};
 use super::kernel::KERNEL_TILES;
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
@@ -26,6 +27,7 @@ use crate::matrix::{MatMut, MatRef};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// How many tasks a GEMM may use.
@@ -149,6 +151,28 @@ struct Job<'a> {
     blk: Blocking,
     /// Sizes of the packing buffers every task reserves.
     workspace: (usize, usize),
+    /// The optimizer update applied instead of storing C, if any.
+    update: Option<UpdateJob<'a>>,
+}
+
+/// The parameters (`m × n`, row-major, contiguous) an update epilogue steps, the state
+/// buffers its rule uses (same shape, empty when unused) and the rule.
+pub(crate) struct WeightUpdate<'a> {
+    pub rule: &'a UpdateRule,
+    pub params: &'a mut [f32],
+    pub s0: &'a mut [f32],
+    pub s1: &'a mut [f32],
+}
+
+/// [`WeightUpdate`] as the tasks share it, with the maxima they combine.
+struct UpdateJob<'a> {
+    rule: &'a UpdateRule,
+    params: SharedMut,
+    s0: SharedMut,
+    s1: SharedMut,
+    /// Largest `|p|`, `|s0|`, `|s1|` stored by any task, as bits (max is exact and
+    /// order-free, so the result does not depend on the split).
+    maxima: [AtomicU32; 3],
 }
 
 pub(crate) fn run<K: Kernel>(
@@ -157,8 +181,9 @@ pub(crate) fn run<K: Kernel>(
     b: MatRef<'_>,
     accum: Accum,
     epilogue: Epilogue<'_>,
+    update: Option<WeightUpdate<'_>>,
     plan: Plan,
-) {
+) -> [u32; 3] {
     let blk = Blocking::for_kernel(K::MR, K::NR, plan.caches);
     assert!(
         K::MR * K::NR <= MAX_TILE && blk.mc.is_multiple_of(K::MR) && blk.nc.is_multiple_of(K::NR),
@@ -180,7 +205,7 @@ pub(crate) fn run<K: Kernel>(
             Epilogue::ReluMaskBiasGrad { dbiases, .. } => dbiases.fill(0.0),
             _ => {}
         }
-        return;
+        return [0; 3];
     }
 
     let tiles_m = m.div_ceil(K::MR);
@@ -219,6 +244,22 @@ pub(crate) fn run<K: Kernel>(
         bgrad,
         blk,
         workspace: workspace_floats(plan.caches),
+        update: update.map(|u| {
+            assert!(csc == 1 && rsc == n, "an update epilogue needs a contiguous row-major C");
+            let len = m * n;
+            assert!(u.params.len() == len, "parameters of {} floats for a {m}×{n} C", u.params.len());
+            let buffers = u.rule.step.state_buffers();
+            for (i, s) in [&u.s0, &u.s1].into_iter().enumerate() {
+                assert_eq!(s.len(), if i < buffers { len } else { 0 }, "optimizer state buffer {i}");
+            }
+            UpdateJob {
+                rule: u.rule,
+                params: SharedMut(u.params.as_mut_ptr()),
+                s0: SharedMut(u.s0.as_mut_ptr()),
+                s1: SharedMut(u.s1.as_mut_ptr()),
+                maxima: Default::default(),
+            }
+        }),
     };
 
     let task = |t: usize| {
@@ -245,6 +286,7 @@ pub(crate) fn run<K: Kernel>(
     if colsum_out.is_some() {
         with_buffers(|bufs| bufs.colsums = scratch_vec);
     }
+    job.update.map_or([0; 3], |u| u.maxima.map(|m| m.into_inner()))
 }
 
 /// Splits `tasks` over the tile grid the way BLIS does: each prime factor of the task
@@ -293,6 +335,8 @@ impl Job<'_> {
         let Blocking { kc: kc_max, mc: mc_max, nc: nc_max } = self.blk;
         let nkb = self.blk.k_blocks(self.k);
         let owns_bgrad = rows.start == 0;
+        // This task's maxima of the update epilogue, merged into the job's at the end.
+        let mut maxima = [0u32; 3];
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
         // otherwise it is packed. Fixed for the task.
@@ -368,10 +412,15 @@ impl Job<'_> {
                             };
                             let (i, j) = (ic + ir, jc + jr);
                             let (mr, nr) = (K::MR.min(rows.end - i), K::NR.min(cols.end - j));
-                            self.tile::<K>(kc, a_panel, b_panel, i, j, mr, nr, first, last);
+                            self.tile::<K>(kc, a_panel, b_panel, i, j, mr, nr, first, last, &mut maxima);
                         }
                     }
                 }
+            }
+        }
+        if let Some(u) = &self.update {
+            for (shared, mine) in u.maxima.iter().zip(maxima) {
+                shared.fetch_max(mine, Ordering::Relaxed);
             }
         }
     }
@@ -390,6 +439,7 @@ impl Job<'_> {
         nr: usize,
         first: bool,
         last: bool,
+        maxima: &mut [u32; 3],
     ) {
         debug_assert!(i < self.m && j < self.n && mr >= 1 && nr >= 1);
         let load_c = !first || self.accum == Accum::Add;
@@ -422,6 +472,18 @@ impl Job<'_> {
             _ => None,
         };
         let epilogue = match (last, self.bias, h_tile) {
+            (true, _, _) if self.update.is_some() => {
+                let u = self.update.as_ref().expect("checked");
+                let off = i * self.n + j;
+                TileEpilogue::Update(TileUpdate {
+                    p: u.params.0.wrapping_add(off),
+                    s0: u.s0.0.wrapping_add(off),
+                    s1: u.s1.0.wrapping_add(off),
+                    rs: self.n,
+                    rule: u.rule,
+                    maxima,
+                })
+            }
             (true, Some(bias), _) if self.relu => TileEpilogue::BiasRelu(bias[j..].as_ptr()),
             (true, Some(bias), _) => TileEpilogue::Bias(bias[j..].as_ptr()),
             (true, None, Some((h, rsh))) => TileEpilogue::ReluMask { h, rsh, colsum },

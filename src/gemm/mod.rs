@@ -41,9 +41,13 @@ pub mod kernel;
 mod naive;
 mod pack;
 mod peak;
+#[cfg(test)]
+mod update_tests;
 
 pub(crate) use blocking::MIN_WORK_PER_THREAD;
 pub use blocking::{Blocking, CacheSizes};
+pub(crate) use driver::WeightUpdate;
+pub(crate) use kernel::update::{Step, UpdateRule};
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
 pub use peak::{peak_gflops, peak_gflops_asm};
@@ -189,6 +193,41 @@ pub fn gemm_with(
     options: &GemmOptions,
 ) -> Result<()> {
     check_args(&c, &a, &b, &epilogue)?;
+    dispatch(c, a, b, accum, epilogue, None, options).map(|_| ())
+}
+
+/// `dW = Xᵀ·dZ` with the optimizer step applied in the epilogue instead of storing
+/// `dW`: `params ← step(params, dW)` (see `kernel/update.rs`), with the bias gradient
+/// `dbiases = colsum(dZ)` taken in the same pass (when `dbiases` is not empty).
+/// `scratch` (`m × n`, contiguous) receives the partial sums when k spans more than
+/// one k block, and is otherwise not touched. Returns the largest magnitudes stored
+/// into the parameters and the two state buffers, as bits.
+///
+/// # Errors
+/// As [`gemm_with`].
+pub(crate) fn gemm_update(
+    scratch: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dbiases: &mut [f32],
+    update: WeightUpdate<'_>,
+    options: &GemmOptions,
+) -> Result<[u32; 3]> {
+    let epilogue = if dbiases.is_empty() && b.cols() > 0 { Epilogue::None } else { Epilogue::BiasGradB(dbiases) };
+    check_args(&scratch, &a, &b, &epilogue)?;
+    dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), options)
+}
+
+/// Picks the kernel and runs the driver.
+fn dispatch(
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accum: Accum,
+    epilogue: Epilogue<'_>,
+    update: Option<WeightUpdate<'_>>,
+    options: &GemmOptions,
+) -> Result<[u32; 3]> {
     let isa = match options.isa {
         Some(isa) => isa.check_available()?,
         None => default_isa()?,
@@ -210,22 +249,22 @@ pub fn gemm_with(
     // place.
     #[cfg(target_arch = "x86_64")]
     let column_tile = b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1;
-    match isa {
+    let (e, u) = (epilogue, update);
+    Ok(match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if column_tile => driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, epilogue, plan),
+        Isa::Avx512 if column_tile => driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, epilogue, plan),
+        Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, epilogue, plan),
+        Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if column_tile => driver::run::<kernel::avx2::Avx2Narrow>(c, a, b, accum, epilogue, plan),
+        Isa::Avx2 if column_tile => driver::run::<kernel::avx2::Avx2Narrow>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, epilogue, plan),
+        Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => driver::run::<kernel::neon::Neon>(c, a, b, accum, epilogue, plan),
-        _ => driver::run::<kernel::portable::Portable>(c, a, b, accum, epilogue, plan),
-    }
-    Ok(())
+        Isa::Neon => driver::run::<kernel::neon::Neon>(c, a, b, accum, e, u, plan),
+        _ => driver::run::<kernel::portable::Portable>(c, a, b, accum, e, u, plan),
+    })
 }
 
 /// Checks every shape a GEMM call depends on; shared by the fast path and the twin.

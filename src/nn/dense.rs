@@ -14,7 +14,7 @@
 //! where `dz = ∂L/∂(X·W + b)`; with a fused ReLU, `dz = dvalues ⊙ 1[output > 0]`.
 
 use crate::error::{Error, Result};
-use crate::gemm::{gemm_with, Accum, Epilogue, GemmOptions};
+use crate::gemm::{gemm_update, gemm_with, Accum, Epilogue, GemmOptions, UpdateRule, WeightUpdate};
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
 use crate::nn::optim::Optimizer;
@@ -154,6 +154,10 @@ pub struct Dense {
     dz: Matrix,
     /// Optimizer state of the weights and of the biases.
     state: OptimizerState,
+    /// Largest `|w|`, `|state 0|`, `|state 1|` of the weights as bits, as the last
+    /// fused update stored them; `None` when unknown (never stepped fused, stepped
+    /// otherwise since, or handed out mutably by the model).
+    pub(crate) maxima: Option<[u32; 3]>,
     pub(crate) gemm: GemmOptions,
 }
 
@@ -171,6 +175,7 @@ impl Dense {
             relu: false,
             dz: Matrix::zeros(0, n_neurons),
             state: OptimizerState::default(),
+            maxima: None,
             gemm: GemmOptions::default(),
         }
     }
@@ -318,8 +323,14 @@ impl Dense {
         dinputs: Dinputs<'_>,
         threads: usize,
     ) -> Result<()> {
-        let opts = self.gemm_on(threads);
-        self.check_inputs(&inputs)?;
+        self.check_backward(&inputs, &dz, &dinputs)?;
+        self.weight_gradients_on(inputs, dz, threads)?;
+        self.dinputs_on(dz, dinputs, threads)
+    }
+
+    /// The shapes a backward from `dz` needs.
+    fn check_backward(&self, inputs: &MatRef<'_>, dz: &MatRef<'_>, dinputs: &Dinputs<'_>) -> Result<()> {
+        self.check_inputs(inputs)?;
         let batch = inputs.rows();
         if dz.rows() != batch || dz.cols() != self.n_neurons() {
             return Err(self.shape_error(
@@ -337,7 +348,13 @@ impl Dense {
                 ));
             }
         }
-        // dweights = Xᵀ·dz, dbiases = colsum(dz) in the same GEMM.
+        Ok(())
+    }
+
+    /// `dweights = Xᵀ·dz` and `dbiases = colsum(dz)` in one GEMM, plus the penalties.
+    /// Shapes checked by the caller.
+    pub(crate) fn weight_gradients_on(&mut self, inputs: MatRef<'_>, dz: MatRef<'_>, threads: usize) -> Result<()> {
+        let opts = self.gemm_on(threads);
         gemm_with(
             self.dweights.view_mut(),
             inputs.t(),
@@ -347,27 +364,190 @@ impl Dense {
             &opts,
         )?;
         if !self.regularization.is_zero() {
-            self.add_regularization_gradients();
+            self.add_weight_penalty_gradients();
+            self.add_bias_penalty_gradients();
         }
-        match dinputs {
-            Dinputs::Skip => Ok(()),
-            Dinputs::Compute | Dinputs::ComputeReluMasked(_) => {
-                self.dinputs.resize(batch, self.n_inputs());
-                let epilogue = match dinputs {
-                    Dinputs::ComputeReluMasked(h) => Epilogue::ReluMask(h),
-                    _ => Epilogue::None,
-                };
-                gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)
-            }
-        }
+        Ok(())
     }
 
-    fn add_regularization_gradients(&mut self) {
+    /// `dinputs = dz·Wᵀ` (masked by the ReLU below when asked). Shapes checked by the
+    /// caller.
+    pub(crate) fn dinputs_on(&mut self, dz: MatRef<'_>, dinputs: Dinputs<'_>, threads: usize) -> Result<()> {
+        let epilogue = match dinputs {
+            Dinputs::Skip => return Ok(()),
+            Dinputs::Compute => Epilogue::None,
+            Dinputs::ComputeReluMasked(h) => Epilogue::ReluMask(h),
+        };
+        self.dinputs.resize(dz.rows(), self.n_inputs());
+        let opts = self.gemm_on(threads);
+        gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)
+    }
+
+    /// The backward of [`Self::backward_with`] without the weight gradients: forms
+    /// `dz` from `grad` through this layer's ReLU when `own_relu` (into the layer's
+    /// own buffer, read back by [`Self::with_dz`]), then `dinputs`.
+    pub(crate) fn backward_dinputs_on(
+        &mut self,
+        inputs: MatRef<'_>,
+        grad: MatRef<'_>,
+        own_relu: bool,
+        dinputs: Dinputs<'_>,
+        threads: usize,
+    ) -> Result<()> {
+        if !own_relu {
+            self.check_backward(&inputs, &grad, &dinputs)?;
+            return self.dinputs_on(grad, dinputs, threads);
+        }
+        if grad.rows() != self.output.rows() || grad.cols() != self.n_neurons() {
+            return Err(self.shape_error(
+                "dvalues of shape",
+                format!("{}×{} (the last output)", self.output.rows(), self.n_neurons()),
+                format!("{}×{}", grad.rows(), grad.cols()),
+            ));
+        }
+        let mut dz = std::mem::take(&mut self.dz);
+        dz.resize(grad.rows(), self.n_neurons());
+        let r = relu_backward(grad, self.output.view(), dz.view_mut()).and_then(|()| {
+            self.check_backward(&inputs, &dz.view(), &dinputs)?;
+            self.dinputs_on(dz.view(), dinputs, threads)
+        });
+        self.dz = dz;
+        r
+    }
+
+    /// Calls `f` with this layer and its `dz`: `grad` itself, or, when `own_relu`,
+    /// the masked copy [`Self::backward_dinputs_on`] left in the layer.
+    pub(crate) fn with_dz<R>(
+        &mut self,
+        grad: MatRef<'_>,
+        own_relu: bool,
+        f: impl FnOnce(&mut Self, MatRef<'_>) -> R,
+    ) -> R {
+        if !own_relu {
+            return f(self, grad);
+        }
+        let dz = std::mem::take(&mut self.dz);
+        let r = f(self, dz.view());
+        self.dz = dz;
+        r
+    }
+
+    /// Backward from `dz` and the optimizer step in one: `dinputs` as
+    /// [`Self::backward_dz`] computes it (from the weights before the step), then the
+    /// weight gradient `Xᵀ·dz` is applied to the weights in the epilogue of the GEMM
+    /// that computes it, tile by tile in registers, so that it is never stored; the
+    /// biases are stepped from `dbiases = colsum(dz)`, taken in the same GEMM. The
+    /// parameters and optimizer state come out bit-identical to [`Self::backward_dz`]
+    /// followed by [`Self::update_params`]; `dweights` is not filled (it holds partial
+    /// sums, or what it held before).
+    ///
+    /// ```
+    /// use fusegrad::nn::{Dense, Dinputs, Init, Optimizer};
+    /// use fusegrad::{Matrix, Rng};
+    /// let mut rng = Rng::new(0);
+    /// let mut fused = Dense::new(3, 2, Init::He, &mut rng);
+    /// let mut twin = fused.clone();
+    /// let x = Matrix::from_fn(4, 3, |i, j| (i * 3 + j) as f32 / 10.0);
+    /// let dz = Matrix::from_fn(4, 2, |i, j| (i as f32 - j as f32) / 8.0);
+    /// let adam = Optimizer::adam(0.01);
+    /// fused.backward_update(x.view(), dz.view(), Dinputs::Compute, &adam, 0)?;
+    /// twin.backward_dz(x.view(), dz.view(), Dinputs::Compute)?;
+    /// twin.update_params(&adam, 0)?;
+    /// assert_eq!(fused.weights.as_slice(), twin.weights.as_slice());
+    /// assert_eq!((fused.biases.as_slice(), fused.dinputs.as_slice()), (twin.biases.as_slice(), twin.dinputs.as_slice()));
+    /// # Ok::<(), fusegrad::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when the shapes do not match the layer or each other;
+    /// [`Error::NonFinite`] when a weight or optimizer state the step stored is NaN or
+    /// infinite. That is found in the epilogue, after the step: the layer is then left
+    /// stepped. ([`Sequential`](crate::nn::Sequential) proves a step finite before it
+    /// runs it, and leaves the model untouched instead.)
+    pub fn backward_update(
+        &mut self,
+        inputs: MatRef<'_>,
+        dz: MatRef<'_>,
+        dinputs: Dinputs<'_>,
+        optimizer: &Optimizer,
+        iterations: u64,
+    ) -> Result<()> {
+        let threads = self.threads();
+        self.check_backward(&inputs, &dz, &dinputs)?;
+        self.dinputs_on(dz, dinputs, threads)?;
+        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads)?;
+        let biases_finite = crate::ops::reduce::all_finite(&self.biases);
+        if maxima.iter().any(|&m| m >= f32::INFINITY.to_bits()) || !biases_finite {
+            return Err(Error::NonFinite {
+                step: iterations,
+                layer: self.describe(),
+                tensor: "weights or optimizer state after the fused update".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The fused weight-gradient GEMM and step of [`Self::backward_update`], and the
+    /// bias step; shapes checked by the caller. Returns the largest magnitudes stored
+    /// (weights, state 0, state 1) as bits, also kept in `self.maxima`.
+    pub(crate) fn update_fused_on(
+        &mut self,
+        inputs: MatRef<'_>,
+        dz: MatRef<'_>,
+        optimizer: &Optimizer,
+        iterations: u64,
+        threads: usize,
+    ) -> Result<[u32; 3]> {
+        let k = optimizer.state_buffers();
+        if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
+            self.prepare_optimizer(optimizer);
+        }
         let r = self.regularization;
-        let sign = |x: f32| if x < 0.0 { -1.0 } else { 1.0 };
+        let penalties = !r.is_zero();
+        let rule = UpdateRule {
+            step: optimizer.fused_step(iterations),
+            penalty: penalties.then_some((r.weight_l1, 2.0 * r.weight_l2)),
+        };
+        let opts = self.gemm_on(threads);
+        let ParamState { first, second } = &mut self.state.weights;
+        let update = WeightUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0: first, s1: second };
+        let maxima = gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
+        self.maxima = Some(maxima);
+        if penalties {
+            self.add_bias_penalty_gradients();
+        }
+        let ParamState { first: b0, second: b1 } = &mut self.state.biases;
+        optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)?;
+        Ok(maxima)
+    }
+
+    /// The largest `|w|`, `|state 0|`, `|state 1|` of the weights, as bits: the ones
+    /// the last fused update recorded, else measured now.
+    pub(crate) fn weight_maxima(&mut self) -> [u32; 3] {
+        if let Some(m) = self.maxima {
+            return m;
+        }
+        let w = &self.state.weights;
+        let m = [self.weights.as_slice(), &w.first, &w.second].map(crate::ops::reduce::max_abs_bits);
+        self.maxima = Some(m);
+        m
+    }
+
+    /// The largest `|b|`, `|state 0|`, `|state 1|` of the biases, as bits.
+    pub(crate) fn bias_maxima(&self) -> [u32; 3] {
+        let b = &self.state.biases;
+        [self.biases.as_slice(), &b.first, &b.second].map(crate::ops::reduce::max_abs_bits)
+    }
+
+    fn add_weight_penalty_gradients(&mut self) {
+        let r = self.regularization;
         for (d, &w) in self.dweights.as_mut_slice().iter_mut().zip(self.weights.as_slice()) {
             *d += r.weight_l1 * sign(w) + 2.0 * r.weight_l2 * w;
         }
+    }
+
+    fn add_bias_penalty_gradients(&mut self) {
+        let r = self.regularization;
         for (d, &b) in self.dbiases.iter_mut().zip(&self.biases) {
             *d += r.bias_l1 * sign(b) + 2.0 * r.bias_l2 * b;
         }
@@ -406,6 +586,7 @@ impl Dense {
 
     /// [`Self::update_params`] with the weights' pass split over `threads` threads.
     pub(crate) fn update_params_on(&mut self, optimizer: &Optimizer, iterations: u64, threads: usize) -> Result<()> {
+        self.maxima = None;
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
             self.prepare_optimizer(optimizer);
@@ -422,6 +603,15 @@ impl Dense {
     pub fn optimizer_state(&self) -> [&[f32]; 4] {
         let (w, b) = (&self.state.weights, &self.state.biases);
         [&w.first, &w.second, &b.first, &b.second]
+    }
+}
+
+/// NNFS's sign for the L1 penalty: +1 at 0.
+fn sign(x: f32) -> f32 {
+    if x < 0.0 {
+        -1.0
+    } else {
+        1.0
     }
 }
 

@@ -4,6 +4,7 @@
 //! book; the update itself is one pass per buffer ([`ops::update`](crate::ops::update)).
 
 use crate::error::{Error, Result};
+use crate::gemm::Step;
 use crate::ops::update;
 
 /// An optimizer and its hyperparameters.
@@ -209,6 +210,22 @@ impl Optimizer {
             Optimizer::Sgd { momentum: 0.0, .. } => 0,
             Optimizer::Sgd { .. } | Optimizer::Adagrad { .. } | Optimizer::RmsProp { .. } => 1,
             Optimizer::Adam { .. } => 2,
+        }
+    }
+
+    /// The step the fused update epilogue applies at `iterations` updates: the same
+    /// rule and constants as [`Self::update`].
+    pub(crate) fn fused_step(&self, iterations: u64) -> Step {
+        let lr = self.current_learning_rate(iterations);
+        match *self {
+            Optimizer::Sgd { momentum: 0.0, .. } => Step::Sgd { lr },
+            Optimizer::Sgd { momentum, .. } => Step::Momentum { lr, momentum },
+            Optimizer::Adagrad { epsilon, .. } => Step::Adagrad { lr, epsilon },
+            Optimizer::RmsProp { epsilon, rho, .. } => Step::RmsProp { lr, rho, epsilon },
+            Optimizer::Adam { epsilon, beta1, beta2, .. } => {
+                let (corr1, corr2) = update::adam_corrections(beta1, beta2, iterations + 1);
+                Step::Adam { lr, beta1, beta2, epsilon, corr1, corr2 }
+            }
         }
     }
 

@@ -59,6 +59,30 @@ pub fn all_finite(x: &[f32]) -> bool {
     acc == 0.0
 }
 
+/// The largest `|x|` as bits (the sign bit cleared, compared as integers: finite
+/// values in their float order, then +∞, then NaN), 0 for an empty slice. A result of
+/// at least `f32::INFINITY.to_bits()` means a NaN or infinity is present.
+pub(crate) fn max_abs_bits(x: &[f32]) -> u32 {
+    let mut lanes = [0u32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = (*l).max(v.to_bits() & 0x7fff_ffff);
+        }
+    }
+    tail.iter().map(|v| v.to_bits() & 0x7fff_ffff).chain(lanes).max().unwrap_or(0)
+}
+
+/// [`max_abs_bits`] over a matrix view, row by row.
+pub(crate) fn max_abs_bits_of(x: MatRef<'_>) -> u32 {
+    if x.col_stride() == 1 || x.cols() <= 1 {
+        (0..x.rows()).map(|i| max_abs_bits(x.row(i))).max().unwrap_or(0)
+    } else {
+        (0..x.rows()).flat_map(|i| (0..x.cols()).map(move |j| x.get(i, j).to_bits() & 0x7fff_ffff)).max().unwrap_or(0)
+    }
+}
+
 /// [`all_finite`] split over the current rayon pool, one even share per thread (for
 /// buffers of at least two shares of 32 Ki elements).
 pub fn par_all_finite(x: &[f32]) -> bool {

@@ -108,13 +108,18 @@ impl AdamStep {
 pub fn adam(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], step: AdamStep) -> Result<()> {
     check("adam", params, &[("grads", grads.len()), ("m", m.len()), ("v", v.len())])?;
     let AdamStep { lr, beta1, beta2, epsilon, t } = step;
-    let t = t.min(i32::MAX as u64) as i32;
-    let corr1 = 1.0 / (1.0 - (beta1 as f64).powi(t)) as f32;
-    let corr2 = 1.0 / (1.0 - (beta2 as f64).powi(t)) as f32;
+    let (corr1, corr2) = adam_corrections(beta1, beta2, t);
     for (((p, &g), mi), vi) in params.iter_mut().zip(grads).zip(m.iter_mut()).zip(v.iter_mut()) {
         *mi = beta1 * *mi + (1.0 - beta1) * g;
         *vi = beta2 * *vi + (1.0 - beta2) * g * g;
         *p -= lr * (*mi * corr1) / ((*vi * corr2).sqrt() + epsilon);
     }
     Ok(())
+}
+
+/// Adam's bias-correction factors `1 / (1 − β₁ᵗ)` and `1 / (1 − β₂ᵗ)` at step `t`
+/// (1-based), as every Adam pass and the fused update compute them.
+pub(crate) fn adam_corrections(beta1: f32, beta2: f32, t: u64) -> (f32, f32) {
+    let t = t.min(i32::MAX as u64) as i32;
+    (1.0 / (1.0 - (beta1 as f64).powi(t)) as f32, 1.0 / (1.0 - (beta2 as f64).powi(t)) as f32)
 }

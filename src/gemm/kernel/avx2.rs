@@ -14,6 +14,7 @@
 //! plain stores of exactly the valid lanes; rows past `mr` are skipped.
 
 use super::epilogue::{masks, store_tile, Lanes};
+use super::update::{update_tile, TileUpdate};
 use super::{APanel, BPanel, Isa, Kernel, Tile};
 use std::arch::x86_64::*;
 
@@ -189,6 +190,71 @@ impl Lanes for Ymm {
         // SAFETY: `valid` writable floats at p (the caller's contract).
         unsafe { store_first(p, x, valid) }
     }
+    // SAFETY (the operations below): avx2 available, the caller's contract.
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m256 {
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m256, b: __m256) -> __m256 {
+        unsafe { _mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: __m256) -> __m256 {
+        unsafe { _mm256_sqrt_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn sign(x: __m256) -> __m256 {
+        unsafe {
+            let negative = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_setzero_ps());
+            _mm256_blendv_ps(_mm256_set1_ps(1.0), _mm256_set1_ps(-1.0), negative)
+        }
+    }
+    #[inline(always)]
+    unsafe fn max_abs_bits(acc: __m256, x: __m256) -> __m256 {
+        unsafe {
+            let magnitude = _mm256_and_si256(_mm256_castps_si256(x), _mm256_set1_epi32(0x7fff_ffff));
+            _mm256_castsi256_ps(_mm256_max_epu32(_mm256_castps_si256(acc), magnitude))
+        }
+    }
+    #[inline(always)]
+    unsafe fn keep_valid(x: __m256, mask: __m256i) -> __m256 {
+        unsafe { _mm256_and_ps(x, _mm256_castsi256_ps(mask)) }
+    }
+    #[inline(always)]
+    unsafe fn update<const MR: usize, const NV: usize, const WHOLE: bool>(
+        acc: &[[__m256; NV]; MR],
+        t: &Tile,
+        masks: &[__m256i; NV],
+        u: &TileUpdate,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { update_ymm::<MR, NV, WHOLE>(acc, t, masks, u) }
+    }
+}
+
+/// The update epilogue on ymm lanes, out of line.
+///
+/// # Safety
+/// The contract of [`update_tile`]; avx2 available.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn update_ymm<const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[__m256; NV]; MR],
+    t: &Tile,
+    masks: &[__m256i; NV],
+    u: &TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { update_tile::<Ymm, MR, NV, WHOLE>(acc, t, masks, u) }
 }
 
 /// Stores the first `n` lanes (`n ≤ 8`) of `x` at `p` with plain 128/64/32-bit stores.

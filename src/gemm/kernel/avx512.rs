@@ -21,6 +21,7 @@
 //! rows past `mr` are skipped.
 
 use super::epilogue::{masks, store_tile, Lanes};
+use super::update::{update_tile, TileUpdate};
 use super::{APanel, BPanel, Isa, Kernel, Tile};
 use std::arch::x86_64::*;
 
@@ -204,6 +205,71 @@ impl Lanes for Zmm {
         // SAFETY: a masked store writes only the masked lanes, which the caller vouches for.
         unsafe { _mm512_mask_storeu_ps(p, mask, x) }
     }
+    // SAFETY (the operations below): avx512f available, the caller's contract.
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> __m512 {
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: __m512, b: __m512) -> __m512 {
+        unsafe { _mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: __m512) -> __m512 {
+        unsafe { _mm512_sqrt_ps(x) }
+    }
+    #[inline(always)]
+    unsafe fn sign(x: __m512) -> __m512 {
+        unsafe {
+            let negative = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_setzero_ps());
+            _mm512_mask_blend_ps(negative, _mm512_set1_ps(1.0), _mm512_set1_ps(-1.0))
+        }
+    }
+    #[inline(always)]
+    unsafe fn max_abs_bits(acc: __m512, x: __m512) -> __m512 {
+        unsafe {
+            let magnitude = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32(0x7fff_ffff));
+            _mm512_castsi512_ps(_mm512_max_epu32(_mm512_castps_si512(acc), magnitude))
+        }
+    }
+    #[inline(always)]
+    unsafe fn keep_valid(x: __m512, mask: __mmask16) -> __m512 {
+        unsafe { _mm512_maskz_mov_ps(mask, x) }
+    }
+    #[inline(always)]
+    unsafe fn update<const MR: usize, const NV: usize, const WHOLE: bool>(
+        acc: &[[__m512; NV]; MR],
+        t: &Tile,
+        masks: &[__mmask16; NV],
+        u: &TileUpdate,
+    ) {
+        // SAFETY: forwarded contract.
+        unsafe { update_zmm::<MR, NV, WHOLE>(acc, t, masks, u) }
+    }
+}
+
+/// The update epilogue on zmm lanes, out of line.
+///
+/// # Safety
+/// The contract of [`update_tile`]; avx512f available.
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn update_zmm<const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[__m512; NV]; MR],
+    t: &Tile,
+    masks: &[__mmask16; NV],
+    u: &TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { update_tile::<Zmm, MR, NV, WHOLE>(acc, t, masks, u) }
 }
 
 /// 16 × 10 tile with the vectors along m, for n ≤ 10 with Aᵀ read in place (unit row

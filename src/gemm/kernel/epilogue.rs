@@ -3,6 +3,7 @@
 //! ISA supplies only the few lane operations of [`Lanes`]; the order of operations is
 //! this body's, so every path computes the same values from the same accumulators.
 
+use super::update::{update_tile, TileUpdate};
 use super::{Tile, TileEpilogue};
 
 /// The vector operations of one ISA that the epilogue needs. Implementations are
@@ -65,6 +66,74 @@ pub(crate) trait Lanes {
     /// # Safety
     /// `p .. p + valid` is writable; the CPU supports the ISA.
     unsafe fn store_masked(p: *mut f32, x: Self::V, mask: Self::Mask, valid: usize);
+
+    // The optimizer-update epilogue's operations (`update.rs`).
+
+    /// All lanes `x`.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn splat(x: f32) -> Self::V;
+    /// Lane-wise `a − b`.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a · b` (rounded; never fused with an add).
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a / b`, correctly rounded.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn div(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `√x`, correctly rounded.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn sqrt(x: Self::V) -> Self::V;
+    /// Lane-wise `if x < 0 { −1 } else { 1 }` (NNFS's sign: +1 at 0 and for NaN).
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn sign(x: Self::V) -> Self::V;
+    /// Lane-wise, as unsigned integers, the larger of `acc`'s bits and `|x|`'s bits
+    /// (`x` with the sign cleared). On magnitudes the integer order is the float
+    /// order, with +∞ above every finite value and NaN above +∞, so a running maximum
+    /// keeps a NaN once it has seen one (a float `max` would drop it).
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn max_abs_bits(acc: Self::V, x: Self::V) -> Self::V;
+    /// `x` with the lanes outside `mask` set to 0.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn keep_valid(x: Self::V, mask: Self::Mask) -> Self::V;
+    /// The largest lane of a [`Lanes::max_abs_bits`] accumulator, as bits.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    #[inline(always)]
+    unsafe fn reduce_max_bits(acc: Self::V) -> u32 {
+        let mut buf = [0.0f32; 16];
+        // SAFETY: W ≤ 16 floats written to the buffer.
+        unsafe { Self::store(buf.as_mut_ptr(), acc) };
+        buf[..Self::W].iter().map(|x| x.to_bits()).max().unwrap_or(0)
+    }
+    /// Runs the update epilogue ([`update_tile`]) in a function of its own compiled
+    /// for the ISA, so that the plain epilogue's function stays small.
+    ///
+    /// # Safety
+    /// The contract of [`update_tile`].
+    unsafe fn update<const MR: usize, const NV: usize, const WHOLE: bool>(
+        acc: &[[Self::V; NV]; MR],
+        t: &Tile,
+        masks: &[Self::Mask; NV],
+        u: &TileUpdate,
+    );
 }
 
 /// Stores a tile of `MR` rows × `NV` vectors of accumulators through the tile's
@@ -102,6 +171,7 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
         let at = |i: usize, v: usize| t.c.wrapping_add(i * t.rsc + v * L::W);
         let add_c = |i: usize, v: usize, x: L::V| if t.load_c { L::add(x, load(v, at(i, v))) } else { x };
         match t.epilogue {
+            TileEpilogue::Update(u) => L::update::<MR, NV, WHOLE>(acc, t, masks, &u),
             TileEpilogue::None => {
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
@@ -211,5 +281,55 @@ impl Lanes for Scalar {
             // SAFETY: written only when the lane is valid, which the caller vouches for.
             unsafe { *p = x }
         }
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn sub(a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn mul(a: f32, b: f32) -> f32 {
+        a * b
+    }
+    #[inline(always)]
+    unsafe fn div(a: f32, b: f32) -> f32 {
+        a / b
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: f32) -> f32 {
+        x.sqrt()
+    }
+    #[inline(always)]
+    unsafe fn sign(x: f32) -> f32 {
+        if x < 0.0 {
+            -1.0
+        } else {
+            1.0
+        }
+    }
+    #[inline(always)]
+    unsafe fn max_abs_bits(acc: f32, x: f32) -> f32 {
+        f32::from_bits(acc.to_bits().max(x.to_bits() & 0x7fff_ffff))
+    }
+    #[inline(always)]
+    unsafe fn keep_valid(x: f32, mask: bool) -> f32 {
+        if mask {
+            x
+        } else {
+            0.0
+        }
+    }
+    #[inline(never)]
+    unsafe fn update<const MR: usize, const NV: usize, const WHOLE: bool>(
+        acc: &[[f32; NV]; MR],
+        t: &Tile,
+        masks: &[bool; NV],
+        u: &TileUpdate,
+    ) {
+        // SAFETY: forwarded contract; scalar lanes need no ISA.
+        unsafe { update_tile::<Scalar, MR, NV, WHOLE>(acc, t, masks, u) }
     }
 }

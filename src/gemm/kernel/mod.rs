@@ -24,6 +24,7 @@ mod epilogue;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod portable;
+pub(crate) mod update;
 
 /// An instruction-set path for the GEMM microkernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -190,6 +191,9 @@ pub(crate) enum TileEpilogue {
         rsh: usize,
         colsum: *mut f32,
     },
+    /// The optimizer update of `update.rs`: C holds no result (it is read for the
+    /// partial sums of earlier k blocks only); the parameters and state are written.
+    Update(update::TileUpdate),
 }
 
 /// The A operand of one tile: element `(i, p)` (row i of the tile, step p of the k

@@ -23,6 +23,7 @@
 //! buffer in the shared epilogue.
 
 use super::epilogue::{masks, store_tile, Lanes};
+use super::update::{update_tile, TileUpdate};
 use super::{APanel, BPanel, Isa, Kernel, Tile};
 use std::arch::aarch64::*;
 
@@ -161,5 +162,55 @@ impl Lanes for Q {
             vst1q_f32(buf.as_mut_ptr(), x);
             std::ptr::copy_nonoverlapping(buf.as_ptr(), p, valid);
         }
+    }
+    // SAFETY (the operations below): NEON is part of the aarch64 baseline.
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> float32x4_t {
+        unsafe { vdupq_n_f32(x) }
+    }
+    #[inline(always)]
+    unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        unsafe { vsubq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        unsafe { vmulq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn div(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+        unsafe { vdivq_f32(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn sqrt(x: float32x4_t) -> float32x4_t {
+        unsafe { vsqrtq_f32(x) }
+    }
+    #[inline(always)]
+    unsafe fn sign(x: float32x4_t) -> float32x4_t {
+        unsafe { vbslq_f32(vcltq_f32(x, vdupq_n_f32(0.0)), vdupq_n_f32(-1.0), vdupq_n_f32(1.0)) }
+    }
+    #[inline(always)]
+    unsafe fn max_abs_bits(acc: float32x4_t, x: float32x4_t) -> float32x4_t {
+        unsafe {
+            let magnitude = vandq_u32(vreinterpretq_u32_f32(x), vdupq_n_u32(0x7fff_ffff));
+            vreinterpretq_f32_u32(vmaxq_u32(vreinterpretq_u32_f32(acc), magnitude))
+        }
+    }
+    #[inline(always)]
+    unsafe fn keep_valid(x: float32x4_t, valid: usize) -> float32x4_t {
+        unsafe {
+            let lane: [u32; 4] = [0, 1, 2, 3];
+            let keep = vcltq_u32(vld1q_u32(lane.as_ptr()), vdupq_n_u32(valid as u32));
+            vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(x), keep))
+        }
+    }
+    #[inline(never)]
+    unsafe fn update<const MR: usize, const NV: usize, const WHOLE: bool>(
+        acc: &[[float32x4_t; NV]; MR],
+        t: &Tile,
+        masks: &[usize; NV],
+        u: &TileUpdate,
+    ) {
+        // SAFETY: forwarded contract; NEON is baseline.
+        unsafe { update_tile::<Q, MR, NV, WHOLE>(acc, t, masks, u) }
     }
 }

@@ -122,6 +122,7 @@ impl ModelBuilder {
             n_inputs: self.n_inputs,
             n_outputs: width,
             adaptive_threads: true,
+            fused_update: true,
             pool: ModelPool::new(),
             dloss: Matrix::zeros(0, width),
             batch_x: Matrix::zeros(0, self.n_inputs),

@@ -4,6 +4,7 @@
 
 mod builder;
 mod fit;
+mod guard;
 
 pub use builder::ModelBuilder;
 pub use fit::{EarlyStopping, EpochReport, FitObserver, FitOptions};
@@ -15,7 +16,7 @@ use crate::nn::dense::{Dense, Dinputs};
 use crate::nn::dropout::Dropout;
 use crate::nn::loss::{BatchLoss, Loss, Targets};
 use crate::nn::optim::Optimizer;
-use crate::ops::reduce::all_finite_on;
+use crate::ops::reduce::{all_finite_on, max_abs_bits_of};
 use crate::runtime::ModelPool;
 
 /// One layer of a [`Sequential`] model.
@@ -99,6 +100,8 @@ pub struct Sequential {
     n_inputs: usize,
     n_outputs: usize,
     adaptive_threads: bool,
+    /// Whether training steps apply the optimizer in the weight-gradient GEMMs.
+    fused_update: bool,
     /// The pool `fit`, `evaluate`, `predict` and `train_step` run in (shared by clones).
     pool: ModelPool,
     /// ∂L/∂(last output), batch × n_outputs.
@@ -121,7 +124,22 @@ impl Sequential {
 
     /// The layers, mutable (to inspect or set parameters).
     pub fn layers_mut(&mut self) -> &mut [Layer] {
+        // The parameters may change: the magnitudes the next step is proved finite
+        // from are measured again.
+        for layer in &mut self.layers {
+            if let Layer::Dense(d) = layer {
+                d.maxima = None;
+            }
+        }
         &mut self.layers
+    }
+
+    /// Whether training steps apply the optimizer inside the weight-gradient GEMMs
+    /// (default: yes) or as separate passes over stored gradients; both give the same
+    /// bits. For A/B measurements.
+    #[doc(hidden)]
+    pub fn set_fused_update(&mut self, fused: bool) {
+        self.fused_update = fused;
     }
 
     /// The loss.
@@ -247,8 +265,18 @@ impl Sequential {
         Ok(())
     }
 
-    /// Backward from `self.dloss` through every layer on `threads` threads.
+    /// Backward from `self.dloss` through every layer on `threads` threads: every
+    /// input gradient, then every weight gradient.
     fn backward(&mut self, x: MatRef<'_>, threads: usize) -> Result<()> {
+        self.backward_dinputs(x, threads)?;
+        self.for_each_dense(x, |_, d, input, grad, own_relu| {
+            d.with_dz(grad, own_relu, |d, dz| d.weight_gradients_on(input, dz, threads))
+        })
+    }
+
+    /// The backward chain alone: every layer's input gradient (and the masked `dz` of a
+    /// Dense + ReLU below a non-Dense layer), top to bottom, no weight gradient.
+    fn backward_dinputs(&mut self, x: MatRef<'_>, threads: usize) -> Result<()> {
         let n = self.layers.len();
         for l in (0..n).rev() {
             let (below, rest) = self.layers.split_at_mut(l);
@@ -265,17 +293,58 @@ impl Sequential {
                         Some(Layer::Dense(b)) if b.has_relu() => Dinputs::ComputeReluMasked(b.output.view()),
                         Some(_) => Dinputs::Compute,
                     };
-                    if d.has_relu() && !masked_above {
-                        d.backward_with_on(input, grad, dinputs, threads)?; // masks by its own output first
-                    } else {
-                        d.backward_dz_on(input, grad, dinputs, threads)?;
-                    }
+                    let own_relu = d.has_relu() && !masked_above; // masks by its own output first
+                    d.backward_dinputs_on(input, grad, own_relu, dinputs, threads)?;
                 }
                 Layer::Activation(a) => a.backward(grad)?,
                 Layer::Dropout(d) => d.backward(grad)?,
             }
         }
         Ok(())
+    }
+
+    /// Calls `f(index, layer, input, grad, own_relu)` for every Dense layer, top first,
+    /// after [`Self::backward_dinputs`]: the input it saw, the gradient that reached it
+    /// from above, and whether it masked that gradient by its own ReLU (its `dz` is
+    /// then in the layer; see [`Dense::with_dz`]).
+    fn for_each_dense(
+        &mut self,
+        x: MatRef<'_>,
+        mut f: impl FnMut(usize, &mut Dense, MatRef<'_>, MatRef<'_>, bool) -> Result<()>,
+    ) -> Result<()> {
+        let n = self.layers.len();
+        for l in (0..n).rev() {
+            let (below, rest) = self.layers.split_at_mut(l);
+            let (cur, above) = rest.split_at_mut(1);
+            let Layer::Dense(d) = &mut cur[0] else { continue };
+            let input = if l == 0 { x } else { below[l - 1].output().view() };
+            let grad = if l + 1 == n { self.dloss.view() } else { above[0].dinputs().view() };
+            let own_relu = d.has_relu() && !matches!(above.first(), Some(Layer::Dense(_)));
+            f(l, d, input, grad, own_relu)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every Dense layer's fused step is proved to store only finite values
+    /// (see `guard`), after [`Self::backward_dinputs`].
+    fn fused_step_stays_finite(&mut self, x: MatRef<'_>) -> bool {
+        let (optimizer, iterations) = (self.optimizer, self.iterations);
+        let mut finite = true;
+        let _ = self.for_each_dense(x, |_, d, input, grad, own_relu| {
+            if finite {
+                let dz = d.with_dz(grad, own_relu, |_, dz| max_abs_bits_of(dz));
+                let m = guard::LayerMagnitudes {
+                    batch: input.rows(),
+                    inputs: max_abs_bits_of(input),
+                    dz,
+                    weights: d.weight_maxima(),
+                    biases: d.bias_maxima(),
+                };
+                finite = guard::step_stays_finite(&optimizer, iterations, &d.regularization, &m);
+            }
+            Ok(())
+        });
+        finite
     }
 
     /// One training step on a batch: forward, loss, backward, finiteness check,
@@ -347,7 +416,21 @@ impl Sequential {
             }
             return Err(Error::NonFinite { step, layer: "the model output".into(), tensor: "loss".into() });
         }
-        self.backward(x, threads)?;
+        self.backward_dinputs(x, threads)?;
+        let optimizer = self.optimizer;
+        if self.fused_update && self.fused_step_stays_finite(x) {
+            let it = self.iterations;
+            self.for_each_dense(x, |_, d, input, grad, own_relu| {
+                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads)).map(|_| ())
+            })?;
+            self.iterations += 1;
+            return Ok(batch);
+        }
+        // Not proved finite (or not fused): the gradients are stored and checked before
+        // anything is updated.
+        self.for_each_dense(x, |_, d, input, grad, own_relu| {
+            d.with_dz(grad, own_relu, |d, dz| d.weight_gradients_on(input, dz, threads))
+        })?;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Layer::Dense(d) = layer {
                 for (tensor, data) in [("dweights", d.dweights.as_slice()), ("dbiases", d.dbiases.as_slice())] {
@@ -361,7 +444,6 @@ impl Sequential {
                 }
             }
         }
-        let optimizer = self.optimizer;
         for layer in &mut self.layers {
             if let Layer::Dense(d) = layer {
                 d.update_params_on(&optimizer, self.iterations, threads)?;

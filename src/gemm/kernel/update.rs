@@ -1,0 +1,153 @@
+//! The optimizer-update epilogue: `W ← step(W, g)` while the gradient tile `g` of
+//! `dW = Xᵀ·dZ` is still in registers, so that `dW` is never stored. One body for every
+//! ISA, written with the lane operations of [`Lanes`]; the operations and their order
+//! are those of the separate passes in `ops::update` (no fused multiply-add), so both
+//! compute the same bits from the same gradient.
+//!
+//! Besides the parameters and the optimizer state, each tile records the largest
+//! magnitude it stored into each of them, as bit patterns (see [`Lanes::max_abs_bits`]):
+//! a non-finite value shows up there, and the model uses the maxima to prove the next
+//! step free of overflow before it runs it.
+
+use super::epilogue::Lanes;
+use super::Tile;
+
+/// One optimizer step as the epilogue applies it, with the current learning rate and
+/// the constants the separate pass would compute, computed the same way.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Step {
+    /// `p = p − lr·g`.
+    Sgd { lr: f32 },
+    /// `m = μ·m − lr·g; p = p + m`.
+    Momentum { lr: f32, momentum: f32 },
+    /// `c = c + g·g; p = p − lr·g / (√c + ε)`.
+    Adagrad { lr: f32, epsilon: f32 },
+    /// `c = ρ·c + (1 − ρ)·g·g; p = p − lr·g / (√c + ε)`.
+    RmsProp { lr: f32, rho: f32, epsilon: f32 },
+    /// `m = β₁m + (1 − β₁)g; v = β₂v + (1 − β₂)g·g; p = p − lr·(m·c₁) / (√(v·c₂) + ε)`.
+    Adam { lr: f32, beta1: f32, beta2: f32, epsilon: f32, corr1: f32, corr2: f32 },
+}
+
+impl Step {
+    /// How many state buffers the step reads and writes.
+    pub(crate) fn state_buffers(&self) -> usize {
+        match self {
+            Step::Sgd { .. } => 0,
+            Step::Momentum { .. } | Step::Adagrad { .. } | Step::RmsProp { .. } => 1,
+            Step::Adam { .. } => 2,
+        }
+    }
+}
+
+/// The step and the L1/L2 penalty folded into the gradient first:
+/// `g = g + (l1·sign(p) + (2·l2)·p)`, as `Dense` adds it to `dweights`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct UpdateRule {
+    pub step: Step,
+    /// `(l1, 2·l2)`, or `None` for no penalty term at all (not even zeros: adding
+    /// `+0.0` would turn a `−0.0` gradient into `+0.0`).
+    pub penalty: Option<(f32, f32)>,
+}
+
+/// Where a tile's update reads and writes: pointers to the tile's first element of the
+/// parameters and of the state buffers (null when unused), all with row stride `rs`.
+#[derive(Clone, Copy)]
+pub(crate) struct TileUpdate {
+    pub p: *mut f32,
+    pub s0: *mut f32,
+    pub s1: *mut f32,
+    pub rs: usize,
+    pub rule: *const UpdateRule,
+    /// The task's running maxima (bit patterns) of `|p|`, `|s0|`, `|s1|` as stored.
+    pub maxima: *mut [u32; 3],
+}
+
+/// Applies the update to a tile whose accumulators hold the gradient (plus the partial
+/// sums in C of earlier k blocks when `t.load_c`); C itself is not written.
+///
+/// # Safety
+/// The tile contract of [`Kernel::tile`](super::Kernel::tile) for `t` (only its reads
+/// of C are used); for `i < t.mr`, `j < t.nr`: `u.p + i·u.rs + j` readable and
+/// writable, and so `u.s0`/`u.s1` when the step uses them, by this task alone; `u.rule`
+/// and `u.maxima` valid; `masks` from `masks(t.nr)`; the CPU supports `L`'s ISA.
+#[inline(always)]
+pub(crate) unsafe fn update_tile<L: Lanes, const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[L::V; NV]; MR],
+    t: &Tile,
+    masks: &[L::Mask; NV],
+    u: &TileUpdate,
+) {
+    let rows = if WHOLE { MR } else { t.mr };
+    let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
+    let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
+    // SAFETY (whole function): as in `store_tile`: full vectors lie inside the valid
+    // columns, partial ones go through masks of exactly the valid lanes, rows stop at
+    // mr; the parameter and state tiles have the same valid region, vouched for by the
+    // caller, and are owned by this task.
+    unsafe {
+        let rule = &*u.rule;
+        let load = |v: usize, p: *const f32| if full(v) { L::load(p) } else { L::load_masked(p, masks[v]) };
+        let store_at = |p: *mut f32, v: usize, x: L::V| {
+            if full(v) {
+                L::store(p, x)
+            } else {
+                L::store_masked(p, x, masks[v], valid(v))
+            }
+        };
+        let keep = |v: usize, x: L::V| if full(v) { x } else { L::keep_valid(x, masks[v]) };
+        let s = L::splat;
+        let mut maxima = [L::zero(); 3];
+        for (i, row) in acc.iter().enumerate().take(rows) {
+            for (v, &x) in row.iter().enumerate() {
+                let c_at = t.c.wrapping_add(i * t.rsc + v * L::W);
+                let mut g = if t.load_c { L::add(x, load(v, c_at)) } else { x };
+                let off = i * u.rs + v * L::W;
+                let (pp, s0p, s1p) = (u.p.wrapping_add(off), u.s0.wrapping_add(off), u.s1.wrapping_add(off));
+                let mut p = load(v, pp);
+                if let Some((l1, two_l2)) = rule.penalty {
+                    g = L::add(g, L::add(L::mul(s(l1), L::sign(p)), L::mul(s(two_l2), p)));
+                }
+                match rule.step {
+                    Step::Sgd { lr } => p = L::sub(p, L::mul(s(lr), g)),
+                    Step::Momentum { lr, momentum } => {
+                        let m = L::sub(L::mul(s(momentum), load(v, s0p)), L::mul(s(lr), g));
+                        p = L::add(p, m);
+                        store_at(s0p, v, m);
+                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
+                    }
+                    Step::Adagrad { lr, epsilon } => {
+                        let c = L::add(load(v, s0p), L::mul(g, g));
+                        p = L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))));
+                        store_at(s0p, v, c);
+                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                    }
+                    Step::RmsProp { lr, rho, epsilon } => {
+                        let c = L::add(L::mul(s(rho), load(v, s0p)), L::mul(L::mul(s(1.0 - rho), g), g));
+                        p = L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))));
+                        store_at(s0p, v, c);
+                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                    }
+                    Step::Adam { lr, beta1, beta2, epsilon, corr1, corr2 } => {
+                        let m = L::add(L::mul(s(beta1), load(v, s0p)), L::mul(s(1.0 - beta1), g));
+                        let w = L::add(L::mul(s(beta2), load(v, s1p)), L::mul(L::mul(s(1.0 - beta2), g), g));
+                        let step = L::div(
+                            L::mul(s(lr), L::mul(m, s(corr1))),
+                            L::add(L::sqrt(L::mul(w, s(corr2))), s(epsilon)),
+                        );
+                        p = L::sub(p, step);
+                        store_at(s0p, v, m);
+                        store_at(s1p, v, w);
+                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
+                        maxima[2] = L::max_abs_bits(maxima[2], keep(v, w));
+                    }
+                }
+                store_at(pp, v, p);
+                maxima[0] = L::max_abs_bits(maxima[0], keep(v, p));
+            }
+        }
+        let out = &mut *u.maxima;
+        for (o, m) in out.iter_mut().zip(maxima) {
+            *o = (*o).max(L::reduce_max_bits(m));
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The fused update epilogue against its twin, the separate passes (`dW` by the GEMM,
+//! the penalty added, then `Optimizer::update`): bit-identical parameters, state and
+//! bias gradients on every path, thread count and k split, and maxima equal to the
+//! largest stored magnitudes.
+
+use super::{gemm_update, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions, Isa, UpdateRule, WeightUpdate};
+use crate::matrix::Matrix;
+use crate::nn::Optimizer;
+use crate::ops::reduce::max_abs_bits;
+use crate::rng::Rng;
+
+fn random(rows: usize, cols: usize, rng: &mut Rng, scale: f32) -> Matrix {
+    Matrix::from_fn(rows, cols, |_, _| (rng.next_f32() * 2.0 - 1.0) * scale)
+}
+
+fn optimizers() -> Vec<Optimizer> {
+    vec![
+        Optimizer::sgd(0.3),
+        Optimizer::sgd_momentum(0.1, 0.9).with_decay(1e-3),
+        Optimizer::adagrad(0.5),
+        Optimizer::rmsprop(0.01).with_rho(0.8),
+        Optimizer::adam(0.02).with_betas(0.8, 0.95),
+    ]
+}
+
+struct Case {
+    n_in: usize,
+    batch: usize,
+    n_out: usize,
+    /// Extra columns around the views of X and dZ (strided rows).
+    pad: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check(case: &Case, opt: &Optimizer, penalty: Option<(f32, f32)>, opts: &GemmOptions, rng: &mut Rng, what: &str) {
+    let Case { n_in, batch, n_out, pad } = *case;
+    let xs = random(batch, n_in + pad, rng, 1.0);
+    let dzs = random(batch, n_out + pad, rng, 0.1);
+    let x = xs.view().submatrix(0, pad.min(1), batch, n_in).unwrap();
+    let dz = dzs.view().submatrix(0, 0, batch, n_out).unwrap();
+    let len = n_in * n_out;
+    let w0 = random(n_in, n_out, rng, 0.5);
+    let buffers = opt.state_buffers();
+    // Three steps, so that the state is non-zero from the second on.
+    let (mut wf, mut wt) = (w0.clone(), w0.clone());
+    let state = |i: usize| if i < buffers { vec![0.0f32; len] } else { Vec::new() };
+    let (mut f0, mut f1, mut t0, mut t1) = (state(0), state(1), state(0), state(1));
+    for it in 0..3u64 {
+        let rule = UpdateRule { step: opt.fused_step(it), penalty };
+        let mut scratch = Matrix::zeros(n_in, n_out);
+        let mut db_fused = vec![f32::NAN; n_out];
+        let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1 };
+        let maxima = gemm_update(scratch.view_mut(), x.t(), dz, &mut db_fused, update, opts).unwrap();
+
+        let mut dw = Matrix::zeros(n_in, n_out);
+        let mut db = vec![f32::NAN; n_out];
+        gemm_with(dw.view_mut(), x.t(), dz, Accum::Overwrite, Epilogue::BiasGradB(&mut db), opts).unwrap();
+        if let Some((l1, two_l2)) = penalty {
+            for (d, &w) in dw.as_mut_slice().iter_mut().zip(wt.as_slice()) {
+                *d += l1 * if w < 0.0 { -1.0 } else { 1.0 } + two_l2 * w;
+            }
+        }
+        opt.update(wt.as_mut_slice(), dw.as_slice(), &mut t0, &mut t1, it).unwrap();
+
+        let ctx = format!("{what}: {n_in}×{batch}×{n_out} pad {pad}, {}, penalty {penalty:?}, step {it}", opt.name());
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {ctx}");
+        assert_eq!(bits(&f0), bits(&t0), "state 0, {ctx}");
+        assert_eq!(bits(&f1), bits(&t1), "state 1, {ctx}");
+        assert_eq!(bits(&db_fused), bits(&db), "dbiases, {ctx}");
+        assert_eq!(maxima, [max_abs_bits(wt.as_slice()), max_abs_bits(&t0), max_abs_bits(&t1)], "maxima, {ctx}");
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let c = |n_in, batch, n_out, pad| Case { n_in, batch, n_out, pad };
+    vec![
+        c(1, 1, 1, 0),
+        c(5, 3, 7, 0),
+        c(13, 17, 10, 3), // column tiles (n ≤ 10, Xᵀ in place)
+        c(33, 40, 16, 1), // narrow tiles
+        c(17, 9, 63, 2),
+        c(65, 70, 65, 0), // partial 64-wide tiles and edges on every side
+        c(130, 33, 129, 5),
+        c(40, 300, 24, 0), // several k blocks with the small caches
+    ]
+}
+
+#[test]
+fn fused_update_matches_the_separate_passes_on_every_path() {
+    let mut rng = Rng::new(7);
+    let small = CacheSizes::new(4 * 1024, 64 * 1024);
+    for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
+        for threads in [1, 2] {
+            for caches in [None, Some(small)] {
+                let mut opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
+                opts.caches = caches;
+                let what = format!("{} {threads}t caches {caches:?}", isa.name());
+                for case in cases() {
+                    for opt in optimizers() {
+                        for penalty in [None, Some((1e-3, 2.0 * 5e-4))] {
+                            check(&case, &opt, penalty, &opts, &mut rng, &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn maxima_see_a_non_finite_result() {
+    // A gradient that overflows: the stored weights are ±∞ and the maxima say so.
+    let x = Matrix::from_fn(2, 3, |_, _| 3.0e38);
+    let dz = Matrix::from_fn(2, 2, |_, _| 1.0);
+    let rule = UpdateRule { step: Optimizer::sgd(1.0).fused_step(0), penalty: None };
+    for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
+        let mut w = Matrix::zeros(3, 2);
+        let mut db = vec![0.0; 2];
+        let update = WeightUpdate { rule: &rule, params: w.as_mut_slice(), s0: &mut [], s1: &mut [] };
+        let opts = GemmOptions::default().with_isa(isa);
+        let m = gemm_update(Matrix::zeros(3, 2).view_mut(), x.view().t(), dz.view(), &mut db, update, &opts).unwrap();
+        assert!(w.as_slice().iter().all(|v| v.is_infinite()), "{}", isa.name());
+        assert_eq!(m[0], f32::INFINITY.to_bits(), "{}", isa.name());
+    }
+}
