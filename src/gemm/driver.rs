@@ -37,6 +37,8 @@ pub(crate) struct Plan {
     pub min_work_per_thread: usize,
     /// The caches the block sizes are derived from.
     pub caches: CacheSizes,
+    /// Measure the largest `|C|` stored (see `Tile::max`).
+    pub track_max: bool,
 }
 
 /// A raw pointer that tasks share. Each task writes only elements no other task
@@ -153,6 +155,8 @@ struct Job<'a> {
     workspace: (usize, usize),
     /// The optimizer update applied instead of storing C, if any.
     update: Option<UpdateJob<'a>>,
+    /// The largest `|C|` stored, as bits, when asked for (see `Tile::max`).
+    c_max: Option<AtomicU32>,
 }
 
 /// The parameters (`m × n`, row-major, contiguous) an update epilogue steps, the state
@@ -260,6 +264,7 @@ pub(crate) fn run<K: Kernel>(
                 maxima: Default::default(),
             }
         }),
+        c_max: plan.track_max.then(AtomicU32::default),
     };
 
     let task = |t: usize| {
@@ -286,7 +291,11 @@ pub(crate) fn run<K: Kernel>(
     if colsum_out.is_some() {
         with_buffers(|bufs| bufs.colsums = scratch_vec);
     }
-    job.update.map_or([0; 3], |u| u.maxima.map(|m| m.into_inner()))
+    match (job.update, job.c_max) {
+        (Some(u), _) => u.maxima.map(|m| m.into_inner()),
+        (None, Some(c)) => [c.into_inner(), 0, 0],
+        (None, None) => [0; 3],
+    }
 }
 
 /// Splits `tasks` over the tile grid the way BLIS does: each prime factor of the task
@@ -335,7 +344,7 @@ impl Job<'_> {
         let Blocking { kc: kc_max, mc: mc_max, nc: nc_max } = self.blk;
         let nkb = self.blk.k_blocks(self.k);
         let owns_bgrad = rows.start == 0;
-        // This task's maxima of the update epilogue, merged into the job's at the end.
+        // This task's maxima of the update epilogue (or of C), merged into the job's at the end.
         let mut maxima = [0u32; 3];
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
@@ -423,6 +432,9 @@ impl Job<'_> {
                 shared.fetch_max(mine, Ordering::Relaxed);
             }
         }
+        if let Some(c) = &self.c_max {
+            c.fetch_max(maxima[0], Ordering::Relaxed);
+        }
     }
 
     /// One microkernel call for the tile at `(i, j)` with `mr × nr` valid elements.
@@ -471,6 +483,7 @@ impl Job<'_> {
             }
             _ => None,
         };
+        let max = if last && self.c_max.is_some() { &mut maxima[0] as *mut u32 } else { std::ptr::null_mut() };
         let epilogue = match (last, self.bias, h_tile) {
             (true, _, _) if self.update.is_some() => {
                 let u = self.update.as_ref().expect("checked");
@@ -502,7 +515,7 @@ impl Job<'_> {
         unsafe {
             let c_tile = self.c.0.add(i * self.rsc + j * self.csc);
             if self.csc == 1 {
-                let t = Tile { c: c_tile, rsc: self.rsc, mr, nr, load_c, epilogue };
+                let t = Tile { c: c_tile, rsc: self.rsc, mr, nr, load_c, epilogue, max };
                 K::tile(kc, a_panel, b_panel, &t);
             } else {
                 // Non-contiguous C (e.g. a transposed output view): run the kernel on
@@ -515,7 +528,7 @@ impl Job<'_> {
                         }
                     }
                 }
-                let t = Tile { c: c_stack.as_mut_ptr(), rsc: K::NR, mr, nr, load_c, epilogue };
+                let t = Tile { c: c_stack.as_mut_ptr(), rsc: K::NR, mr, nr, load_c, epilogue, max };
                 K::tile(kc, a_panel, b_panel, &t);
                 for r in 0..mr {
                     for q in 0..nr {

@@ -193,7 +193,21 @@ pub fn gemm_with(
     options: &GemmOptions,
 ) -> Result<()> {
     check_args(&c, &a, &b, &epilogue)?;
-    dispatch(c, a, b, accum, epilogue, None, options).map(|_| ())
+    dispatch(c, a, b, accum, epilogue, None, false, options).map(|_| ())
+}
+
+/// [`gemm_with`], also returning the largest `|value|` stored into C, as bits (see
+/// `ops::reduce::max_abs_bits`), measured in the epilogue.
+pub(crate) fn gemm_with_max(
+    c: MatMut<'_>,
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    accum: Accum,
+    epilogue: Epilogue<'_>,
+    options: &GemmOptions,
+) -> Result<u32> {
+    check_args(&c, &a, &b, &epilogue)?;
+    dispatch(c, a, b, accum, epilogue, None, true, options).map(|m| m[0])
 }
 
 /// `dW = Xᵀ·dZ` with the optimizer step applied in the epilogue instead of storing
@@ -215,10 +229,11 @@ pub(crate) fn gemm_update(
 ) -> Result<[u32; 3]> {
     let epilogue = if dbiases.is_empty() && b.cols() > 0 { Epilogue::None } else { Epilogue::BiasGradB(dbiases) };
     check_args(&scratch, &a, &b, &epilogue)?;
-    dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), options)
+    dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), false, options)
 }
 
 /// Picks the kernel and runs the driver.
+#[allow(clippy::too_many_arguments)]
 fn dispatch(
     c: MatMut<'_>,
     a: MatRef<'_>,
@@ -226,6 +241,7 @@ fn dispatch(
     accum: Accum,
     epilogue: Epilogue<'_>,
     update: Option<WeightUpdate<'_>>,
+    track_max: bool,
     options: &GemmOptions,
 ) -> Result<[u32; 3]> {
     let isa = match options.isa {
@@ -241,6 +257,7 @@ fn dispatch(
         threads,
         min_work_per_thread: options.min_work_per_thread.unwrap_or(blocking::MIN_WORK_PER_THREAD),
         caches: options.caches.unwrap_or_else(CacheSizes::detected),
+        track_max,
     };
     // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
     // x86 paths have tiles with the vectors along m for it, where every lane works

@@ -124,3 +124,44 @@ fn maxima_see_a_non_finite_result() {
         assert_eq!(m[0], f32::INFINITY.to_bits(), "{}", isa.name());
     }
 }
+
+#[test]
+fn the_epilogue_maximum_of_c_equals_a_pass_over_c() {
+    use super::gemm_with_max;
+    use crate::ops::reduce::max_abs_bits;
+    let mut rng = Rng::new(9);
+    let small = CacheSizes::new(4 * 1024, 64 * 1024);
+    for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
+        for threads in [1, 2] {
+            let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
+            for (m, k, n) in [(1, 1, 1), (7, 5, 3), (13, 17, 10), (33, 40, 16), (65, 300, 65), (6, 64, 64)] {
+                for caches in [None, Some(small)] {
+                    let mut opts = opts;
+                    opts.caches = caches;
+                    let a = random(m, k, &mut rng, 1.0);
+                    let b = random(k, n, &mut rng, 1.0);
+                    let bias: Vec<f32> = (0..n).map(|j| j as f32 - 3.0).collect();
+                    let h = random(m, n, &mut rng, 1.0);
+                    for e in 0..4 {
+                        let mut c = Matrix::from_fn(m, n, |_, _| f32::NAN);
+                        let epilogue = match e {
+                            0 => Epilogue::None,
+                            1 => Epilogue::Bias(&bias),
+                            2 => Epilogue::BiasRelu(&bias),
+                            _ => Epilogue::ReluMask(h.view()),
+                        };
+                        let got = gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epilogue, &opts);
+                        let what = format!("{} {threads}t {m}×{k}×{n} epilogue {e} caches {caches:?}", isa.name());
+                        assert_eq!(got.unwrap(), max_abs_bits(c.as_slice()), "{what}");
+                    }
+                    // An infinity in A reaches C, and the maximum says so.
+                    let mut a = a;
+                    a[(m - 1, k - 1)] = f32::INFINITY;
+                    let mut c = Matrix::zeros(m, n);
+                    let got = gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts);
+                    assert!(got.unwrap() >= f32::INFINITY.to_bits(), "{} {m}×{k}×{n}: ∞ not seen", isa.name());
+                }
+            }
+        }
+    }
+}

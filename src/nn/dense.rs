@@ -14,7 +14,7 @@
 //! where `dz = ∂L/∂(X·W + b)`; with a fused ReLU, `dz = dvalues ⊙ 1[output > 0]`.
 
 use crate::error::{Error, Result};
-use crate::gemm::{gemm_update, gemm_with, Accum, Epilogue, GemmOptions, UpdateRule, WeightUpdate};
+use crate::gemm::{gemm_update, gemm_with, gemm_with_max, Accum, Epilogue, GemmOptions, UpdateRule, WeightUpdate};
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
 use crate::nn::optim::Optimizer;
@@ -158,6 +158,10 @@ pub struct Dense {
     /// fused update stored them; `None` when unknown (never stepped fused, stepped
     /// otherwise since, or handed out mutably by the model).
     pub(crate) maxima: Option<[u32; 3]>,
+    /// Largest `|output|` and `|dinputs|` of the last forward and input-gradient GEMM,
+    /// as bits, measured in their epilogues.
+    pub(crate) output_max: u32,
+    pub(crate) dinputs_max: u32,
     pub(crate) gemm: GemmOptions,
 }
 
@@ -176,6 +180,8 @@ impl Dense {
             dz: Matrix::zeros(0, n_neurons),
             state: OptimizerState::default(),
             maxima: None,
+            output_max: 0,
+            dinputs_max: 0,
             gemm: GemmOptions::default(),
         }
     }
@@ -257,7 +263,9 @@ impl Dense {
         self.output.resize(inputs.rows(), self.n_neurons());
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
         let opts = self.gemm_on(threads);
-        gemm_with(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)
+        self.output_max =
+            gemm_with_max(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)?;
+        Ok(())
     }
 
     /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if
@@ -380,7 +388,9 @@ impl Dense {
         };
         self.dinputs.resize(dz.rows(), self.n_inputs());
         let opts = self.gemm_on(threads);
-        gemm_with(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)
+        self.dinputs_max =
+            gemm_with_max(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)?;
+        Ok(())
     }
 
     /// The backward of [`Self::backward_with`] without the weight gradients: forms

@@ -20,6 +20,12 @@ pub trait Inputs: Copy + Send + Sync {
     /// Starts loading samples `rows` into cache ahead of their [`gather`](Self::gather)
     /// (called one step ahead). The default does nothing.
     fn prefetch(&self, _rows: &[usize]) {}
+    /// A bound on every `|value|` known without reading the data, if any (bytes times
+    /// a finite scale: `255·|scale|`). `None`, the default, has `fit` measure each
+    /// batch for the proof that a fused step stays finite.
+    fn max_abs_bound(&self) -> Option<f32> {
+        None
+    }
 }
 
 impl Inputs for MatRef<'_> {
@@ -80,6 +86,11 @@ impl Inputs for ScaledBytes<'_> {
     /// without pushing the step's own working set out of L2 (the f32 batch, 400 KB,
     /// would), so the gather finds its rows in cache instead of paying DRAM latency
     /// row by row.
+    fn max_abs_bound(&self) -> Option<f32> {
+        let bound = 255.0 * self.scale.abs();
+        bound.is_finite().then_some(bound)
+    }
+
     fn prefetch(&self, rows: &[usize]) {
         for &r in rows {
             crate::data::convert::prefetch(&self.data[r * self.cols..(r + 1) * self.cols]);

@@ -169,13 +169,22 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
             }
         };
         let at = |i: usize, v: usize| t.c.wrapping_add(i * t.rsc + v * L::W);
+        let track = !t.max.is_null();
+        let mut mx = zero;
+        let mut seen = |v: usize, x: L::V| {
+            if track {
+                mx = L::max_abs_bits(mx, if full(v) { x } else { L::keep_valid(x, masks[v]) });
+            }
+        };
         let add_c = |i: usize, v: usize, x: L::V| if t.load_c { L::add(x, load(v, at(i, v))) } else { x };
         match t.epilogue {
             TileEpilogue::Update(u) => L::update::<MR, NV, WHOLE>(acc, t, masks, &u),
             TileEpilogue::None => {
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
-                        store_at(at(i, v), v, add_c(i, v, x));
+                        let x = add_c(i, v, x);
+                        seen(v, x);
+                        store_at(at(i, v), v, x);
                     }
                 }
             }
@@ -188,6 +197,7 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
                         if relu {
                             x = L::relu(x);
                         }
+                        seen(v, x);
                         store_at(at(i, v), v, x);
                     }
                 }
@@ -199,6 +209,7 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
                         let hv = load(v, h.wrapping_add(i * rsh + v * L::W));
                         let x = L::keep_where_positive(hv, add_c(i, v, x));
                         sums[v] = L::add(sums[v], x);
+                        seen(v, x);
                         store_at(at(i, v), v, x);
                     }
                 }
@@ -208,6 +219,9 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
                     }
                 }
             }
+        }
+        if track {
+            *t.max = (*t.max).max(L::reduce_max_bits(mx));
         }
     }
 }

@@ -228,6 +228,9 @@ pub(crate) struct Tile {
     /// overwriting it. When false, C is never read.
     pub load_c: bool,
     pub epilogue: TileEpilogue,
+    /// When not null: raised to the largest `|value|` stored into C, as bits (see
+    /// `Lanes::max_abs_bits`); the model proves its fused steps finite from it.
+    pub max: *mut u32,
 }
 
 /// A register-blocked microkernel.

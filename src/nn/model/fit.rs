@@ -381,7 +381,7 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
             if let Some(next) = order.get((step + 1) * batch..((step + 2) * batch).min(n)) {
                 x.prefetch(next);
             }
-            let b = model.step_prechecked(bx.view(), t, threads).map_err(|e| match e {
+            let b = model.step_prechecked(bx.view(), t, threads, x.max_abs_bound()).map_err(|e| match e {
                 // In `fit` the sample is known: name it.
                 Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
                     let row = first_nonfinite_row(bx.view()).unwrap_or(0);

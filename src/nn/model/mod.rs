@@ -326,25 +326,42 @@ impl Sequential {
     }
 
     /// Whether every Dense layer's fused step is proved to store only finite values
-    /// (see `guard`), after [`Self::backward_dinputs`].
-    fn fused_step_stays_finite(&mut self, x: MatRef<'_>) -> bool {
+    /// (see `guard`), after [`Self::backward_dinputs`]. The magnitudes come from the
+    /// epilogues that produced the tensors where a Dense layer produced them (its
+    /// output, its `dinputs`), else from a pass over the tensor; `x_bound`, when known,
+    /// bounds the first layer's inputs.
+    fn fused_step_stays_finite(&mut self, x: MatRef<'_>, x_bound: Option<f32>) -> bool {
         let (optimizer, iterations) = (self.optimizer, self.iterations);
-        let mut finite = true;
-        let _ = self.for_each_dense(x, |_, d, input, grad, own_relu| {
-            if finite {
-                let dz = d.with_dz(grad, own_relu, |_, dz| max_abs_bits_of(dz));
-                let m = guard::LayerMagnitudes {
-                    batch: input.rows(),
-                    inputs: max_abs_bits_of(input),
-                    dz,
-                    weights: d.weight_maxima(),
-                    biases: d.bias_maxima(),
-                };
-                finite = guard::step_stays_finite(&optimizer, iterations, &d.regularization, &m);
+        let n = self.layers.len();
+        let dloss = self.dloss.view();
+        for l in (0..n).rev() {
+            let (below, rest) = self.layers.split_at_mut(l);
+            let (cur, above) = rest.split_at_mut(1);
+            let Layer::Dense(d) = &mut cur[0] else { continue };
+            let inputs = match (l, below.last()) {
+                (0, _) => x_bound.map_or_else(|| max_abs_bits_of(x), f32::to_bits),
+                (_, Some(Layer::Dense(b))) => b.output_max,
+                (_, Some(other)) => max_abs_bits_of(other.output().view()),
+                (_, None) => unreachable!("l > 0 has a layer below"),
+            };
+            // The gradient from above bounds dz (a ReLU mask only zeroes entries).
+            let dz = match above.first() {
+                None => max_abs_bits_of(dloss),
+                Some(Layer::Dense(a)) => a.dinputs_max,
+                Some(other) => max_abs_bits_of(other.dinputs().view()),
+            };
+            let m = guard::LayerMagnitudes {
+                batch: x.rows(),
+                inputs,
+                dz,
+                weights: d.weight_maxima(),
+                biases: d.bias_maxima(),
+            };
+            if !guard::step_stays_finite(&optimizer, iterations, &d.regularization, &m) {
+                return false;
             }
-            Ok(())
-        });
-        finite
+        }
+        true
     }
 
     /// One training step on a batch: forward, loss, backward, finiteness check,
@@ -368,7 +385,7 @@ impl Sequential {
             if m.iterations == 0 {
                 crate::gemm::reserve_workspace_for(threads); // `fit` reserves for its own loop
             }
-            m.step_prechecked(x, targets, threads)
+            m.step_prechecked(x, targets, threads, None)
         })?
     }
 
@@ -401,7 +418,15 @@ impl Sequential {
     /// One training step on inputs and targets already checked by the caller
     /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update,
     /// every pass on `threads` threads of the current pool.
-    fn step_prechecked(&mut self, x: MatRef<'_>, targets: Targets<'_>, threads: usize) -> Result<BatchLoss> {
+    /// `x_bound` bounds every `|x|` when the caller knows one (see
+    /// [`Inputs::max_abs_bound`](crate::nn::Inputs::max_abs_bound)).
+    fn step_prechecked(
+        &mut self,
+        x: MatRef<'_>,
+        targets: Targets<'_>,
+        threads: usize,
+        x_bound: Option<f32>,
+    ) -> Result<BatchLoss> {
         let step = self.iterations;
         let batch = self.forward_loss(x, targets, threads)?;
         if !batch.loss.is_finite() {
@@ -418,7 +443,7 @@ impl Sequential {
         }
         self.backward_dinputs(x, threads)?;
         let optimizer = self.optimizer;
-        if self.fused_update && self.fused_step_stays_finite(x) {
+        if self.fused_update && self.fused_step_stays_finite(x, x_bound) {
             let it = self.iterations;
             self.for_each_dense(x, |_, d, input, grad, own_relu| {
                 d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads)).map(|_| ())
