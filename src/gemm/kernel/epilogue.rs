@@ -151,6 +151,27 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
     t: &Tile,
     masks: &[L::Mask; NV],
 ) {
+    // Two copies, so that a tile that measures nothing carries no test for it.
+    // SAFETY: forwarded contract.
+    unsafe {
+        if t.max.is_null() {
+            store_tile_as::<L, MR, NV, WHOLE, false>(acc, t, masks)
+        } else {
+            store_tile_as::<L, MR, NV, WHOLE, true>(acc, t, masks)
+        }
+    }
+}
+
+/// [`store_tile`], measuring the stored magnitudes into `t.max` when `TRACK`.
+///
+/// # Safety
+/// As [`store_tile`]; `t.max` valid when `TRACK`.
+#[inline(always)]
+unsafe fn store_tile_as<L: Lanes, const MR: usize, const NV: usize, const WHOLE: bool, const TRACK: bool>(
+    acc: &[[L::V; NV]; MR],
+    t: &Tile,
+    masks: &[L::Mask; NV],
+) {
     let rows = if WHOLE { MR } else { t.mr };
     let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
     let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
@@ -169,10 +190,9 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
             }
         };
         let at = |i: usize, v: usize| t.c.wrapping_add(i * t.rsc + v * L::W);
-        let track = !t.max.is_null();
         let mut mx = zero;
         let mut seen = |v: usize, x: L::V| {
-            if track {
+            if TRACK {
                 mx = L::max_abs_bits(mx, if full(v) { x } else { L::keep_valid(x, masks[v]) });
             }
         };
@@ -220,7 +240,7 @@ pub(crate) unsafe fn store_tile<L: Lanes, const MR: usize, const NV: usize, cons
                 }
             }
         }
-        if track {
+        if TRACK {
             *t.max = (*t.max).max(L::reduce_max_bits(mx));
         }
     }
