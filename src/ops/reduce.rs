@@ -82,18 +82,12 @@ unsafe fn max_abs_bits_avx2(x: &[f32]) -> u32 {
     max_abs_bits_portable(x)
 }
 
-/// The portable body of [`max_abs_bits`] (and its twin in the tests).
+/// The portable body of [`max_abs_bits`] (and its twin in the tests): a plain
+/// unsigned-max reduction, which LLVM vectorises (an array of lanes made it gather
+/// across chunks instead).
 #[inline(always)]
 pub(crate) fn max_abs_bits_portable(x: &[f32]) -> u32 {
-    let mut lanes = [0u32; 32];
-    let chunks = x.chunks_exact(32);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = (*l).max(v.to_bits() & 0x7fff_ffff);
-        }
-    }
-    tail.iter().map(|v| v.to_bits() & 0x7fff_ffff).chain(lanes).max().unwrap_or(0)
+    x.iter().fold(0u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
 }
 
 /// [`max_abs_bits`] over a matrix view, row by row.

@@ -268,8 +268,16 @@ unsafe fn update_zmm<const MR: usize, const NV: usize, const WHOLE: bool>(
     masks: &[__mmask16; NV],
     u: &TileUpdate,
 ) {
-    // SAFETY: forwarded contract.
-    unsafe { update_tile::<Zmm, MR, NV, WHOLE>(acc, t, masks, u) }
+    // Masking is free for a plain store, not for this epilogue's loads and stores of
+    // three buffers: a whole tile takes the unmasked copy.
+    // SAFETY: forwarded contract; a whole tile has every lane valid.
+    unsafe {
+        if WHOLE || (t.mr == MR && t.nr == NV * 16) {
+            update_tile::<Zmm, MR, NV, true>(acc, t, masks, u)
+        } else {
+            update_tile::<Zmm, MR, NV, false>(acc, t, masks, u)
+        }
+    }
 }
 
 /// 16 × 10 tile with the vectors along m, for n ≤ 10 with Aᵀ read in place (unit row

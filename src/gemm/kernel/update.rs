@@ -85,7 +85,9 @@ pub(crate) unsafe fn update_tile<L: Lanes, const MR: usize, const NV: usize, con
     // mr; the parameter and state tiles have the same valid region, vouched for by the
     // caller, and are owned by this task.
     unsafe {
-        let rule = &*u.rule;
+        // A copy: the stores below go through raw pointers, so a rule behind one would
+        // be read again (and its match taken) for every vector.
+        let rule = *u.rule;
         let load = |v: usize, p: *const f32| if full(v) { L::load(p) } else { L::load_masked(p, masks[v]) };
         let store_at = |p: *mut f32, v: usize, x: L::V| {
             if full(v) {
@@ -97,53 +99,61 @@ pub(crate) unsafe fn update_tile<L: Lanes, const MR: usize, const NV: usize, con
         let keep = |v: usize, x: L::V| if full(v) { x } else { L::keep_valid(x, masks[v]) };
         let s = L::splat;
         let mut maxima = [L::zero(); 3];
-        for (i, row) in acc.iter().enumerate().take(rows) {
-            for (v, &x) in row.iter().enumerate() {
-                let c_at = t.c.wrapping_add(i * t.rsc + v * L::W);
-                let mut g = if t.load_c { L::add(x, load(v, c_at)) } else { x };
-                let off = i * u.rs + v * L::W;
-                let (pp, s0p, s1p) = (u.p.wrapping_add(off), u.s0.wrapping_add(off), u.s1.wrapping_add(off));
-                let mut p = load(v, pp);
-                if let Some((l1, two_l2)) = rule.penalty {
-                    g = L::add(g, L::add(L::mul(s(l1), L::sign(p)), L::mul(s(two_l2), p)));
-                }
-                match rule.step {
-                    Step::Sgd { lr } => p = L::sub(p, L::mul(s(lr), g)),
-                    Step::Momentum { lr, momentum } => {
-                        let m = L::sub(L::mul(s(momentum), load(v, s0p)), L::mul(s(lr), g));
-                        p = L::add(p, m);
-                        store_at(s0p, v, m);
-                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
-                    }
-                    Step::Adagrad { lr, epsilon } => {
-                        let c = L::add(load(v, s0p), L::mul(g, g));
-                        p = L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))));
-                        store_at(s0p, v, c);
-                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
-                    }
-                    Step::RmsProp { lr, rho, epsilon } => {
-                        let c = L::add(L::mul(s(rho), load(v, s0p)), L::mul(L::mul(s(1.0 - rho), g), g));
-                        p = L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))));
-                        store_at(s0p, v, c);
-                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
-                    }
-                    Step::Adam { lr, beta1, beta2, epsilon, corr1, corr2 } => {
-                        let m = L::add(L::mul(s(beta1), load(v, s0p)), L::mul(s(1.0 - beta1), g));
-                        let w = L::add(L::mul(s(beta2), load(v, s1p)), L::mul(L::mul(s(1.0 - beta2), g), g));
-                        let step = L::div(
-                            L::mul(s(lr), L::mul(m, s(corr1))),
-                            L::add(L::sqrt(L::mul(w, s(corr2))), s(epsilon)),
-                        );
-                        p = L::sub(p, step);
-                        store_at(s0p, v, m);
-                        store_at(s1p, v, w);
-                        maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
-                        maxima[2] = L::max_abs_bits(maxima[2], keep(v, w));
+        // The loops over the tile's vectors, with `$body` computing the new parameter
+        // from `$g` (gradient, penalty added) and `$p` after storing any state. A macro,
+        // not a closure: closures do not inherit the function's target features, so
+        // their lane operations would not inline. One copy of the loops per step kind.
+        macro_rules! sweep {
+            (|$v:ident, $g:ident, $p:ident, $s0p:ident, $s1p:ident| $body:expr) => {
+                for (i, row) in acc.iter().enumerate().take(rows) {
+                    for (v, &x) in row.iter().enumerate() {
+                        let c_at = t.c.wrapping_add(i * t.rsc + v * L::W);
+                        let mut g = if t.load_c { L::add(x, load(v, c_at)) } else { x };
+                        let off = i * u.rs + v * L::W;
+                        let pp = u.p.wrapping_add(off);
+                        let p = load(v, pp);
+                        if let Some((l1, two_l2)) = rule.penalty {
+                            g = L::add(g, L::add(L::mul(s(l1), L::sign(p)), L::mul(s(two_l2), p)));
+                        }
+                        let ($v, $g, $p, $s0p, $s1p) = (v, g, p, u.s0.wrapping_add(off), u.s1.wrapping_add(off));
+                        let _ = ($v, $s0p, $s1p);
+                        let p = $body;
+                        store_at(pp, v, p);
+                        maxima[0] = L::max_abs_bits(maxima[0], keep(v, p));
                     }
                 }
-                store_at(pp, v, p);
-                maxima[0] = L::max_abs_bits(maxima[0], keep(v, p));
-            }
+            };
+        }
+        match rule.step {
+            Step::Sgd { lr } => sweep!(|v, g, p, s0p, s1p| L::sub(p, L::mul(s(lr), g))),
+            Step::Momentum { lr, momentum } => sweep!(|v, g, p, s0p, s1p| {
+                let m = L::sub(L::mul(s(momentum), load(v, s0p)), L::mul(s(lr), g));
+                store_at(s0p, v, m);
+                maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
+                L::add(p, m)
+            }),
+            Step::Adagrad { lr, epsilon } => sweep!(|v, g, p, s0p, s1p| {
+                let c = L::add(load(v, s0p), L::mul(g, g));
+                store_at(s0p, v, c);
+                maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))))
+            }),
+            Step::RmsProp { lr, rho, epsilon } => sweep!(|v, g, p, s0p, s1p| {
+                let c = L::add(L::mul(s(rho), load(v, s0p)), L::mul(L::mul(s(1.0 - rho), g), g));
+                store_at(s0p, v, c);
+                maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))))
+            }),
+            Step::Adam { lr, beta1, beta2, epsilon, corr1, corr2 } => sweep!(|v, g, p, s0p, s1p| {
+                let m = L::add(L::mul(s(beta1), load(v, s0p)), L::mul(s(1.0 - beta1), g));
+                let w = L::add(L::mul(s(beta2), load(v, s1p)), L::mul(L::mul(s(1.0 - beta2), g), g));
+                store_at(s0p, v, m);
+                store_at(s1p, v, w);
+                maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
+                maxima[2] = L::max_abs_bits(maxima[2], keep(v, w));
+                let step = L::div(L::mul(s(lr), L::mul(m, s(corr1))), L::add(L::sqrt(L::mul(w, s(corr2))), s(epsilon)));
+                L::sub(p, step)
+            }),
         }
         let out = &mut *u.maxima;
         for (o, m) in out.iter_mut().zip(maxima) {
