@@ -605,3 +605,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn mid_width_and_two_row_tiles_across_block_boundaries() {
+    // 16 < n ≤ 48 goes to the AVX-512 12 × 32 and 8 × 48 tiles, one or two rows of C to
+    // the 2-row tiles (2 × 16 … 2 × 128): shapes just past their kc, mc and nc, with
+    // every A and B layout, at small caches, on 2 threads (the other paths see the
+    // same shapes with their own tiles).
+    let mut rng = Rng::new(36);
+    for caches in [CacheSizes::new(8 << 10, 64 << 10), CacheSizes::new(32 << 10, 128 << 10)] {
+        for (mr, nr, ns) in [
+            (12, 32, &[17, 31, 32][..]),
+            (8, 48, &[33, 47, 48][..]),
+            (2, 16, &[1, 10, 16][..]),
+            (2, 32, &[17, 32][..]),
+            (2, 64, &[33, 64][..]),
+            (2, 128, &[65, 128, 129][..]),
+        ] {
+            let Blocking { kc, mc, nc, .. } = Blocking::for_kernel(mr, nr, caches);
+            let ms: Vec<usize> = if mr == 2 { vec![1, 2] } else { vec![mc + 1, mc - 1, mr + 1, 1] };
+            let mut ns = ns.to_vec();
+            if mr == 2 && nr == 128 {
+                ns.extend([nc - 1, nc + 1]);
+            }
+            for &m in &ms {
+                for &n in &ns {
+                    for k in [kc + 1, 2 * kc + 3, kc - 1, 1] {
+                        let s = m + n + k;
+                        let (la, lb) =
+                            [(Layout::Row, Layout::Row), (Layout::Trans, Layout::Row), (Layout::Row, Layout::Trans)]
+                                [s % 3];
+                        let p = Problem::new(&mut rng, (m, k, n), la, lb, Layout::Row);
+                        check_all_with_caches(&p, Layout::Row, 2, Some(caches));
+                    }
+                }
+            }
+        }
+    }
+}

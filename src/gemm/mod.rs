@@ -266,12 +266,27 @@ fn dispatch(
     // place.
     #[cfg(target_arch = "x86_64")]
     let column_tile = b.cols() <= 10 && a.row_stride() == 1 && a.col_stride() != 1;
+    // One or two rows of C (a batch of 1 or 2): tiles of two rows, so that no FMA goes
+    // to rows that are not there.
+    #[cfg(target_arch = "x86_64")]
+    let few_rows = c.rows() <= 2;
     let (e, u) = (epilogue, update);
     Ok(match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if column_tile => driver::run::<kernel::avx512::Avx512Columns>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if few_rows => match b.cols() {
+            0..=16 => driver::run::<kernel::avx512::Avx512Rows16>(c, a, b, accum, e, u, plan),
+            17..=32 => driver::run::<kernel::avx512::Avx512Rows32>(c, a, b, accum, e, u, plan),
+            33..=64 => driver::run::<kernel::avx512::Avx512Rows64>(c, a, b, accum, e, u, plan),
+            _ => driver::run::<kernel::avx512::Avx512Rows128>(c, a, b, accum, e, u, plan),
+        },
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx512 if b.cols() <= 16 => driver::run::<kernel::avx512::Avx512Narrow>(c, a, b, accum, e, u, plan),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if b.cols() <= 32 => driver::run::<kernel::avx512::Avx512Mid32>(c, a, b, accum, e, u, plan),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if b.cols() <= 48 => driver::run::<kernel::avx512::Avx512Mid48>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => driver::run::<kernel::avx512::Avx512Wide>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]

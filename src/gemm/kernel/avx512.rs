@@ -77,6 +77,66 @@ impl Kernel for Avx512Columns {
     }
 }
 
+/// AVX-512 kernels that differ only in their tile: `MR` rows × `NV` zmm vectors.
+macro_rules! avx512_tile_kernel {
+    ($(#[$doc:meta])* $name:ident, $mr:literal, $nv:literal) => {
+        $(#[$doc])*
+        pub(crate) struct $name;
+
+        impl Kernel for $name {
+            const ISA: Isa = Isa::Avx512;
+            const MR: usize = $mr;
+            const NR: usize = $nv * 16;
+            const READS_B_IN_PLACE: bool = true;
+            #[inline(always)]
+            unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+                // SAFETY: the caller upholds the tile contract and has checked avx512f.
+                unsafe { tile_generic::<$mr, $nv>(kc, a, b, t) }
+            }
+        }
+    };
+}
+
+avx512_tile_kernel!(
+    /// 12 × 32 tile (24 accumulators): for 16 < n ≤ 32, where the 6 × 64 tile would
+    /// mask off half its lanes.
+    Avx512Mid32,
+    12,
+    2
+);
+avx512_tile_kernel!(
+    /// 8 × 48 tile (24 accumulators): for 32 < n ≤ 48.
+    Avx512Mid48,
+    8,
+    3
+);
+avx512_tile_kernel!(
+    /// 2 × 16 tile: products of one or two rows (a batch of 1 or 2) with n ≤ 16. A
+    /// 6- or 16-row tile would compute its empty rows as copies of the last one.
+    Avx512Rows16,
+    2,
+    1
+);
+avx512_tile_kernel!(
+    /// 2 × 32 tile: one or two rows, 16 < n ≤ 32.
+    Avx512Rows32,
+    2,
+    2
+);
+avx512_tile_kernel!(
+    /// 2 × 64 tile: one or two rows, 32 < n ≤ 64.
+    Avx512Rows64,
+    2,
+    4
+);
+avx512_tile_kernel!(
+    /// 2 × 128 tile (16 accumulators): one or two rows, n > 64: a vector-matrix
+    /// product bound by reading B, with no FMA spent on absent rows.
+    Avx512Rows128,
+    2,
+    8
+);
+
 /// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
 ///
 /// # Safety

@@ -30,8 +30,9 @@ pub(crate) mod update;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Isa {
-    /// AVX-512F: 6×64 tiles (4 zmm per row), 16×16 tiles for narrow outputs (n ≤ 16),
-    /// 16×10 tiles with the vectors along m for `Xᵀ·dZ` with n ≤ 10.
+    /// AVX-512F: 6×64 tiles (4 zmm per row); 16×16, 12×32 and 8×48 tiles for outputs
+    /// up to 16, 32 and 48 wide; 16×10 tiles with the vectors along m for `Xᵀ·dZ` with
+    /// n ≤ 10; 2-row tiles (2×16 … 2×128) for products of one or two rows.
     Avx512,
     /// AVX2 + FMA: 6×16 tiles (2 ymm per row), 16×5 tiles with the vectors along m for
     /// `Xᵀ·dZ` with n ≤ 10.
@@ -173,7 +174,21 @@ pub(crate) fn transpose(
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
 /// can be sized once for whichever kernel runs: AVX-512 wide, narrow and column, AVX2
 /// wide and narrow, portable, NEON.
-pub(crate) const KERNEL_TILES: [(usize, usize); 7] = [(6, 64), (16, 16), (16, 10), (6, 16), (16, 5), (4, 8), (12, 8)];
+pub(crate) const KERNEL_TILES: [(usize, usize); 13] = [
+    (6, 64),
+    (16, 16),
+    (16, 10),
+    (12, 32),
+    (8, 48),
+    (2, 16),
+    (2, 32),
+    (2, 64),
+    (2, 128),
+    (6, 16),
+    (16, 5),
+    (4, 8),
+    (12, 8),
+];
 
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
