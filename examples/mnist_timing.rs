@@ -38,6 +38,7 @@ usage: cargo run --release --example mnist_timing -- [options]
   --samples N                train on the first N images only (wide networks; the
                              summary also gives the time per 60 000)   (default 60000)
   --fused on|off             optimizer step inside the weight-gradient GEMMs (default on)
+  --eval on|off              evaluate the test set after each epoch     (default on)
   --json PATH                also write the figures as JSON
   --help                     this text
 
@@ -71,6 +72,7 @@ struct Args {
     hidden: Vec<usize>,
     samples: Option<usize>,
     fused: bool,
+    eval: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -90,6 +92,7 @@ fn parse_args() -> Result<Args, String> {
         hidden: vec![128, 64],
         samples: None,
         fused: true,
+        eval: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -138,6 +141,8 @@ fn parse_args() -> Result<Args, String> {
             "--samples" => a.samples = Some(num(&value)?),
             "--fused" if value == "on" || value == "off" => a.fused = value == "on",
             "--fused" => return Err(format!("--fused must be on or off, got {value:?}")),
+            "--eval" if value == "on" || value == "off" => a.eval = value == "on",
+            "--eval" => return Err(format!("--eval must be on or off, got {value:?}")),
             "--json" => a.json = Some(value.into()),
             other => return Err(format!("unknown option {other:?} (try --help)")),
         }
@@ -305,11 +310,10 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
             .progress_chars("=> "),
     );
     let mut progress = Progress { bar, peak, isa_name: isa.name(), reports: Vec::new(), samples, flop };
-    let options = FitOptions::default()
-        .with_epochs(args.epochs)
-        .with_batch_size(args.batch)
-        .with_seed(args.seed)
-        .with_validation(data.test_images.view(), Targets::Classes(&data.test_labels));
+    let mut options = FitOptions::default().with_epochs(args.epochs).with_batch_size(args.batch).with_seed(args.seed);
+    if args.eval {
+        options = options.with_validation(data.test_images.view(), Targets::Classes(&data.test_labels));
+    }
     // Batches are gathered from the pixel bytes: a quarter of the memory traffic of the
     // f32 images, with exactly their values.
     let train = ScaledBytes::new(&data.train_pixels[..samples * 784], 784, mnist::PIXEL_SCALE)?;
@@ -336,7 +340,7 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     let median_pct = 100.0 * samples as f64 * flop / median.max(1e-9) / 1e9 / peak;
     let median_60k = median * 60_000.0 / samples as f64;
     println!("summary: median epoch {median:.3} s ({median_60k:.3} s per 60 000 samples, {median_pct:.1}% of {} peak), {samples_per_second:.0} samples/s, {gflops:.1} GFLOP/s over all epochs", isa.name());
-    for target in [0.97, 0.98] {
+    for target in [0.97, 0.98].into_iter().filter(|_| args.eval) {
         match milestone(target) {
             Some((epoch, secs)) => {
                 println!("  {:.0}% test accuracy after epoch {epoch}: {secs:.2} s of training", target * 100.0)
@@ -344,7 +348,7 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
             None => println!("  {:.0}% test accuracy: not reached in {} epochs", target * 100.0, reports.len()),
         }
     }
-    if let Some(acc) = test_acc.last() {
+    if let Some(acc) = test_acc.last().filter(|_| args.eval) {
         println!("  final test accuracy {:.4}", acc);
     }
     let mem = peak_memory_mib();
