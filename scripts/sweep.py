@@ -105,8 +105,9 @@ def main():
             row += [f"{min(peer_t[p]):.3f}" for p, _ in peers]
             row += [f"{min(peer_t[p]) / best:.2f}×" for p, _ in peers]
             print("| " + " | ".join(row) + " |", flush=True)
-    print(f"\n(samples per epoch: {', '.join(f'784-{h.replace(",", "-")}-10 b{b}: {s}' for h, b, s in configs if s != 60000)}; "
-          f"best of {args.repeats} run(s), each the median of {args.epochs} epochs)")
+    partial = ", ".join(f"784-{h.replace(',', '-')}-10 b{b}: {s}" for h, b, s in configs if s != 60000)
+    print(f"\n(samples per epoch where fewer than 60 000: {partial}; best of {args.repeats} run(s), "
+          f"each the median of {args.epochs} epochs)")
 
 
 if __name__ == "__main__":
