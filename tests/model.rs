@@ -483,3 +483,28 @@ fn an_observer_can_stop_fit_and_the_model_reports_its_layers_and_classes() {
         assert!(row[..c].iter().all(|&v| v < row[c]), "row {i}: not the first maximum");
     }
 }
+
+#[test]
+fn one_model_predicts_and_evaluates_from_many_threads_at_once() {
+    // `predict`, `predict_into` and `evaluate` take `&self`: four threads share one
+    // model (no Mutex) and get, bit for bit, what one thread gets alone.
+    let (x, y) = mnist_like(64, 21);
+    let model = mnist_model(22, Optimizer::sgd(0.1));
+    let alone = model.predict(x.view()).unwrap();
+    let alone_eval = model.evaluate(x.view(), Targets::Classes(&y), 16).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (model, x, y, alone) = (&model, &x, &y, &alone);
+            s.spawn(move || {
+                let mut out = Matrix::zeros(1, 10);
+                for round in 0..50 {
+                    let i = (t * 50 + round) % 64;
+                    model.predict_into(x.view().submatrix(i, 0, 1, 784).unwrap(), out.view_mut()).unwrap();
+                    assert_eq!(out.row(0), alone.row(i), "thread {t}, row {i}");
+                }
+                assert_eq!(model.predict(x.view()).unwrap(), *alone, "thread {t}: a whole batch");
+                assert_eq!(model.evaluate(x.view(), Targets::Classes(y), 16).unwrap(), alone_eval, "thread {t}");
+            });
+        }
+    });
+}

@@ -45,8 +45,17 @@ impl ActivationLayer {
     /// [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) only for non-contiguous
     /// input rows.
     pub fn forward(&mut self, inputs: MatRef<'_>) -> Result<()> {
-        self.output.resize(inputs.rows(), inputs.cols());
-        let out = self.output.view_mut();
+        let mut out = std::mem::take(&mut self.output);
+        let r = self.forward_into(inputs, &mut out);
+        self.output = out;
+        r
+    }
+
+    /// [`Self::forward`] into a buffer of the caller's (resized), leaving the layer as
+    /// it is.
+    pub(crate) fn forward_into(&self, inputs: MatRef<'_>, out: &mut Matrix) -> Result<()> {
+        out.resize(inputs.rows(), inputs.cols());
+        let out = out.view_mut();
         match self.kind {
             Activation::Relu => act::relu_forward(inputs, out),
             Activation::Sigmoid => act::sigmoid_forward(inputs, out),

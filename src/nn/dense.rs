@@ -268,6 +268,15 @@ impl Dense {
         Ok(())
     }
 
+    /// [`Self::forward`] into a buffer of the caller's (resized to the batch), leaving
+    /// the layer as it is: what inference through a shared model uses.
+    pub(crate) fn forward_into(&self, inputs: MatRef<'_>, out: &mut Matrix, threads: usize) -> Result<()> {
+        self.check_inputs(&inputs)?;
+        out.resize(inputs.rows(), self.n_neurons());
+        let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
+        gemm_with(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm_on(threads))
+    }
+
     /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if
     /// any), with `inputs` the same batch given to [`Self::forward`]. Computes
     /// `dweights`, `dbiases` and `dinputs`.

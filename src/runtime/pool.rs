@@ -3,7 +3,7 @@
 //! workers optionally pinned to distinct cores.
 
 use crate::error::{Error, Result};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A model's thread configuration and, once built, its pool. Clones share the pool.
 #[derive(Clone, Debug)]
@@ -12,23 +12,25 @@ pub(crate) struct ModelPool {
     /// the caller's rayon pool, or one of rayon's default size.
     threads: Option<usize>,
     pin: bool,
-    pool: Option<Arc<rayon::ThreadPool>>,
+    /// Built by the first call that needs it (any of them: calls may come from several
+    /// threads at once through a shared model).
+    pool: OnceLock<Arc<rayon::ThreadPool>>,
 }
 
 impl ModelPool {
     pub(crate) fn new() -> Self {
-        ModelPool { threads: None, pin: true, pool: None }
+        ModelPool { threads: None, pin: true, pool: OnceLock::new() }
     }
 
     /// A new thread count drops the pool; the next call builds one of the new size.
     pub(crate) fn set_threads(&mut self, threads: Option<usize>) {
         self.threads = threads;
-        self.pool = None;
+        self.pool = OnceLock::new();
     }
 
     pub(crate) fn set_pin(&mut self, pin: bool) {
         if pin != self.pin {
-            self.pool = None;
+            self.pool = OnceLock::new();
         }
         self.pin = pin;
     }
@@ -43,7 +45,7 @@ impl ModelPool {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] when the pool's threads cannot be started.
-    pub(crate) fn install<R: Send>(&mut self, f: impl FnOnce(usize) -> R + Send) -> Result<R> {
+    pub(crate) fn install<R: Send>(&self, f: impl FnOnce(usize) -> R + Send) -> Result<R> {
         if self.threads == Some(1) {
             return Ok(f(1));
         }
@@ -51,11 +53,11 @@ impl ModelPool {
         if in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()) {
             return Ok(f(rayon::current_num_threads()));
         }
-        if self.pool.as_ref().is_some_and(|p| p.current_thread_index().is_some()) {
+        if self.pool.get().is_some_and(|p| p.current_thread_index().is_some()) {
             return Ok(f(rayon::current_num_threads()));
         }
-        let pool = match &self.pool {
-            Some(pool) => Arc::clone(pool),
+        let pool = match self.pool.get() {
+            Some(pool) => pool,
             None => {
                 let n = self.threads.unwrap_or_else(rayon::current_num_threads);
                 let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
@@ -63,9 +65,9 @@ impl ModelPool {
                 let builder = pin(builder, n, self.pin);
                 let pool =
                     builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
-                let pool = Arc::new(pool);
-                self.pool = Some(Arc::clone(&pool));
-                pool
+                // Two first calls at once both build one; the loser's is dropped.
+                let _ = self.pool.set(Arc::new(pool));
+                self.pool.get().expect("set above")
             }
         };
         Ok(pool.install(|| f(rayon::current_num_threads())))

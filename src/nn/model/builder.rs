@@ -128,6 +128,7 @@ impl ModelBuilder {
             batch_x: Matrix::zeros(0, self.n_inputs),
             batch_classes: Vec::new(),
             batch_values: Matrix::zeros(0, width),
+            inference: Default::default(),
         })
     }
 }

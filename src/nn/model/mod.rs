@@ -109,6 +109,36 @@ pub struct Sequential {
     batch_x: Matrix,
     batch_classes: Vec<usize>,
     batch_values: Matrix,
+    /// Activation buffers for inference through `&self`, one set per concurrent call.
+    inference: InferenceBuffers,
+}
+
+/// Sets of per-layer output buffers that `predict` and `evaluate` borrow for a call and
+/// give back: a warm loop reuses one set (no allocation), calls from several threads
+/// at once take one each. A clone of the model starts with none.
+#[derive(Default)]
+struct InferenceBuffers(std::sync::Mutex<Vec<Vec<Matrix>>>);
+
+impl Clone for InferenceBuffers {
+    fn clone(&self) -> Self {
+        InferenceBuffers::default()
+    }
+}
+
+impl std::fmt::Debug for InferenceBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InferenceBuffers")
+    }
+}
+
+impl InferenceBuffers {
+    fn take(&self) -> Vec<Matrix> {
+        // A panic elsewhere cannot leave the list half-changed: take what is there.
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().unwrap_or_default()
+    }
+    fn give_back(&self, bufs: Vec<Matrix>) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bufs);
+    }
 }
 
 impl Sequential {
@@ -210,7 +240,7 @@ impl Sequential {
     fn in_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self, usize) -> R + Send) -> Result<R> {
         // A copy of the handle (an `Arc`), so that `f` can borrow the whole model; the
         // pool it may build is kept.
-        let mut pool = self.pool.clone();
+        let pool = self.pool.clone();
         let result = pool.install(|threads| f(self, threads));
         self.pool = pool;
         result
@@ -490,7 +520,7 @@ impl Sequential {
     /// Shape and target errors (targets outside the loss's domain included), before any
     /// work; [`Error::NonFiniteInput`] naming the first input row with NaN or infinity
     /// (found when a batch's loss is not finite).
-    pub fn evaluate(&mut self, x: MatRef<'_>, targets: Targets<'_>, batch_size: usize) -> Result<Evaluation> {
+    pub fn evaluate(&self, x: MatRef<'_>, targets: Targets<'_>, batch_size: usize) -> Result<Evaluation> {
         self.check_inputs(&x, Some(&targets))?;
         if x.rows() == 0 || batch_size == 0 {
             return Err(Error::InvalidArgument("evaluate needs at least one sample and a batch size ≥ 1".into()));
@@ -498,12 +528,12 @@ impl Sequential {
         if self.runs_serially(x.rows()) {
             return self.evaluate_batches(x, targets, batch_size, 1);
         }
-        self.in_pool(move |m, threads| m.evaluate_batches(x, targets, batch_size, threads))?
+        self.pool.install(move |threads| self.evaluate_batches(x, targets, batch_size, threads))?
     }
 
     /// [`Self::evaluate`] after its checks, on whichever thread calls it.
     fn evaluate_batches(
-        &mut self,
+        &self,
         x: MatRef<'_>,
         targets: Targets<'_>,
         batch_size: usize,
@@ -518,9 +548,7 @@ impl Sequential {
                 Targets::Classes(c) => Targets::Classes(&c[start..start + rows]),
                 Targets::Values(v) => Targets::Values(v.submatrix(start, 0, rows, v.cols())?),
             };
-            self.forward(xb, false, threads)?;
-            let out = self.layers.last().expect("a built model has layers").output().view();
-            let b = self.loss.forward_backward(out, tb, None)?;
+            let b = self.infer(xb, threads, |out| self.loss.forward_backward(out, tb, None))??;
             if !b.loss.is_finite() {
                 return Err(self.nonfinite_error("Sequential::evaluate", xb, start));
             }
@@ -533,6 +561,35 @@ impl Sequential {
         })
     }
 
+    /// The forward pass of inference (dropout off) on `x`, into a set of buffers
+    /// borrowed for the call; `f` gets the last layer's output. The layers are not
+    /// changed, so calls may run at once from many threads on one model.
+    fn infer<R>(&self, x: MatRef<'_>, threads: usize, f: impl FnOnce(MatRef<'_>) -> R) -> Result<R> {
+        let mut bufs = self.inference.take();
+        bufs.resize_with(self.layers.len(), || Matrix::zeros(0, 0));
+        let result = self.infer_into(x, threads, &mut bufs).map(|last| f(last.map_or(x, |i| bufs[i].view())));
+        self.inference.give_back(bufs);
+        result
+    }
+
+    /// Runs the layers on `x` into `bufs`; the index of the buffer holding the output
+    /// (`None`: the input itself, as after only dropout layers).
+    fn infer_into(&self, x: MatRef<'_>, threads: usize, bufs: &mut [Matrix]) -> Result<Option<usize>> {
+        let mut current: Option<usize> = None;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (done, rest) = bufs.split_at_mut(l);
+            let input = current.map_or(x, |i| done[i].view());
+            match layer {
+                Layer::Dense(d) => d.forward_into(input, &mut rest[0], threads)?,
+                Layer::Activation(a) => a.forward_into(input, &mut rest[0])?,
+                // Inference: dropout passes its input through.
+                Layer::Dropout(_) => continue,
+            }
+            current = Some(l);
+        }
+        Ok(current)
+    }
+
     /// The model's outputs for `x` (samples × n_outputs), with dropout off; for
     /// [`Loss::SoftmaxCrossEntropy`], the class probabilities.
     ///
@@ -541,7 +598,7 @@ impl Sequential {
     /// [`Error::NonFiniteInput`] naming the first input row with NaN or infinity (and
     /// [`Error::NonFinite`] if every input is finite but an output is not). The check
     /// looks at the outputs, so finite inputs cost one pass over them.
-    pub fn predict(&mut self, x: MatRef<'_>) -> Result<Matrix> {
+    pub fn predict(&self, x: MatRef<'_>) -> Result<Matrix> {
         self.check_inputs(&x, None)?;
         let mut out = Matrix::zeros(x.rows(), self.n_outputs);
         self.predict_into(x, out.view_mut())?;
@@ -555,7 +612,7 @@ impl Sequential {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `x` has the wrong width or `out` the wrong shape.
     /// As [`Self::predict`] for NaN or infinity; `out` is then partly written.
-    pub fn predict_into(&mut self, x: MatRef<'_>, out: MatMut<'_>) -> Result<()> {
+    pub fn predict_into(&self, x: MatRef<'_>, out: MatMut<'_>) -> Result<()> {
         self.check_inputs(&x, None)?;
         if out.rows() != x.rows() || out.cols() != self.n_outputs {
             return Err(Error::ShapeMismatch {
@@ -573,7 +630,7 @@ impl Sequential {
         if self.runs_serially(x.rows()) {
             return self.predict_batches(x, out, 1);
         }
-        self.in_pool(move |m, threads| m.predict_batches(x, out, threads))?
+        self.pool.install(move |threads| self.predict_batches(x, out, threads))?
     }
 
     /// The predicted class of each row of `x`: the index of its largest output (the
@@ -581,7 +638,7 @@ impl Sequential {
     ///
     /// # Errors
     /// As [`Self::predict`].
-    pub fn predict_classes(&mut self, x: MatRef<'_>) -> Result<Vec<usize>> {
+    pub fn predict_classes(&self, x: MatRef<'_>) -> Result<Vec<usize>> {
         let out = self.predict(x)?;
         Ok((0..out.rows())
             .map(|i| {
@@ -638,25 +695,26 @@ impl Sequential {
     }
 
     /// [`Self::predict_into`] after its checks, in batches of 256 rows.
-    fn predict_batches(&mut self, x: MatRef<'_>, mut out: MatMut<'_>, threads: usize) -> Result<()> {
+    fn predict_batches(&self, x: MatRef<'_>, mut out: MatMut<'_>, threads: usize) -> Result<()> {
         let batch = 256;
         for start in (0..x.rows()).step_by(batch) {
             let rows = batch.min(x.rows() - start);
             let xb = x.submatrix(start, 0, rows, x.cols())?;
-            self.forward(xb, false, threads)?;
-            let last = self.layers.last().expect("a built model has layers").output();
-            if !all_finite_on(last.as_slice(), 1) {
-                return Err(self.nonfinite_error("Sequential::predict", xb, start));
-            }
             let dst = out.rb_mut().submatrix(start, 0, rows, self.n_outputs)?;
-            if self.loss == Loss::SoftmaxCrossEntropy {
-                crate::ops::activation::softmax_forward(last.view(), dst)?;
-            } else {
-                let mut dst = dst;
-                for i in 0..rows {
-                    dst.row_mut(i).copy_from_slice(last.row(i));
+            self.infer(xb, threads, |last| {
+                if (0..rows).any(|i| !crate::ops::reduce::all_finite(last.row(i))) {
+                    return Err(self.nonfinite_error("Sequential::predict", xb, start));
                 }
-            }
+                if self.loss == Loss::SoftmaxCrossEntropy {
+                    crate::ops::activation::softmax_forward(last, dst)
+                } else {
+                    let mut dst = dst;
+                    for i in 0..rows {
+                        dst.row_mut(i).copy_from_slice(last.row(i));
+                    }
+                    Ok(())
+                }
+            })??;
         }
         Ok(())
     }
