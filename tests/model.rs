@@ -422,7 +422,7 @@ fn training_from_scaled_bytes_equals_training_from_the_f32_matrix() {
 #[test]
 fn inference_names_the_input_row_with_nan_or_infinity() {
     let (x, y) = spiral(20, 3, 11);
-    let mut model = spiral_model(3);
+    let model = spiral_model(3);
     let mut bad = x.clone();
     bad[(37, 1)] = f32::NAN;
     let err = model.predict(bad.view()).unwrap_err();
