@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the parsers of outside bytes with cargo-fuzz (libFuzzer + AddressSanitizer):
-# `idx` (data::mnist::validate_idx_bytes) and `params` (load_parameters_from_bytes).
+# `idx` (data::mnist::validate_idx_bytes) and `params` (load_parameters_from_bytes and
+# load_checkpoint_from_bytes: safetensors and the raw format).
 # Any input must give a clean Ok/Err: no panic, no abort, no single allocation over
 # 64 MiB (a header claiming 2^32 items must not allocate on its word).
 # Usage: scripts/fuzz.sh [seconds per target, default 30]

@@ -22,6 +22,20 @@ impl Rng {
         Rng { s: [next(), next(), next(), next()] }
     }
 
+    /// The generator's state (to save and restore a stream mid-way).
+    pub(crate) fn state(&self) -> [u64; 4] {
+        self.s
+    }
+
+    /// The generator in state `s` (from [`Self::state`]); an all-zero state, which
+    /// xoshiro cannot leave, is replaced by the state of seed 0.
+    pub(crate) fn from_state(s: [u64; 4]) -> Self {
+        if s == [0; 4] {
+            return Rng::new(0);
+        }
+        Rng { s }
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;

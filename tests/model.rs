@@ -164,34 +164,11 @@ fn saved_parameters_reload_to_the_same_predictions() {
     fresh.load_parameters(&path).unwrap();
     assert_eq!(fresh.predict(x.view()).unwrap(), model.predict(x.view()).unwrap());
 
-    // Corrupt files: each an error that names the problem, and the model unchanged.
-    let good = std::fs::read(&path).unwrap();
-    let before = params(&fresh);
-    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("magic", [b"NOTPARAM".as_slice(), &good[8..]].concat(), "magic"),
-        ("truncated", good[..good.len() - 3].to_vec(), "ends inside"),
-        ("trailing", [good.as_slice(), &[0u8; 4]].concat(), "unexpected bytes"),
-        (
-            "version",
-            {
-                let mut b = good.clone();
-                b[8] = 9;
-                b
-            },
-            "version 9",
-        ),
-    ];
-    for (name, bytes, says) in cases {
-        let p = dir.join(name);
-        std::fs::write(&p, bytes).unwrap();
-        let err = fresh.load_parameters(&p).unwrap_err();
-        assert!(matches!(err, Error::Format(_)) && err.to_string().contains(says), "{name}: {err}");
-        assert_eq!(params(&fresh), before, "{name}: model changed");
-    }
+    // Corrupt files and other architectures: tests/saved.rs.
     let mut wider =
         Sequential::builder(2).dense(32).relu().dense(3).build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1)).unwrap();
     let err = wider.load_parameters(&path).unwrap_err();
-    assert!(err.to_string().contains("Dense layer 0 is 2→64 in the file, 2→32 in the model"), "{err}");
+    assert!(err.to_string().contains("another architecture"), "{err}");
     let err = fresh.load_parameters(dir.join("missing")).unwrap_err();
     assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("missing"), "{err}");
     let cause = std::error::Error::source(&err).and_then(|s| s.downcast_ref::<std::io::Error>());

@@ -616,6 +616,14 @@ impl Dense {
         optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
     }
 
+    /// The optimizer state buffers, mutable, for loading a checkpoint: weights'
+    /// first and second, biases' first and second.
+    pub(crate) fn optimizer_state_mut(&mut self) -> [&mut Vec<f32>; 4] {
+        self.maxima = None;
+        let (w, b) = (&mut self.state.weights, &mut self.state.biases);
+        [&mut w.first, &mut w.second, &mut b.first, &mut b.second]
+    }
+
     /// The optimizer state for tests and inspection: the weights' first and second
     /// buffer, then the biases' (empty where the optimizer keeps none).
     #[doc(hidden)]

@@ -43,6 +43,16 @@ impl Dropout {
         self.rate
     }
 
+    /// The mask generator's state (for checkpoints).
+    pub(crate) fn rng_state(&self) -> [u64; 4] {
+        self.rng.state()
+    }
+
+    /// Restores [`Self::rng_state`].
+    pub(crate) fn set_rng_state(&mut self, s: [u64; 4]) {
+        self.rng = Rng::from_state(s);
+    }
+
     /// `output = inputs ⊙ mask` in training (a fresh mask each call), `inputs` otherwise.
     ///
     /// # Errors

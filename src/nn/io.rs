@@ -1,6 +1,7 @@
-//! Saving and loading a model's parameters.
-//!
-//! The file holds the Dense layers' weights and biases, in order, little-endian:
+//! Saving and loading a model: [`Sequential::save_parameters`] and
+//! [`Sequential::save_checkpoint`] write safetensors files (the layout is in the
+//! `saved` module's docs, repeated in docs/architecture.md); the loaders also read the
+//! raw format of fusegrad 0.1's first releases, little-endian:
 //!
 //! ```text
 //! offset  bytes             field
@@ -13,8 +14,6 @@
 //!         4·n_inputs·n_neurons   weights, f32, row-major (n_inputs × n_neurons)
 //!         4·n_neurons            biases, f32
 //! ```
-//! and nothing after. The architecture itself (activations, dropout, loss) is not
-//! stored: load into a model built the same way. Optimizer state is not stored either.
 //!
 //! Saving never destroys a good file: the bytes go to a temporary file in the same
 //! directory, which is flushed to disk and then renamed over the target (an atomic
@@ -33,8 +32,11 @@ const MAGIC: &[u8; 8] = b"FGPARAMS";
 const VERSION: u32 = 1;
 
 impl Sequential {
-    /// Writes the Dense layers' parameters to `path` (format in [`crate::nn`]'s
-    /// `io` module docs: magic, version, then per layer its shape, weights, biases).
+    /// Writes the Dense layers' weights and biases to `path` as a safetensors file
+    /// (`dense.{k}.weights` `[n_inputs, n_neurons]`, `dense.{k}.biases`; the
+    /// architecture, the crate version and a checksum in its metadata), which PyTorch,
+    /// candle and NumPy read (see the README for `nn.Linear`, whose weight is the
+    /// transpose).
     ///
     /// The file is replaced atomically: written to a temporary file beside it, synced,
     /// then renamed over `path`, so that a failure part-way never leaves a truncated
@@ -44,31 +46,73 @@ impl Sequential {
     /// [`Error::Io`] naming the path when the file cannot be written; `path` then keeps
     /// its previous contents (or stays absent).
     pub fn save_parameters(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let dense: Vec<_> =
-            self.layers().iter().filter_map(|l| if let Layer::Dense(d) = l { Some(d) } else { None }).collect();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(dense.len() as u32).to_le_bytes());
-        for d in dense {
-            bytes.extend_from_slice(&(d.n_inputs() as u32).to_le_bytes());
-            bytes.extend_from_slice(&(d.n_neurons() as u32).to_le_bytes());
-            for &x in d.weights.as_slice().iter().chain(&d.biases) {
-                bytes.extend_from_slice(&x.to_le_bytes());
-            }
-        }
-        write_atomically(path, &bytes, |tmp| File::create_new(tmp))
+        let bytes = crate::nn::saved::to_bytes(self, false)?;
+        write_atomically(path.as_ref(), &bytes, |tmp| File::create_new(tmp))
     }
 
-    /// Reads parameters written by [`Self::save_parameters`] into this model, which
-    /// must have the same Dense layer shapes. Nothing changes unless the whole file is
-    /// valid.
+    /// [`Self::save_parameters`] plus everything training needs to go on exactly as if
+    /// it had not stopped: the optimizer state of every layer, the iteration and epoch
+    /// counts (the learning-rate decay, Adam's bias correction and the shuffle follow
+    /// them) and the dropout layers' mask generators. A model built the same way that
+    /// loads it with [`Self::load_checkpoint`] and calls `fit` again trains bit for bit
+    /// as the uninterrupted run would have (with the same `FitOptions`).
+    ///
+    /// # Errors
+    /// As [`Self::save_parameters`].
+    pub fn save_checkpoint(&self, path: impl AsRef<Path>) -> Result<()> {
+        let bytes = crate::nn::saved::to_bytes(self, true)?;
+        write_atomically(path.as_ref(), &bytes, |tmp| File::create_new(tmp))
+    }
+
+    /// Restores a file written by [`Self::save_checkpoint`] into this model, which must
+    /// have the same architecture (layers, sizes, activations, dropout rates, loss) and
+    /// optimizer. Nothing changes unless the whole file is valid.
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be read; [`Error::Format`] when it is not a
-    /// parameter file, is truncated or too long, or its layer shapes differ from the
-    /// model's (the message says which layer and both shapes).
+    /// fusegrad checkpoint, is corrupt (the checksum), or was saved from another
+    /// architecture or optimizer (the message shows both).
+    pub fn load_checkpoint(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+        self.load_checkpoint_from_bytes(&bytes).map_err(|e| match e {
+            Error::Format(msg) => Error::Format(format!("{}: {msg}", path.display())),
+            e => e,
+        })
+    }
+
+    /// [`Self::load_checkpoint`] from bytes already in memory.
+    ///
+    /// # Errors
+    /// [`Error::Format`] as for [`Self::load_checkpoint`].
+    pub fn load_checkpoint_from_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        let restored = crate::nn::saved::read(self, bytes, true)?;
+        let mut tensors = restored.tensors.into_iter();
+        for layer in self.layers_mut() {
+            if let Layer::Dense(d) = layer {
+                d.weights.as_mut_slice().copy_from_slice(&tensors.next().expect("checked by read"));
+                d.biases.copy_from_slice(&tensors.next().expect("checked by read"));
+                for s in d.optimizer_state_mut() {
+                    if !s.is_empty() {
+                        s.copy_from_slice(&tensors.next().expect("checked by read"));
+                    }
+                }
+            }
+        }
+        self.restore_progress(restored.iterations, restored.epochs, &restored.dropout_rngs);
+        Ok(())
+    }
+
+    /// Reads the weights and biases of a file written by [`Self::save_parameters`] or
+    /// [`Self::save_checkpoint`] (or in the raw format of earlier releases) into this
+    /// model, which must have the same architecture (a safetensors file records it: a
+    /// sigmoid model does not load a ReLU model's file). The optimizer state and the
+    /// counters are left as they are. Nothing changes unless the whole file is valid.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be read; [`Error::Format`] when it is not a
+    /// parameter file, is truncated, corrupt (the checksum) or too long, or was saved
+    /// from another architecture (the message shows both).
     pub fn load_parameters(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
@@ -85,6 +129,16 @@ impl Sequential {
     /// # Errors
     /// [`Error::Format`] as for [`Self::load_parameters`] (without a file name).
     pub fn load_parameters_from_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if crate::nn::saved::is_safetensors(bytes) {
+            let mut tensors = crate::nn::saved::read(self, bytes, false)?.tensors.into_iter();
+            for layer in self.layers_mut() {
+                if let Layer::Dense(d) = layer {
+                    d.weights.as_mut_slice().copy_from_slice(&tensors.next().expect("checked by read"));
+                    d.biases.copy_from_slice(&tensors.next().expect("checked by read"));
+                }
+            }
+            return Ok(());
+        }
         let bad = |msg: String| Error::Format(msg);
         let mut at = 0usize;
         let mut take = |n: usize, what: &str| -> Result<&[u8]> {
@@ -96,7 +150,9 @@ impl Sequential {
         };
         let u32_at = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
         if take(8, "the magic number")? != MAGIC {
-            return Err(bad("not a fusegrad parameter file (magic number is not \"FGPARAMS\")".into()));
+            return Err(bad(
+                "not a fusegrad parameter file (neither safetensors nor the raw \"FGPARAMS\" format)".into()
+            ));
         }
         let version = u32_at(take(4, "the version")?);
         if version != VERSION as usize {

@@ -12,6 +12,7 @@ mod io;
 mod loss;
 mod model;
 mod optim;
+mod saved;
 
 pub use crate::data::convert::{bytes_to_f32, bytes_to_f32_portable};
 pub use activation::{Activation, ActivationLayer};

@@ -119,6 +119,7 @@ impl ModelBuilder {
             loss,
             optimizer,
             iterations: 0,
+            epochs: 0,
             n_inputs: self.n_inputs,
             n_outputs: width,
             adaptive_threads: true,

@@ -230,8 +230,15 @@ impl Sequential {
     ) -> Result<Vec<EpochReport>> {
         let n = x.rows();
         let batch = options.batch_size.min(n);
-        let order: Vec<usize> = (0..n).collect();
+        let mut order: Vec<usize> = (0..n).collect();
         let mut rng = Rng::new(options.seed);
+        // Continue the shuffle where the epochs already trained left it, so that a
+        // resumed run (another `fit` call, a checkpoint) sees the same batches.
+        if options.shuffle {
+            for _ in 0..self.epochs {
+                rng.shuffle(&mut order);
+            }
+        }
         let mut reports = Vec::with_capacity(options.epochs);
         // The batch buffers leave `self` for the epoch, so a step can borrow both.
         let mut bx = std::mem::take(&mut self.batch_x);
@@ -258,6 +265,7 @@ impl Sequential {
                     rng.shuffle(&mut epochs.order);
                 }
                 let sums = self.train_epoch(&mut epochs, epoch, helpers, observer, threads)?;
+                self.epochs += 1;
                 let train_seconds = start.elapsed().as_secs_f64();
                 let report = self.epoch_report(epoch, sums, train_seconds, options.validation, batch, threads)?;
                 observer.on_epoch(&report);

@@ -53,7 +53,7 @@ impl Layer {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Layer::Dense(d) => d.describe(),
             Layer::Activation(a) => format!("{:?}", a.kind),
@@ -97,6 +97,9 @@ pub struct Sequential {
     loss: Loss,
     optimizer: Optimizer,
     iterations: u64,
+    /// Epochs `fit` has completed, over all its calls: the next `fit` continues the
+    /// shuffle from there.
+    epochs: u64,
     n_inputs: usize,
     n_outputs: usize,
     adaptive_threads: bool,
@@ -180,6 +183,32 @@ impl Sequential {
     /// Optimizer steps taken so far (NNFS's `iterations`).
     pub fn iterations(&self) -> u64 {
         self.iterations
+    }
+
+    /// Epochs `fit` has completed so far, over all its calls (restored by
+    /// [`Self::load_checkpoint`]). Each `fit` continues the shuffle of its seed from
+    /// this many epochs in, so that two calls of 2 epochs train exactly as one of 4.
+    pub fn epochs_trained(&self) -> u64 {
+        self.epochs
+    }
+
+    /// The optimizer.
+    pub fn optimizer(&self) -> Optimizer {
+        self.optimizer
+    }
+
+    /// The mask generators' states of the dropout layers, in order.
+    pub(crate) fn dropout_rng_states(&self) -> Vec<[u64; 4]> {
+        self.layers.iter().filter_map(|l| if let Layer::Dropout(d) = l { Some(d.rng_state()) } else { None }).collect()
+    }
+
+    /// Restores what a checkpoint holds besides the parameters.
+    pub(crate) fn restore_progress(&mut self, iterations: u64, epochs: u64, dropout_rngs: &[[u64; 4]]) {
+        (self.iterations, self.epochs) = (iterations, epochs);
+        let dropouts = self.layers.iter_mut().filter_map(|l| if let Layer::Dropout(d) = l { Some(d) } else { None });
+        for (d, &s) in dropouts.zip(dropout_rngs) {
+            d.set_rng_state(s);
+        }
     }
 
     /// Input width.
