@@ -62,6 +62,8 @@
 pub mod data;
 mod error;
 pub mod gemm;
+#[cfg(feature = "ndarray")]
+pub mod interop;
 mod matrix;
 pub mod nn;
 pub mod ops;
