@@ -485,3 +485,54 @@ fn one_model_predicts_and_evaluates_from_many_threads_at_once() {
         }
     });
 }
+
+#[test]
+fn a_schedule_scales_each_steps_learning_rate() {
+    // SGD keeps no state, so step t of a scheduled model equals one step at lr·factor(t)
+    // from the same parameters.
+    use fusegrad::nn::Schedule;
+    let (x, y) = spiral(20, 3, 8);
+    let build = |lr: f32| spiral_model_with(Optimizer::sgd(lr), 4);
+    let mut scheduled = build(0.4);
+    scheduled.set_schedule(Schedule::step(1, 0.5).with_warmup(2));
+    assert_eq!(scheduled.learning_rate(), 0.2); // warm-up: 0.4 · 1/2
+    let mut reference = build(0.2);
+    let dir = std::env::temp_dir().join(format!("fusegrad-schedule-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (t, lr) in [(0u64, 0.2f32), (1, 0.4), (2, 0.4), (3, 0.2), (4, 0.1)] {
+        assert_eq!(scheduled.learning_rate(), lr, "step {t}");
+        scheduled.train_step(x.view(), Targets::Classes(&y)).unwrap();
+        let mut one = build(lr);
+        one.load_parameters_from_bytes(
+            &std::fs::read({
+                reference.save_parameters(dir.join("p")).unwrap();
+                dir.join("p")
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        one.train_step(x.view(), Targets::Classes(&y)).unwrap();
+        reference = one;
+        assert_eq!(params(&scheduled)[..], params(&reference)[..], "step {t}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_validation_split_holds_out_the_last_samples() {
+    let (x, y) = spiral(40, 3, 9); // 120 samples
+    let opts = FitOptions::default().with_epochs(3).with_batch_size(16).with_seed(2);
+    let mut split = spiral_model(5);
+    let a = split.fit(x.view(), Targets::Classes(&y), &opts.with_validation_split(0.25)).unwrap();
+    let mut by_hand = spiral_model(5);
+    let (train, val) = (x.view().submatrix(0, 0, 90, 2).unwrap(), x.view().submatrix(90, 0, 30, 2).unwrap());
+    let b =
+        by_hand.fit(train, Targets::Classes(&y[..90]), &opts.with_validation(val, Targets::Classes(&y[90..]))).unwrap();
+    let strip = |r: &[fusegrad::nn::EpochReport]| r.iter().map(|e| (e.loss, e.validation)).collect::<Vec<_>>();
+    assert_eq!(strip(&a), strip(&b));
+    assert_eq!(params(&split), params(&by_hand));
+    for bad in [0.0, 1.0, -0.5, f32::NAN, 0.001] {
+        let err = spiral_model(5).fit(x.view(), Targets::Classes(&y), &opts.with_validation_split(bad)).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
+    }
+}

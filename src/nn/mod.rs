@@ -13,6 +13,7 @@ mod loss;
 mod model;
 mod optim;
 mod saved;
+mod schedule;
 
 pub use crate::data::convert::{bytes_to_f32, bytes_to_f32_portable};
 pub use activation::{Activation, ActivationLayer};
@@ -23,3 +24,4 @@ pub use inputs::{Inputs, ScaledBytes};
 pub use loss::{BatchLoss, Loss, Targets};
 pub use model::{EarlyStopping, EpochReport, Evaluation, FitObserver, FitOptions, Layer, ModelBuilder, Sequential};
 pub use optim::Optimizer;
+pub use schedule::Schedule;

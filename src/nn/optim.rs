@@ -171,6 +171,24 @@ impl Optimizer {
         }
     }
 
+    /// This optimizer as it steps after `iterations` updates under `schedule`: the
+    /// scheduled learning rate, with the decay already applied (so decay 0). With the
+    /// constant schedule, `self` unchanged.
+    pub(crate) fn at_step(&self, iterations: u64, schedule: &super::Schedule) -> Optimizer {
+        if schedule.is_constant() {
+            return *self;
+        }
+        let lr = self.current_learning_rate(iterations) * schedule.factor(iterations);
+        let mut o = *self;
+        match &mut o {
+            Optimizer::Sgd { learning_rate, decay, .. }
+            | Optimizer::Adagrad { learning_rate, decay, .. }
+            | Optimizer::RmsProp { learning_rate, decay, .. }
+            | Optimizer::Adam { learning_rate, decay, .. } => (*learning_rate, *decay) = (lr, 0.0),
+        }
+        o
+    }
+
     /// Checks every hyperparameter.
     ///
     /// # Errors

@@ -62,6 +62,11 @@ pub(crate) fn architecture(model: &Sequential) -> String {
     format!("{} inputs: {}; loss {:?}", model.n_inputs(), layers.join(", "), model.loss())
 }
 
+/// The optimizer and its schedule, as a checkpoint records and compares them.
+fn optimizer_text(model: &Sequential) -> String {
+    format!("{:?}, {:?}", model.optimizer(), model.schedule())
+}
+
 /// FNV-1a, 64 bits: a checksum against corruption (not against tampering).
 fn fnv1a64(hash: u64, bytes: &[u8]) -> u64 {
     bytes.iter().fold(hash, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01B3))
@@ -85,7 +90,7 @@ pub(crate) fn to_bytes(model: &Sequential, checkpoint: bool) -> Result<Vec<u8>> 
         ("checksum_fnv1a64".into(), format!("{checksum:016x}")),
     ]);
     if checkpoint {
-        meta.insert("optimizer".into(), format!("{:?}", model.optimizer()));
+        meta.insert("optimizer".into(), optimizer_text(model));
         meta.insert("iterations".into(), model.iterations().to_string());
         meta.insert("epochs".into(), model.epochs_trained().to_string());
         for (j, s) in model.dropout_rng_states().into_iter().enumerate() {
@@ -132,7 +137,7 @@ pub(crate) fn read(model: &Sequential, bytes: &[u8], checkpoint: bool) -> Result
         )));
     }
     if checkpoint {
-        let (file_opt, model_opt) = (get("optimizer")?, format!("{:?}", model.optimizer()));
+        let (file_opt, model_opt) = (get("optimizer")?, optimizer_text(model));
         if *file_opt != model_opt {
             return Err(bad(format!("saved with another optimizer: the file has {file_opt}, the model {model_opt}")));
         }

@@ -124,6 +124,7 @@ impl ModelBuilder {
             n_outputs: width,
             adaptive_threads: true,
             fused_update: true,
+            schedule: Default::default(),
             pool: ModelPool::new(),
             dloss: Matrix::zeros(0, width),
             batch_x: Matrix::zeros(0, self.n_inputs),

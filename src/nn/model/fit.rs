@@ -132,11 +132,14 @@ pub struct FitOptions<'a> {
     pub seed: u64,
     /// Data to evaluate after each epoch.
     pub validation: Option<(MatRef<'a>, Targets<'a>)>,
+    /// Holds out this fraction of the samples, the last ones (before shuffling), as
+    /// validation data (Keras's `validation_split`).
+    pub validation_split: Option<f32>,
 }
 
 impl Default for FitOptions<'_> {
     fn default() -> Self {
-        FitOptions { epochs: 1, batch_size: 128, shuffle: true, seed: 0, validation: None }
+        FitOptions { epochs: 1, batch_size: 128, shuffle: true, seed: 0, validation: None, validation_split: None }
     }
 }
 
@@ -164,6 +167,23 @@ impl<'a> FitOptions<'a> {
     /// Evaluates `inputs` against `targets` after each epoch.
     pub fn with_validation(mut self, inputs: MatRef<'a>, targets: Targets<'a>) -> Self {
         self.validation = Some((inputs, targets));
+        self
+    }
+    /// Trains on the first `1 − fraction` of the samples and evaluates the rest after
+    /// each epoch (the last rows, as given, so the split does not change with the seed).
+    ///
+    /// ```
+    /// use fusegrad::data::spiral;
+    /// use fusegrad::nn::{FitOptions, Loss, Optimizer, Sequential, Targets};
+    /// let (x, y) = spiral(50, 3, 0);
+    /// let mut m = Sequential::builder(2).dense(8).relu().dense(3).build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))?;
+    /// let r = m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_validation_split(0.2))?;
+    /// assert!(r[0].validation.is_some());
+    /// assert_eq!(m.iterations(), 1); // 120 training samples: one batch of 128
+    /// # Ok::<(), fusegrad::Error>(())
+    /// ```
+    pub fn with_validation_split(mut self, fraction: f32) -> Self {
+        self.validation_split = Some(fraction);
         self
     }
 }
@@ -216,8 +236,33 @@ impl Sequential {
         if let Some((vx, vt)) = &options.validation {
             self.check_inputs(vx, Some(vt))?;
         }
-        let options = *options;
-        self.in_pool(move |m, threads| m.fit_loop(x, targets, &options, observer, threads))?
+        let Some(fraction) = options.validation_split else {
+            let options = *options;
+            return self.in_pool(move |m, threads| m.fit_loop(x, targets, &options, observer, threads))?;
+        };
+        if options.validation.is_some() {
+            return Err(Error::InvalidArgument("give validation data or a validation split, not both".into()));
+        }
+        let n = x.rows();
+        let held = (n as f64 * fraction as f64).round() as usize;
+        if !(fraction > 0.0 && fraction < 1.0) || held == 0 || held >= n {
+            return Err(Error::InvalidArgument(format!(
+                "validation_split must leave samples on both sides: {fraction} of {n} samples holds out {held}"
+            )));
+        }
+        let train = n - held;
+        let mut vx = Matrix::zeros(held, x.cols());
+        x.gather(&(train..n).collect::<Vec<_>>(), vx.as_mut_slice());
+        let (train_t, val_t) = match targets {
+            Targets::Classes(c) => (Targets::Classes(&c[..train]), Targets::Classes(&c[train..])),
+            Targets::Values(v) => (
+                Targets::Values(v.submatrix(0, 0, train, v.cols())?),
+                Targets::Values(v.submatrix(train, 0, held, v.cols())?),
+            ),
+        };
+        let options = FitOptions { validation: Some((vx.view(), val_t)), validation_split: None, ..*options };
+        let x = FirstRows { inner: x, rows: train };
+        self.in_pool(move |m, threads| m.fit_loop(x, train_t, &options, observer, threads))?
     }
 
     fn fit_loop(
@@ -337,8 +382,33 @@ impl Sequential {
             train_seconds,
             eval_seconds: eval_start.elapsed().as_secs_f64(),
             iterations: self.iterations,
-            learning_rate: self.optimizer.current_learning_rate(self.iterations),
+            learning_rate: self.learning_rate(),
         })
+    }
+}
+
+/// The first `rows` samples of `inner` (the training part of a validation split).
+#[derive(Clone, Copy)]
+struct FirstRows<I> {
+    inner: I,
+    rows: usize,
+}
+
+impl<I: Inputs> Inputs for FirstRows<I> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.inner.cols()
+    }
+    fn gather(&self, rows: &[usize], out: &mut [f32]) {
+        self.inner.gather(rows, out)
+    }
+    fn prefetch(&self, rows: &[usize]) {
+        self.inner.prefetch(rows)
+    }
+    fn max_abs_bound(&self) -> Option<f32> {
+        self.inner.max_abs_bound()
     }
 }
 

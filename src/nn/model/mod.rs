@@ -105,6 +105,8 @@ pub struct Sequential {
     adaptive_threads: bool,
     /// Whether training steps apply the optimizer in the weight-gradient GEMMs.
     fused_update: bool,
+    /// Scales the optimizer's learning rate step by step.
+    schedule: crate::nn::Schedule,
     /// The pool `fit`, `evaluate`, `predict` and `train_step` run in (shared by clones).
     pool: ModelPool,
     /// ∂L/∂(last output), batch × n_outputs.
@@ -195,6 +197,30 @@ impl Sequential {
     /// The optimizer.
     pub fn optimizer(&self) -> Optimizer {
         self.optimizer
+    }
+
+    /// Scales the optimizer's learning rate (after its NNFS decay) by `schedule`'s
+    /// factor at every step: step decay, cosine annealing, warm-up. Default: constant.
+    ///
+    /// ```
+    /// use fusegrad::nn::{Loss, Optimizer, Schedule, Sequential};
+    /// let mut m = Sequential::builder(2).dense(3).build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.5))?;
+    /// m.set_schedule(Schedule::cosine(1000, 0.0).with_warmup(10));
+    /// assert_eq!(m.learning_rate(), 0.05); // step 0 of the warm-up: 0.5 · 1/10
+    /// # Ok::<(), fusegrad::Error>(())
+    /// ```
+    pub fn set_schedule(&mut self, schedule: crate::nn::Schedule) {
+        self.schedule = schedule;
+    }
+
+    /// The schedule (see [`Self::set_schedule`]).
+    pub fn schedule(&self) -> crate::nn::Schedule {
+        self.schedule
+    }
+
+    /// The learning rate the next step will use: the optimizer's, decayed, scheduled.
+    pub fn learning_rate(&self) -> f32 {
+        self.optimizer.at_step(self.iterations, &self.schedule).current_learning_rate(self.iterations)
     }
 
     /// The mask generators' states of the dropout layers, in order.
@@ -390,7 +416,7 @@ impl Sequential {
     /// output, its `dinputs`), else from a pass over the tensor; `x_bound`, when known,
     /// bounds the first layer's inputs.
     fn fused_step_stays_finite(&mut self, x: MatRef<'_>, x_bound: Option<f32>) -> bool {
-        let (optimizer, iterations) = (self.optimizer, self.iterations);
+        let (optimizer, iterations) = (self.optimizer.at_step(self.iterations, &self.schedule), self.iterations);
         let n = self.layers.len();
         let dloss = self.dloss.view();
         for l in (0..n).rev() {
@@ -501,7 +527,7 @@ impl Sequential {
             return Err(Error::NonFinite { step, layer: "the model output".into(), tensor: "loss".into() });
         }
         self.backward_dinputs(x, threads)?;
-        let optimizer = self.optimizer;
+        let optimizer = self.optimizer.at_step(self.iterations, &self.schedule);
         if self.fused_update && self.fused_step_stays_finite(x, x_bound) {
             let it = self.iterations;
             self.for_each_dense(x, |_, d, input, grad, own_relu| {
