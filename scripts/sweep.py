@@ -74,14 +74,15 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--quick", action="store_true", help="the 784-128-64-10 rows only")
+    ap.add_argument("--no-peers", action="store_true", help="fusegrad only (e.g. with FUSEGRAD_KERNEL=avx2)")
     args = ap.parse_args()
     exe = os.path.join(target_dir(), "release", "examples", "mnist_timing")
     if not os.path.exists(exe):
         sys.exit(f"{exe} is missing: run `cargo build --release --example mnist_timing` first")
     peers = [(name, script) for name, module, script in [("PyTorch", "torch", "torch_epoch.py"), ("NumPy", "numpy", "numpy_epoch.py")]
-             if importlib.util.find_spec(module)]
+             if importlib.util.find_spec(module) and not args.no_peers]
     missing = {"PyTorch", "NumPy"} - {p for p, _ in peers}
-    if missing:
+    if missing and not args.no_peers:
         print(f"(not installed, left out: {', '.join(sorted(missing))}; `python3 -m pip install numpy torch`)")
     configs = [c for c in CONFIGS if not args.quick or c[0] == "128,64"]
     head = ["network, batch", "threads", "fusegrad s / 60k", "share of peak"] + [f"{p} s / 60k" for p, _ in peers] + \

@@ -41,6 +41,22 @@ impl Kernel for Avx2 {
     }
 }
 
+/// 2 × 32 tile (8 accumulators): products of one or two rows (a batch of 1 or 2),
+/// where the 6 × 16 tile would compute its empty rows as copies of the last one.
+pub(crate) struct Avx2Rows;
+
+impl Kernel for Avx2Rows {
+    const ISA: Isa = Isa::Avx2;
+    const MR: usize = 2;
+    const NR: usize = 32;
+    const READS_B_IN_PLACE: bool = true;
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+        // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
+        unsafe { tile_generic::<2, 4>(kc, a, b, t) }
+    }
+}
+
 /// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
 ///
 /// It lives in its own function, returning the accumulators by value, so that they
