@@ -113,36 +113,29 @@ fn softmax_cross_entropy_matches_its_twin() {
 }
 
 /// A tiny model through `fit` (2 threads: the pool, the governor's hand-overs, the
-/// parallel update), `predict`, and a save / load round trip.
+/// fused update epilogue on the portable lanes) and `predict`. Saving and loading are
+/// safe code over the safetensors crate, tested natively (tests/saved.rs) and by the
+/// fuzzer under ASan; under miri the JSON header alone took a minute of CI.
 #[test]
-fn a_tiny_model_trains_saves_and_loads() {
+fn a_tiny_model_trains_and_predicts() {
     let x = Matrix::from_fn(8, 3, |i, j| ((i * 5 + j) % 7) as f32 * 0.2 - 0.6);
     let y: Vec<usize> = (0..8).map(|i| i % 2).collect();
-    let mut m = Sequential::builder(3)
-        .seed(1)
-        .dense(5)
-        .relu()
-        .dense(2)
-        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
-        .unwrap();
+    let build = |seed| {
+        Sequential::builder(3)
+            .seed(seed)
+            .dense(5)
+            .relu()
+            .dense(2)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
+            .unwrap()
+    };
+    let mut m = build(1);
     m.set_threads(Some(2)).unwrap();
     let reports = m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(1).with_batch_size(4));
     assert_eq!(reports.unwrap().len(), 1);
     assert_eq!(m.iterations(), 2);
     let p = m.predict(x.view()).unwrap();
-    let dir = std::env::temp_dir().join(format!("fusegrad-miri-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tiny.params");
-    m.save_parameters(&path).unwrap();
-    let mut fresh = Sequential::builder(3)
-        .seed(9)
-        .dense(5)
-        .relu()
-        .dense(2)
-        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.01))
-        .unwrap();
-    fresh.load_parameters(&path).unwrap();
-    // Same parameters, same outputs (up to the ulps by which miri perturbs `exp`).
-    assert!(close(fresh.predict(x.view()).unwrap().as_slice(), p.as_slice(), 1e-5));
-    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(p.as_slice().iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+    // Training moved the parameters away from a fresh model's.
+    assert_ne!(build(1).predict(x.view()).unwrap(), p);
 }
