@@ -536,3 +536,18 @@ fn a_validation_split_holds_out_the_last_samples() {
         assert!(matches!(err, Error::InvalidArgument(_)), "{bad}: {err}");
     }
 }
+
+#[test]
+fn zero_sized_dense_layers_are_errors_at_their_first_pass() {
+    use fusegrad::nn::{Dense, Dinputs, Init};
+    for (n_in, n_out) in [(0, 0), (0, 3), (3, 0)] {
+        let mut d = Dense::new(n_in, n_out, Init::He, &mut fusegrad::Rng::new(0));
+        let x = Matrix::zeros(2, n_in);
+        let err = d.forward(x.view()).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("at least one input and one neuron")), "{err}");
+        let dz = Matrix::zeros(2, n_out);
+        assert!(matches!(d.backward_dz(x.view(), dz.view(), Dinputs::Skip), Err(Error::InvalidArgument(_))));
+    }
+    let err = Sequential::builder(2).dense(0).build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1)).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+}

@@ -167,6 +167,8 @@ pub struct Dense {
 
 impl Dense {
     /// A layer of `n_neurons` over `n_inputs` inputs, weights drawn per `init`, biases 0.
+    /// A layer with no input or no neuron can be made, but every pass through it is an
+    /// [`Error::InvalidArgument`] (the model builder refuses one at build).
     pub fn new(n_inputs: usize, n_neurons: usize, init: Init, rng: &mut Rng) -> Self {
         Dense {
             weights: init_weights(n_inputs, n_neurons, init, rng),
@@ -238,6 +240,12 @@ impl Dense {
     }
 
     fn check_inputs(&self, inputs: &MatRef<'_>) -> Result<()> {
+        if self.n_inputs() == 0 || self.n_neurons() == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{}: a Dense layer needs at least one input and one neuron",
+                self.describe()
+            )));
+        }
         if inputs.cols() != self.n_inputs() {
             return Err(self.shape_error(
                 "inputs with",
