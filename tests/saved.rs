@@ -69,6 +69,42 @@ fn a_checkpoint_resumes_fit_bit_for_bit() {
     std::fs::remove_dir_all(&d).ok();
 }
 
+/// One model saves to the same bytes every time (the metadata reaches safetensors as a
+/// `HashMap`, each with its own order), and those bytes load back.
+#[test]
+fn a_model_saves_to_the_same_bytes_every_time() {
+    let (x, y) = spiral(20, 3, 2);
+    let mut m = model(3, Optimizer::adam(0.01));
+    m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(1).with_batch_size(16)).unwrap();
+    let d = dir("same-bytes");
+    for kind in ["params", "checkpoint"] {
+        let files: Vec<Vec<u8>> = (0..6)
+            .map(|i| {
+                let p = d.join(format!("{kind}{i}.safetensors"));
+                if kind == "params" { m.save_parameters(&p) } else { m.save_checkpoint(&p) }.unwrap();
+                std::fs::read(&p).unwrap()
+            })
+            .collect();
+        assert!(files.iter().all(|f| f == &files[0]), "{kind}: the saved bytes differ between saves");
+        // The header's metadata keys are in sorted order.
+        let n = u64::from_le_bytes(files[0][..8].try_into().unwrap()) as usize;
+        let header = std::str::from_utf8(&files[0][8..8 + n]).unwrap();
+        let keys = ["architecture", "checksum_fnv1a64", "format", "fusegrad_version", "kind"];
+        let at: Vec<usize> = keys.iter().map(|k| header.find(&format!("\"{k}\"")).unwrap()).collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{kind}: metadata keys not sorted: {header}");
+        assert_eq!((8 + n) % 8, 0, "the data starts 8-byte aligned");
+        let mut back = model(4, Optimizer::adam(0.01));
+        if kind == "params" {
+            back.load_parameters(d.join("params0.safetensors"))
+        } else {
+            back.load_checkpoint(d.join("checkpoint0.safetensors"))
+        }
+        .unwrap();
+        assert_eq!(back.predict(x.view()).unwrap(), m.predict(x.view()).unwrap());
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
 #[test]
 fn bad_files_and_other_architectures_are_errors_that_change_nothing() {
     let d = dir("bad");

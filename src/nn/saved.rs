@@ -103,7 +103,33 @@ pub(crate) fn to_bytes(model: &Sequential, checkpoint: bool) -> Result<Vec<u8>> 
         .map(|((name, shape, _), bytes)| Ok((name.clone(), TensorView::new(Dtype::F32, shape.clone(), bytes)?)))
         .collect::<std::result::Result<Vec<_>, safetensors::SafeTensorError>>()
         .map_err(|e| Error::Format(format!("cannot lay out the tensors: {e}")))?;
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format(format!("cannot serialise: {e}")))
+    let bytes =
+        safetensors::serialize(views, Some(meta)).map_err(|e| Error::Format(format!("cannot serialise: {e}")))?;
+    Ok(with_sorted_header(bytes))
+}
+
+/// `bytes` with the JSON header's keys in sorted order, so that one model always saves
+/// to the same bytes: safetensors takes the metadata as a `HashMap`, whose order
+/// changes from one map to the next. The tensors' offsets are relative to the data
+/// after the header, so a header of another length leaves them valid.
+fn with_sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    fn sort(v: &mut serde_json::Value) {
+        if let serde_json::Value::Object(map) = v {
+            map.sort_keys();
+            map.values_mut().for_each(sort);
+        }
+    }
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote JSON");
+    sort(&mut header);
+    let mut json = serde_json::to_vec(&header).expect("a JSON value serialises");
+    // safetensors pads the header with spaces to 8 bytes, aligning the data.
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + bytes.len() - 8 - n);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// What a checkpoint restores besides the tensors.
