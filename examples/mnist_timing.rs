@@ -212,12 +212,17 @@ impl FitObserver for Progress {
         let gflops = self.samples as f64 * self.flop / secs / 1e9;
         // Printed around the bar, not through it: a hidden bar (not a terminal) would
         // swallow the line.
+        // Without evaluation there is no test accuracy to print, not a zero one.
+        let test = match r.validation.and_then(|v| v.accuracy) {
+            Some(acc) => format!("  test acc {acc:.4}"),
+            None => String::new(),
+        };
         let line = format!(
-            "epoch {:3}  loss {:.4}  train acc {:.4}  test acc {:.4}  epoch {:.3} s  {:8.0} samples/s  {:6.1} GFLOP/s  {:4.1}% of {} peak  (eval {:.3} s)",
+            "epoch {:3}  loss {:.4}  train acc {:.4}{}  epoch {:.3} s  {:8.0} samples/s  {:6.1} GFLOP/s  {:4.1}% of {} peak  (eval {:.3} s)",
             r.epoch,
             r.loss,
             r.accuracy.unwrap_or(0.0),
-            r.validation.and_then(|v| v.accuracy).unwrap_or(0.0),
+            test,
             secs,
             self.samples as f64 / secs,
             gflops,
@@ -323,7 +328,8 @@ fn run(args: &Args) -> Result<(), fusegrad::Error> {
     let mut times: Vec<f64> = reports.iter().map(|r| r.train_seconds).collect();
     times.sort_by(f64::total_cmp);
     let median = if times.is_empty() { 0.0 } else { times[times.len() / 2] };
-    let test_acc: Vec<f32> = reports.iter().map(|r| r.validation.and_then(|v| v.accuracy).unwrap_or(0.0)).collect();
+    // One entry per evaluated epoch: none at all under `--eval off`.
+    let test_acc: Vec<f32> = reports.iter().filter_map(|r| r.validation.and_then(|v| v.accuracy)).collect();
     let milestone = |target: f32| {
         let mut elapsed = 0.0;
         for (r, &acc) in reports.iter().zip(&test_acc) {
