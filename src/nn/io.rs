@@ -87,18 +87,7 @@ impl Sequential {
     /// [`Error::Format`] as for [`Self::load_checkpoint`].
     pub fn load_checkpoint_from_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         let restored = crate::nn::saved::read(self, bytes, true)?;
-        let mut tensors = restored.tensors.into_iter();
-        for layer in self.layers_mut() {
-            if let Layer::Dense(d) = layer {
-                d.weights.as_mut_slice().copy_from_slice(&tensors.next().expect("checked by read"));
-                d.biases.copy_from_slice(&tensors.next().expect("checked by read"));
-                for s in d.optimizer_state_mut() {
-                    if !s.is_empty() {
-                        s.copy_from_slice(&tensors.next().expect("checked by read"));
-                    }
-                }
-            }
-        }
+        self.copy_tensors_in(restored.tensors, true);
         self.restore_progress(restored.iterations, restored.epochs, &restored.dropout_rngs);
         Ok(())
     }
@@ -130,13 +119,8 @@ impl Sequential {
     /// [`Error::Format`] as for [`Self::load_parameters`] (without a file name).
     pub fn load_parameters_from_bytes(&mut self, bytes: &[u8]) -> Result<()> {
         if crate::nn::saved::is_safetensors(bytes) {
-            let mut tensors = crate::nn::saved::read(self, bytes, false)?.tensors.into_iter();
-            for layer in self.layers_mut() {
-                if let Layer::Dense(d) = layer {
-                    d.weights.as_mut_slice().copy_from_slice(&tensors.next().expect("checked by read"));
-                    d.biases.copy_from_slice(&tensors.next().expect("checked by read"));
-                }
-            }
+            let tensors = crate::nn::saved::read(self, bytes, false)?.tensors;
+            self.copy_tensors_in(tensors, false);
             return Ok(());
         }
         let bad = |msg: String| Error::Format(msg);
@@ -167,7 +151,7 @@ impl Sequential {
         if count != shapes.len() {
             return Err(bad(format!("file has {count} Dense layers, the model has {}", shapes.len())));
         }
-        let mut params = Vec::with_capacity(count);
+        let mut params = Vec::with_capacity(2 * count);
         for (i, &(n_in, n_out)) in shapes.iter().enumerate() {
             let (fi, fo) = (u32_at(take(4, "a layer shape")?), u32_at(take(4, "a layer shape")?));
             if (fi, fo) != (n_in, n_out) {
@@ -176,22 +160,30 @@ impl Sequential {
             let floats = |b: &[u8]| -> Vec<f32> {
                 b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
             };
-            let w = floats(take(4 * n_in * n_out, "weights")?);
-            let b = floats(take(4 * n_out, "biases")?);
-            params.push((w, b));
+            params.push(floats(take(4 * n_in * n_out, "weights")?));
+            params.push(floats(take(4 * n_out, "biases")?));
         }
         if at != bytes.len() {
             return Err(bad(format!("{} unexpected bytes after the last layer", bytes.len() - at)));
         }
-        let mut params = params.into_iter();
+        self.copy_tensors_in(params, false);
+        Ok(())
+    }
+
+    /// Copies tensors a reader has checked into the Dense layers, in file order: each
+    /// layer's weights, biases and, with `state`, its optimizer state's non-empty parts.
+    fn copy_tensors_in(&mut self, tensors: Vec<Vec<f32>>, state: bool) {
+        let mut tensors = tensors.into_iter();
+        let mut next = || tensors.next().expect("the reader counted the tensors");
         for layer in self.layers_mut() {
             if let Layer::Dense(d) = layer {
-                let (w, b) = params.next().expect("counted above");
-                d.weights.as_mut_slice().copy_from_slice(&w);
-                d.biases.copy_from_slice(&b);
+                d.weights.as_mut_slice().copy_from_slice(&next());
+                d.biases.copy_from_slice(&next());
+                for s in d.optimizer_state_mut().into_iter().filter(|s| state && !s.is_empty()) {
+                    s.copy_from_slice(&next());
+                }
             }
         }
-        Ok(())
     }
 }
 
