@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Undefined-behaviour checks of the unsafe code (SIMD kernels, raw panel pointers, the
 # C pointer shared across threads):
-# miri, msan and the sequence under valgrind build through ub/ (tests/miri.rs and
-# tests/gemm_sequence.rs without the dev-dependencies, which they would rebuild).
+# every check builds through ub/ (the tests without the dev-dependencies, which they
+# would rebuild).
 #   miri      tests/miri.rs: every safe entry point that reaches `unsafe` on small
 #             shapes (GEMM layouts, strides, Accum, epilogues, the 2-thread split,
-#             softmax-CE, a 2-step fit, save/load); miri's CPU has no AVX, so the
+#             softmax-CE, a 2-step fit, predict); miri's CPU has no AVX, so the
 #             portable kernel and the driver run
 #   asan      AddressSanitizer over the GEMM differential tests (every path this CPU
 #             runs, each forced in turn: AVX-512, AVX2, portable) and the model tests
@@ -47,9 +47,14 @@ fi
 if want asan && need_nightly asan; then
     host=$(rustc -vV | sed -n 's/^host: //p')
     echo "== AddressSanitizer ($host): tests/gemm.rs, tests/model.rs"
-    RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=0 \
-        CARGO_TARGET_DIR=target/asan cargo "+$NIGHTLY" test -Zbuild-std --target "$host" \
-        --no-default-features --test gemm --test model
+    # Our crate and every generic it instantiates are instrumented; the prebuilt std is
+    # not (-Zbuild-std would add two minutes of CI for std's own accesses), and ASan
+    # intercepts malloc and memcpy either way. Built through ub/ without criterion and
+    # the GEMM peers; optimised as the ordinary test profile.
+    RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=0 \
+        CARGO_PROFILE_TEST_OPT_LEVEL=2 CARGO_PROFILE_TEST_DEBUG=line-tables-only \
+        CARGO_TARGET_DIR=target/asan cargo "+$NIGHTLY" test --target "$host" \
+        --manifest-path ub/Cargo.toml --test gemm --test model
 fi
 if want msan && need_nightly msan; then
     host=$(rustc -vV | sed -n 's/^host: //p')

@@ -57,14 +57,21 @@ fn gemm_every_layout_and_epilogue_on_small_shapes() {
                 .into_iter()
                 .enumerate()
         {
-            let threads_to_try: &[usize] = if cfg!(miri) && layout > 0 { &[1] } else { &[1, 2] };
+            // Under miri the epilogues, which do not depend on the layout, run on the
+            // first layout only (and the fused mask + bias gradient on every one).
+            let (threads_to_try, epilogues): (&[usize], &[usize]) =
+                if cfg!(miri) && layout > 0 { (&[1], &[0, 4]) } else { (&[1, 2], &[0, 1, 2, 3, 4, 5]) };
             for &threads in threads_to_try {
+                let opts = GemmOptions::default().with_threads(threads).with_min_work_per_thread(0).with_caches(caches);
+                // C as a transposed (strided) view.
+                let mut ct = Matrix::zeros(n, m);
+                let mut want_t = Matrix::zeros(m, n);
+                gemm_with(ct.view_mut().t(), av, bv, Accum::Overwrite, Epilogue::None, &opts).unwrap();
+                gemm_naive(want_t.view_mut(), av, bv, Accum::Overwrite, Epilogue::None).unwrap();
+                let ct_back = Matrix::from_fn(m, n, |i, j| ct[(j, i)]);
+                assert!(close(ct_back.as_slice(), want_t.as_slice(), 1e-4), "{m}x{k}x{n} transposed C");
                 for accum in [Accum::Overwrite, Accum::Add] {
-                    for epi in 0..6 {
-                        let opts = GemmOptions::default()
-                            .with_threads(threads)
-                            .with_min_work_per_thread(0)
-                            .with_caches(caches);
+                    for &epi in epilogues {
                         let (mut c, mut want) = (Matrix::from_fn(m, n, |i, j| (i + j) as f32), Matrix::zeros(m, n));
                         want.as_mut_slice().copy_from_slice(c.as_slice());
                         let (mut db, mut db_want) = (vec![0.0f32; n], vec![0.0f32; n]);
@@ -75,13 +82,6 @@ fn gemm_every_layout_and_epilogue_on_small_shapes() {
                             "{m}x{k}x{n} epi {epi} {accum:?} {threads}T"
                         );
                         assert!(close(&db, &db_want, 1e-4), "{m}x{k}x{n} epi {epi} bias gradient");
-                        // C as a transposed (strided) view.
-                        let mut ct = Matrix::zeros(n, m);
-                        let mut want_t = Matrix::zeros(m, n);
-                        gemm_with(ct.view_mut().t(), av, bv, Accum::Overwrite, Epilogue::None, &opts).unwrap();
-                        gemm_naive(want_t.view_mut(), av, bv, Accum::Overwrite, Epilogue::None).unwrap();
-                        let ct_back = Matrix::from_fn(m, n, |i, j| ct[(j, i)]);
-                        assert!(close(ct_back.as_slice(), want_t.as_slice(), 1e-4), "{m}x{k}x{n} transposed C");
                     }
                 }
             }
