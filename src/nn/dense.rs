@@ -267,22 +267,21 @@ impl Dense {
 
     /// [`Self::forward`] on `threads` threads of the current pool (a model's choice).
     pub(crate) fn forward_on(&mut self, inputs: MatRef<'_>, threads: usize) -> Result<()> {
-        self.check_inputs(&inputs)?;
-        self.output.resize(inputs.rows(), self.n_neurons());
-        let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
-        let opts = self.gemm_on(threads);
-        self.output_max =
-            gemm_with_max(self.output.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)?;
+        let mut output = std::mem::take(&mut self.output);
+        let max = self.forward_into(inputs, &mut output, threads);
+        self.output = output;
+        self.output_max = max?;
         Ok(())
     }
 
     /// [`Self::forward`] into a buffer of the caller's (resized to the batch), leaving
-    /// the layer as it is: what inference through a shared model uses.
-    pub(crate) fn forward_into(&self, inputs: MatRef<'_>, out: &mut Matrix, threads: usize) -> Result<()> {
+    /// the layer as it is: what inference through a shared model uses. Returns the
+    /// largest `|value|` stored, as bits (measured in the epilogue).
+    pub(crate) fn forward_into(&self, inputs: MatRef<'_>, out: &mut Matrix, threads: usize) -> Result<u32> {
         self.check_inputs(&inputs)?;
         out.resize(inputs.rows(), self.n_neurons());
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
-        gemm_with(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm_on(threads))
+        gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm_on(threads))
     }
 
     /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if
@@ -314,6 +313,12 @@ impl Dense {
         if !self.relu {
             return self.backward_dz_on(inputs, dvalues, dinputs, threads);
         }
+        self.through_relu(dvalues, |d, dz| d.backward_dz_on(inputs, dz, dinputs, threads))
+    }
+
+    /// Forms `dz = dvalues ⊙ 1[output > 0]` in this layer's own buffer (kept there for
+    /// [`Self::with_dz`]) and calls `f` with it.
+    fn through_relu(&mut self, dvalues: MatRef<'_>, f: impl FnOnce(&mut Self, MatRef<'_>) -> Result<()>) -> Result<()> {
         if dvalues.rows() != self.output.rows() || dvalues.cols() != self.n_neurons() {
             return Err(self.shape_error(
                 "dvalues of shape",
@@ -321,11 +326,9 @@ impl Dense {
                 format!("{}×{}", dvalues.rows(), dvalues.cols()),
             ));
         }
-        // dz = dvalues ⊙ 1[output > 0], in this layer's own buffer.
         let mut dz = std::mem::take(&mut self.dz);
         dz.resize(dvalues.rows(), self.n_neurons());
-        let r = relu_backward(dvalues, self.output.view(), dz.view_mut())
-            .and_then(|()| self.backward_dz_on(inputs, dz.view(), dinputs, threads));
+        let r = relu_backward(dvalues, self.output.view(), dz.view_mut()).and_then(|()| f(self, dz.view()));
         self.dz = dz;
         r
     }
@@ -421,25 +424,15 @@ impl Dense {
         dinputs: Dinputs<'_>,
         threads: usize,
     ) -> Result<()> {
-        if !own_relu {
-            self.check_backward(&inputs, &grad, &dinputs)?;
-            return self.dinputs_on(grad, dinputs, threads);
+        let dinputs_from = |d: &mut Self, dz: MatRef<'_>| {
+            d.check_backward(&inputs, &dz, &dinputs)?;
+            d.dinputs_on(dz, dinputs, threads)
+        };
+        if own_relu {
+            self.through_relu(grad, dinputs_from)
+        } else {
+            dinputs_from(self, grad)
         }
-        if grad.rows() != self.output.rows() || grad.cols() != self.n_neurons() {
-            return Err(self.shape_error(
-                "dvalues of shape",
-                format!("{}×{} (the last output)", self.output.rows(), self.n_neurons()),
-                format!("{}×{}", grad.rows(), grad.cols()),
-            ));
-        }
-        let mut dz = std::mem::take(&mut self.dz);
-        dz.resize(grad.rows(), self.n_neurons());
-        let r = relu_backward(grad, self.output.view(), dz.view_mut()).and_then(|()| {
-            self.check_backward(&inputs, &dz.view(), &dinputs)?;
-            self.dinputs_on(dz.view(), dinputs, threads)
-        });
-        self.dz = dz;
-        r
     }
 
     /// Calls `f` with this layer and its `dz`: `grad` itself, or, when `own_relu`,

@@ -635,7 +635,9 @@ impl Sequential {
             let (done, rest) = bufs.split_at_mut(l);
             let input = current.map_or(x, |i| done[i].view());
             match layer {
-                Layer::Dense(d) => d.forward_into(input, &mut rest[0], threads)?,
+                Layer::Dense(d) => {
+                    d.forward_into(input, &mut rest[0], threads)?;
+                }
                 Layer::Activation(a) => a.forward_into(input, &mut rest[0])?,
                 // Inference: dropout passes its input through.
                 Layer::Dropout(_) => continue,
