@@ -8,18 +8,8 @@
 use fusegrad::nn::{Dense, Dinputs, FitOptions, Init, Layer, Loss, Optimizer, Regularization, Sequential, Targets};
 use fusegrad::{Error, Matrix, Rng};
 
-fn params(model: &Sequential) -> Vec<u32> {
-    let mut out = Vec::new();
-    for layer in model.layers() {
-        if let Layer::Dense(d) = layer {
-            out.extend(d.weights.as_slice().iter().chain(&d.biases).map(|x| x.to_bits()));
-            for s in d.optimizer_state() {
-                out.extend(s.iter().map(|x| x.to_bits()));
-            }
-        }
-    }
-    out
-}
+mod common;
+use common::parameter_bits as params;
 
 fn data(n: usize, features: usize, seed: u64) -> (Matrix, Vec<usize>) {
     let mut rng = Rng::new(seed);

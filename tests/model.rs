@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{parameter_bits as params, Rng};
 use fusegrad::data::spiral;
 use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, ScaledBytes, Sequential, Targets};
 use fusegrad::{Error, Matrix};
@@ -28,19 +28,6 @@ fn spiral_2_64_3_with_adam_reaches_90_percent() {
     assert!(eval.accuracy.unwrap() >= 0.90, "training accuracy {:?}, loss {}", eval.accuracy, eval.loss);
     assert!(last.loss < reports[0].loss / 3.0, "loss {} → {}", reports[0].loss, last.loss);
     assert_eq!(model.iterations(), 3000);
-}
-
-fn params(model: &Sequential) -> Vec<u32> {
-    let mut out = Vec::new();
-    for layer in model.layers() {
-        if let Layer::Dense(d) = layer {
-            out.extend(d.weights.as_slice().iter().chain(&d.biases).map(|x| x.to_bits()));
-            for s in d.optimizer_state() {
-                out.extend(s.iter().map(|x| x.to_bits()));
-            }
-        }
-    }
-    out
 }
 
 fn mnist_like(n: usize, seed: u64) -> (Matrix, Vec<usize>) {

@@ -3,6 +3,8 @@
 //! change nothing, the raw format of earlier releases still loads, and Python's
 //! `safetensors` + NumPy reproduce `predict` from the file.
 
+mod common;
+
 use fusegrad::data::spiral;
 use fusegrad::nn::{FitOptions, Layer, Loss, Optimizer, Sequential, Targets};
 use fusegrad::{Error, Matrix};
@@ -29,17 +31,8 @@ fn model(seed: u64, optimizer: Optimizer) -> Sequential {
 }
 
 /// Parameters, optimizer state and counters, as bits.
-fn state(m: &Sequential) -> Vec<u64> {
-    let mut out = vec![m.iterations(), m.epochs_trained()];
-    for layer in m.layers() {
-        if let Layer::Dense(d) = layer {
-            out.extend(d.weights.as_slice().iter().chain(&d.biases).map(|x| x.to_bits() as u64));
-            for s in d.optimizer_state() {
-                out.extend(s.iter().map(|x| x.to_bits() as u64));
-            }
-        }
-    }
-    out
+fn state(m: &Sequential) -> (u64, u64, Vec<u32>) {
+    (m.iterations(), m.epochs_trained(), common::parameter_bits(m))
 }
 
 #[test]

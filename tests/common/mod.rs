@@ -1,7 +1,23 @@
 //! Test helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use fusegrad::nn::{Layer, Sequential};
 use fusegrad::Matrix;
+
+/// Every Dense layer's weights, biases and optimizer state, as bits: what "unchanged"
+/// and "identical" compare.
+pub fn parameter_bits(model: &Sequential) -> Vec<u32> {
+    let mut out = Vec::new();
+    for layer in model.layers() {
+        if let Layer::Dense(d) = layer {
+            out.extend(d.weights.as_slice().iter().chain(&d.biases).map(|x| x.to_bits()));
+            for s in d.optimizer_state() {
+                out.extend(s.iter().map(|x| x.to_bits()));
+            }
+        }
+    }
+    out
+}
 
 /// `n` deterministic MNIST-shaped samples (784 features in [0, 1)) and labels 0–9:
 /// the batch the allocation-counting tests train on.
