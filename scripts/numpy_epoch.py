@@ -9,36 +9,18 @@ as for any NumPy program.
     OPENBLAS_NUM_THREADS=2 python3 scripts/numpy_epoch.py [--data DIR] [--epochs 3]
         [--hidden 128,64] [--batch 128] [--samples 60000]
 """
-import argparse
-import os
-import struct
 import time
 
 import numpy as np
 
-
-def images(data, name):
-    raw = open(os.path.join(data, name), "rb").read()
-    (n,) = struct.unpack(">I", raw[4:8])
-    return np.frombuffer(raw, np.uint8, offset=16).reshape(n, 784).astype(np.float32) / 255
-
-
-def labels(data, name):
-    return np.frombuffer(open(os.path.join(data, name), "rb").read(), np.uint8, offset=8).astype(np.int64)
+from peer_common import arguments, mnist_train, report
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("MNIST_DIR", "data/mnist"))
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--hidden", default="128,64")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--samples", type=int, default=60000)
-    args = ap.parse_args()
-    x_all, y_all = images(args.data, "train-images-idx3-ubyte"), labels(args.data, "train-labels-idx1-ubyte")
-    x_all, y_all = x_all[: args.samples], y_all[: args.samples]
+    args = arguments(__doc__)
+    x_all, y_all = mnist_train(args.data, args.samples)
     rng = np.random.default_rng(42)
-    sizes = [784] + [int(w) for w in args.hidden.split(",")] + [10]
+    sizes = args.sizes
     w = [(rng.standard_normal((i, o)) * np.sqrt(2 / i)).astype(np.float32) for i, o in zip(sizes[:-1], sizes[1:])]
     b = [np.zeros(o, np.float32) for o in sizes[1:]]
     lr, batch, times = np.float32(0.1), args.batch, []
@@ -64,8 +46,7 @@ def main():
                 w[l] -= lr * dw
                 b[l] -= lr * db
         times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
-    print(f"numpy median epoch {median:.3f} s ({median * 60000 / len(x_all):.3f} s per 60 000 samples)")
+    report("numpy", times, len(x_all))
 
 
 if __name__ == "__main__":

@@ -8,32 +8,20 @@ batches gathered from a float32 tensor of the images. Prints the median epoch ti
     python3 scripts/torch_epoch.py [--threads 2] [--hidden 128,64] [--batch 128]
         [--samples 60000] [--epochs 3] [--data DIR]
 """
-import argparse
-import os
-import struct
 import time
 
 import torch
 
+from peer_common import arguments, mnist_train, report
+
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("MNIST_DIR", "data/mnist"))
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--hidden", default="128,64")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--samples", type=int, default=60000)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
+    args = arguments(__doc__, threads=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(42)
-    raw = open(os.path.join(args.data, "train-images-idx3-ubyte"), "rb").read()
-    (n,) = struct.unpack(">I", raw[4:8])
-    x_all = torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).reshape(n, 784).float() / 255
-    lab = open(os.path.join(args.data, "train-labels-idx1-ubyte"), "rb").read()
-    y_all = torch.frombuffer(bytearray(lab[8:]), dtype=torch.uint8).long()
-    x_all, y_all = x_all[: args.samples].contiguous(), y_all[: args.samples].contiguous()
-    sizes = [784] + [int(w) for w in args.hidden.split(",")] + [10]
+    x, y = mnist_train(args.data, args.samples)
+    x_all, y_all = torch.from_numpy(x), torch.from_numpy(y)
+    sizes = args.sizes
     layers = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
         lin = torch.nn.Linear(a, b)
@@ -57,8 +45,7 @@ def main():
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - start)
-    median = sorted(times)[len(times) // 2]
-    print(f"torch median epoch {median:.3f} s ({median * 60000 / len(x_all):.3f} s per 60 000 samples)")
+    report("torch", times, len(x_all))
 
 
 if __name__ == "__main__":
