@@ -1,12 +1,13 @@
 //! `cargo bench --bench train`: one full training step (forward, loss, backward,
-//! finiteness check, update) of 784-128-64-10 at batch 128, on 1 and 2 threads.
+//! finiteness check, update) of 784-128-64-10 at batch 128, on 1 and 2 threads; the
+//! per-batch calls; and MNIST's first layer alone at batch 1, 8 and 128.
 //! One step is ≈ 58 MFLOP (forward 2·128·(784·128 + 128·64 + 64·10), backward about
 //! twice that without layer 1's dX).
 
 use criterion::Criterion;
-use fusegrad::nn::{Loss, Optimizer, Sequential, Targets};
+use fusegrad::nn::{Dense, Dinputs, Init, Loss, Optimizer, Sequential, Targets};
 use fusegrad::runtime::with_hot_workers;
-use fusegrad::Matrix;
+use fusegrad::{Matrix, Rng};
 use std::time::{Duration, Instant};
 
 /// The MNIST net, 784-128-64-10 with ReLU, softmax + cross-entropy.
@@ -77,6 +78,37 @@ fn bench_per_call(c: &mut Criterion) {
     g.finish();
 }
 
+/// MNIST's first layer alone, 784 → 128 with ReLU, on one thread, at batch 1, 8 and
+/// 128: `forward`, the fused `backward_update` (SGD, no dX) and its twin, `backward_dz`
+/// then `update_params`. At batch 1 the update is memory-bound: W (400 KB, in L2) is
+/// read by the forward product and read and written by the update.
+fn bench_first_layer(c: &mut Criterion) {
+    let mut g = c.benchmark_group("Dense 784-128 one thread");
+    let opt = Optimizer::sgd(1e-3);
+    for batch in [1, 8, 128] {
+        let mut rng = Rng::new(1);
+        let mut d = Dense::new(784, 128, Init::He, &mut rng).with_relu();
+        d.set_threads(Some(1));
+        let x = Matrix::from_fn(batch, 784, |_, _| rng.uniform(0.0, 1.0));
+        let dz = Matrix::from_fn(batch, 128, |_, _| rng.uniform(-1e-3, 1e-3));
+        g.bench_function(format!("forward b{batch}"), |bch| bch.iter(|| d.forward(x.view()).unwrap()));
+        let mut t = 0;
+        g.bench_function(format!("backward_update b{batch}"), |bch| {
+            bch.iter(|| {
+                t += 1;
+                d.backward_update(x.view(), dz.view(), Dinputs::Skip, &opt, t).unwrap()
+            })
+        });
+        g.bench_function(format!("backward_dz + update_params b{batch}"), |bch| {
+            bch.iter(|| {
+                d.backward_dz(x.view(), dz.view(), Dinputs::Skip).unwrap();
+                d.update_params(&opt, 0).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
 fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
@@ -85,5 +117,6 @@ fn main() {
         .configure_from_args();
     bench_train(&mut c);
     bench_per_call(&mut c);
+    bench_first_layer(&mut c);
     c.final_summary();
 }

@@ -311,31 +311,15 @@ impl Lanes for Zmm {
         masks: &[__mmask16; NV],
         u: &TileUpdate,
     ) {
-        // SAFETY: forwarded contract.
-        unsafe { update_zmm::<MR, NV, WHOLE>(acc, t, masks, u) }
-    }
-}
-
-/// The update epilogue on zmm lanes, out of line.
-///
-/// # Safety
-/// The contract of [`update_tile`]; avx512f available.
-#[target_feature(enable = "avx512f")]
-#[inline(never)]
-unsafe fn update_zmm<const MR: usize, const NV: usize, const WHOLE: bool>(
-    acc: &[[__m512; NV]; MR],
-    t: &Tile,
-    masks: &[__mmask16; NV],
-    u: &TileUpdate,
-) {
-    // Masking is free for a plain store, not for this epilogue's loads and stores of
-    // three buffers: a whole tile takes the unmasked copy.
-    // SAFETY: forwarded contract; a whole tile has every lane valid.
-    unsafe {
-        if WHOLE || (t.mr == MR && t.nr == NV * 16) {
-            update_tile::<Zmm, MR, NV, true>(acc, t, masks, u)
-        } else {
-            update_tile::<Zmm, MR, NV, false>(acc, t, masks, u)
+        // Masking is free for a plain store, not for this epilogue's loads and stores
+        // of three buffers: a whole tile takes the unmasked copy.
+        // SAFETY: forwarded contract; a whole tile has every lane valid.
+        unsafe {
+            if WHOLE || (t.mr == MR && t.nr == NV * 16) {
+                update_tile::<Zmm, MR, NV, true>(acc, t, masks, u)
+            } else {
+                update_tile::<Zmm, MR, NV, false>(acc, t, masks, u)
+            }
         }
     }
 }
