@@ -8,7 +8,8 @@
 #             softmax-CE, a 2-step fit, predict); miri's CPU has no AVX, so the
 #             portable kernel and the driver run
 #   asan      AddressSanitizer over the GEMM differential tests (every path this CPU
-#             runs, each forced in turn: AVX-512, AVX2, portable) and the model tests
+#             runs, each forced in turn: AVX-512, AVX2, portable), the model tests and
+#             the fused training step
 #   msan      MemorySanitizer over tests/gemm_sequence.rs in release (every shape
 #             class on every path this CPU runs, AVX-512 included): definedness
 #             tracked bit by bit through the compiled code, the arbiter when valgrind
@@ -46,7 +47,7 @@ if want miri && need_nightly miri miri; then
 fi
 if want asan && need_nightly asan; then
     host=$(rustc -vV | sed -n 's/^host: //p')
-    echo "== AddressSanitizer ($host): tests/gemm.rs, tests/model.rs"
+    echo "== AddressSanitizer ($host): tests/gemm.rs, tests/model.rs, tests/fused_step.rs"
     # Our crate and every generic it instantiates are instrumented; the prebuilt std is
     # not (-Zbuild-std would add two minutes of CI for std's own accesses), and ASan
     # intercepts malloc and memcpy either way. Built through ub/ without criterion and
@@ -54,7 +55,7 @@ if want asan && need_nightly asan; then
     RUSTFLAGS="-Zsanitizer=address" ASAN_OPTIONS=detect_leaks=0 \
         CARGO_PROFILE_TEST_OPT_LEVEL=2 CARGO_PROFILE_TEST_DEBUG=line-tables-only \
         CARGO_TARGET_DIR=target/asan cargo "+$NIGHTLY" test --target "$host" \
-        --manifest-path ub/Cargo.toml --test gemm --test model
+        --manifest-path ub/Cargo.toml --test gemm --test model --test fused_step
 fi
 if want msan && need_nightly msan; then
     host=$(rustc -vV | sed -n 's/^host: //p')

@@ -113,7 +113,8 @@ fn softmax_cross_entropy_matches_its_twin() {
 }
 
 /// A tiny model through `fit` (2 threads: the pool, the governor's hand-overs, the
-/// fused update epilogue on the portable lanes) and `predict`. Saving and loading are
+/// fused update epilogue on the portable lanes), a step on one sample (the rank-1
+/// update) and `predict`. Saving and loading are
 /// safe code over the safetensors crate, tested natively (tests/saved.rs) and by the
 /// fuzzer under ASan; under miri the JSON header alone took a minute of CI.
 #[test]
@@ -134,6 +135,10 @@ fn a_tiny_model_trains_and_predicts() {
     let reports = m.fit(x.view(), Targets::Classes(&y), &FitOptions::default().with_epochs(1).with_batch_size(4));
     assert_eq!(reports.unwrap().len(), 1);
     assert_eq!(m.iterations(), 2);
+    // A batch of one: the fused update's rank-1 path.
+    let one = x.view().submatrix(0, 0, 1, 3).unwrap();
+    m.train_step(one, Targets::Classes(&y[..1])).unwrap();
+    assert_eq!(m.iterations(), 3);
     let p = m.predict(x.view()).unwrap();
     assert!(p.as_slice().iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
     // Training moved the parameters away from a fresh model's.

@@ -19,7 +19,7 @@
 
 use super::blocking::{k_block_start, Blocking, CacheSizes, MAX_TILE};
 use super::kernel::update::{TileUpdate, UpdateRule};
-use super::kernel::KERNEL_TILES;
+use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
@@ -348,6 +348,10 @@ impl Job<'_> {
         let owns_bgrad = rows.start == 0;
         // This task's maxima of the update epilogue (or of C), merged into the job's at the end.
         let mut maxima = [0u32; 3];
+        if self.rank1_update::<K>(&rows, &cols, owns_bgrad, &mut maxima) {
+            self.merge_maxima(maxima);
+            return;
+        }
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
         // otherwise it is packed. Fixed for the task.
@@ -429,6 +433,11 @@ impl Job<'_> {
                 }
             }
         }
+        self.merge_maxima(maxima);
+    }
+
+    /// Raises the job's maxima to this task's.
+    fn merge_maxima(&self, maxima: [u32; 3]) {
         if let Some(u) = &self.update {
             for (shared, mine) in u.maxima.iter().zip(maxima) {
                 shared.fetch_max(mine, Ordering::Relaxed);
@@ -437,6 +446,53 @@ impl Job<'_> {
         if let Some(c) = &self.c_max {
             c.fetch_max(maxima[0], Ordering::Relaxed);
         }
+    }
+
+    /// The fused update of a batch of one (k = 1, `W ← step(W, x ⊗ dz)`) for this task's
+    /// block, row by row without packing or tiles (`update::update_rank1`, bit-identical
+    /// to the tiled epilogue), and the bias gradient as the tiled path forms it. Returns
+    /// false, doing nothing, for any other product.
+    fn rank1_update<K: Kernel>(
+        &self,
+        rows: &Range<usize>,
+        cols: &Range<usize>,
+        owns_bgrad: bool,
+        maxima: &mut [u32; 3],
+    ) -> bool {
+        let Some(u) = &self.update else { return false };
+        if self.k != 1
+            || self.accum != Accum::Overwrite
+            || self.b.col_stride() != 1
+            || rows.is_empty()
+            || cols.is_empty()
+        {
+            return false;
+        }
+        if let (Some(SharedMut(db)), true) = (self.bgrad, owns_bgrad) {
+            // SAFETY: columns `cols` of the n-long bias gradient belong to this task
+            // alone (the only task with rows starting at 0 for these columns).
+            let db = unsafe { std::slice::from_raw_parts_mut(db.add(cols.start), cols.len()) };
+            db.fill(0.0);
+            add_b_colsums(self.b, 0, 1, cols.start, db);
+        }
+        let off = rows.start * self.n + cols.start;
+        let tu = TileUpdate {
+            p: u.params.0.wrapping_add(off),
+            s0: u.s0.0.wrapping_add(off),
+            s1: u.s1.0.wrapping_add(off),
+            rs: self.n,
+            rule: u.rule,
+            maxima,
+        };
+        let x = self.a.as_slice()[rows.start * self.a.row_stride()..].as_ptr();
+        let dz = self.b.as_slice()[cols.start..].as_ptr();
+        // SAFETY: A (m × 1) has rows `rows` at stride `row_stride` from `x`, all inside
+        // its bounds-checked view; B's row 0 has unit column stride, so `dz` starts n −
+        // cols.start ≥ cols.len() readable floats; the parameter and state blocks are
+        // this task's rows × cols of the m × n buffers checked in `run` (row stride n),
+        // touched by no other task; the ISA was checked before the driver was chosen.
+        unsafe { kernel::update_rank1(K::ISA, x, self.a.row_stride(), rows.len(), dz, cols.len(), &tu) };
+        true
     }
 
     /// One microkernel call for the tile at `(i, j)` with `mr × nr` valid elements.

@@ -4,7 +4,7 @@
 //! largest stored magnitudes.
 
 use super::{gemm_update, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions, Isa, UpdateRule, WeightUpdate};
-use crate::matrix::Matrix;
+use crate::matrix::{MatRef, Matrix};
 use crate::nn::Optimizer;
 use crate::ops::reduce::max_abs_bits;
 use crate::rng::Rng;
@@ -38,8 +38,36 @@ fn check(case: &Case, opt: &Optimizer, penalty: Option<(f32, f32)>, opts: &GemmO
     let dzs = random(batch, n_out + pad, rng, 0.1);
     let x = xs.view().submatrix(0, pad.min(1), batch, n_in).unwrap();
     let dz = dzs.view().submatrix(0, 0, batch, n_out).unwrap();
+    compare(x, dz, opt, penalty, opts, rng, false, &format!("{what}: pad {pad}"));
+}
+
+/// The fused update from inputs `x` and gradient `dz` against the separate passes,
+/// three steps, bit for bit.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    x: MatRef<'_>,
+    dz: MatRef<'_>,
+    opt: &Optimizer,
+    penalty: Option<(f32, f32)>,
+    opts: &GemmOptions,
+    rng: &mut Rng,
+    signed_zeros: bool,
+    what: &str,
+) {
+    let (batch, n_in, n_out) = (x.rows(), x.cols(), dz.cols());
     let len = n_in * n_out;
-    let w0 = random(n_in, n_out, rng, 0.5);
+    let mut w0 = random(n_in, n_out, rng, 0.5);
+    if signed_zeros {
+        // Zero weights of both signs: where the gradient is a zero, its sign decides
+        // the sign of the new weight (−0 − (−0) = +0, −0 − (+0) = −0).
+        for (i, w) in w0.as_mut_slice().iter_mut().enumerate() {
+            *w = match i % 3 {
+                0 => -0.0,
+                1 => 0.0,
+                _ => *w,
+            };
+        }
+    }
     let buffers = opt.state_buffers();
     // Three steps, so that the state is non-zero from the second on.
     let (mut wf, mut wt) = (w0.clone(), w0.clone());
@@ -62,7 +90,7 @@ fn check(case: &Case, opt: &Optimizer, penalty: Option<(f32, f32)>, opts: &GemmO
         }
         opt.update(wt.as_mut_slice(), dw.as_slice(), &mut t0, &mut t1, it).unwrap();
 
-        let ctx = format!("{what}: {n_in}×{batch}×{n_out} pad {pad}, {}, penalty {penalty:?}, step {it}", opt.name());
+        let ctx = format!("{what}: {n_in}×{batch}×{n_out}, {}, penalty {penalty:?}, step {it}", opt.name());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {ctx}");
         assert_eq!(bits(&f0), bits(&t0), "state 0, {ctx}");
@@ -83,7 +111,43 @@ fn cases() -> Vec<Case> {
         c(65, 70, 65, 0), // partial 64-wide tiles and edges on every side
         c(130, 33, 129, 5),
         c(40, 300, 24, 0), // several k blocks with the small caches
+        // A batch of one: the rank-1 path, whole and partial 4-vector chunks of every
+        // lane width (16, 8, 4, 1), against the tiled GEMM of the twin.
+        c(1, 1, 17, 0),
+        c(5, 1, 5, 0),
+        c(9, 1, 10, 0),
+        c(3, 1, 33, 1),
+        c(40, 1, 64, 0),
+        c(7, 1, 65, 2),
+        c(130, 1, 129, 1),
     ]
+}
+
+/// Batch one with the inputs read at a stride (a column of a wider matrix) and values
+/// whose products are zeros of either sign and underflow to them: the rank-1 path
+/// forms each gradient as the tiled k loop does (`fma(x, dz, 0)`, one rounding), which
+/// the separate passes' GEMM checks bit for bit, −0.0 included.
+#[test]
+fn a_batch_of_one_matches_the_tiled_gemm_on_every_path() {
+    let mut rng = Rng::new(11);
+    let specials = [0.0, -0.0, 1e-30, -1e-30, 3.0e-39, 1.0, -2.5, 1e-20];
+    for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
+        for threads in [1, 2] {
+            let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
+            for (n_in, n_out) in [(8, 8), (37, 70), (16, 129)] {
+                // Xᵀ is column 0 of an n_in × 3 matrix: the rank-1 path reads x at stride 3.
+                let wide = Matrix::from_fn(n_in, 3, |i, j| if j == 0 { specials[i % 8] } else { f32::NAN });
+                let x = wide.view().submatrix(0, 0, n_in, 1).unwrap().t();
+                let dz = Matrix::from_fn(1, n_out, |_, j| specials[(j * 3 + 1) % 8] * 1e-9);
+                for opt in [Optimizer::sgd(0.3), Optimizer::adam(0.02)] {
+                    for penalty in [None, Some((1e-3, 2.0 * 5e-4))] {
+                        let what = format!("{} {threads}t strided x, special values", isa.name());
+                        compare(x, dz.view(), &opt, penalty, &opts, &mut rng, true, &what);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

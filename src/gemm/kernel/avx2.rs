@@ -177,6 +177,11 @@ impl Lanes for Ymm {
         unsafe { _mm256_add_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: fma available.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
     unsafe fn relu(x: __m256) -> __m256 {
         // SAFETY: avx available. max(0, x) returns x when x is NaN, and −0.0 for −0.0.
         unsafe { _mm256_max_ps(_mm256_setzero_ps(), x) }
@@ -458,6 +463,23 @@ unsafe fn narrow_tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
     let rows: [[__m256; 1]; MR] = std::array::from_fn(|i| [rows[i]]);
     // SAFETY: the tile contract for `t` (nr ≤ 5 ≤ 8 columns, one masked vector per row).
     unsafe { store::<MR, 1, false>(&rows, t, &masks::<Ymm, 1>(t.nr)) }
+}
+
+/// [`update_rank1`](super::update::update_rank1) on ymm lanes.
+///
+/// # Safety
+/// The contract of `update::update_rank1`; avx2 and fma available.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn update_rank1(
+    x: *const f32,
+    xs: usize,
+    rows: usize,
+    dz: *const f32,
+    n: usize,
+    u: &super::update::TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { super::update::update_rank1::<Ymm>(x, xs, rows, dz, n, u) }
 }
 
 #[cfg(test)]

@@ -236,6 +236,11 @@ impl Lanes for Zmm {
         unsafe { _mm512_add_ps(a, b) }
     }
     #[inline(always)]
+    unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: avx512f available.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
     unsafe fn relu(x: __m512) -> __m512 {
         // SAFETY: avx512f available. max(0, x) returns x when x is NaN, and −0.0 for −0.0.
         unsafe { _mm512_max_ps(_mm512_setzero_ps(), x) }
@@ -440,6 +445,23 @@ fn transpose16x16(r: [__m512; 16]) -> [__m512; 16] {
         out[8 + i] = _mm512_shuffle_f32x4::<0xDD>(v[i], v[8 + i]);
     }
     out
+}
+
+/// [`update_rank1`](super::update::update_rank1) on zmm lanes.
+///
+/// # Safety
+/// The contract of `update::update_rank1`; avx512f available.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn update_rank1(
+    x: *const f32,
+    xs: usize,
+    rows: usize,
+    dz: *const f32,
+    n: usize,
+    u: &super::update::TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { super::update::update_rank1::<Zmm>(x, xs, rows, dz, n, u) }
 }
 
 #[cfg(test)]

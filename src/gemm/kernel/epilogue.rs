@@ -36,6 +36,13 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The CPU supports the ISA.
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise `a·b + c` exactly as this ISA's kernels accumulate a k step: fused
+    /// (one rounding) on AVX-512, AVX2 and NEON; a multiply, then an add, for the
+    /// portable kernel's scalar lanes.
+    ///
+    /// # Safety
+    /// The CPU supports the ISA.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// Lane-wise `if 0 > x { 0 } else { x }`: NaN and −0.0 pass through.
     ///
     /// # Safety
@@ -277,6 +284,11 @@ impl Lanes for Scalar {
     #[inline(always)]
     unsafe fn add(a: f32, b: f32) -> f32 {
         a + b
+    }
+    #[inline(always)]
+    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+        // The portable kernel's `acc += a * b`: never `mul_add`.
+        a * b + c
     }
     #[inline(always)]
     unsafe fn relu(x: f32) -> f32 {

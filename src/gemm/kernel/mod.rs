@@ -190,6 +190,33 @@ pub(crate) const KERNEL_TILES: [(usize, usize); 13] = [
     (12, 8),
 ];
 
+/// [`update::update_rank1`] on the lanes of `isa`: the fused update of a batch of one.
+///
+/// # Safety
+/// The contract of [`update::update_rank1`]; the CPU supports `isa`.
+pub(crate) unsafe fn update_rank1(
+    isa: Isa,
+    x: *const f32,
+    xs: usize,
+    rows: usize,
+    dz: *const f32,
+    n: usize,
+    u: &update::TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::update_rank1(x, xs, rows, dz, n, u),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::update_rank1(x, xs, rows, dz, n, u),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => neon::update_rank1(x, xs, rows, dz, n, u),
+            _ => update::update_rank1::<epilogue::Scalar>(x, xs, rows, dz, n, u),
+        }
+    }
+}
+
 /// What a tile does after its last k block, while it is still in registers.
 /// Pointers are already offset to the tile's first row and column.
 #[derive(Clone, Copy)]

@@ -122,6 +122,11 @@ impl Lanes for Q {
         unsafe { vaddq_f32(a, b) }
     }
     #[inline(always)]
+    unsafe fn fma(a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
+        // SAFETY: as above. `vfmaq_f32(c, a, b)` = c + a·b, fused, as the k loop.
+        unsafe { vfmaq_f32(c, a, b) }
+    }
+    #[inline(always)]
     unsafe fn relu(x: float32x4_t) -> float32x4_t {
         // SAFETY: as above. Clears only the lanes below zero, so NaN and −0.0 pass
         // (FMAX would turn −0.0 into +0.0).
@@ -213,4 +218,20 @@ impl Lanes for Q {
         // SAFETY: forwarded contract; NEON is baseline.
         unsafe { update_tile::<Q, MR, NV, WHOLE>(acc, t, masks, u) }
     }
+}
+
+/// [`update_rank1`](super::update::update_rank1) on q lanes.
+///
+/// # Safety
+/// The contract of `update::update_rank1`; NEON (baseline) available.
+pub(crate) unsafe fn update_rank1(
+    x: *const f32,
+    xs: usize,
+    rows: usize,
+    dz: *const f32,
+    n: usize,
+    u: &super::update::TileUpdate,
+) {
+    // SAFETY: forwarded contract.
+    unsafe { super::update::update_rank1::<Q>(x, xs, rows, dz, n, u) }
 }

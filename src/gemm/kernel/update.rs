@@ -9,8 +9,8 @@
 //! a non-finite value shows up there, and the model uses the maxima to prove the next
 //! step free of overflow before it runs it.
 
-use super::epilogue::Lanes;
-use super::Tile;
+use super::epilogue::{masks, Lanes};
+use super::{Tile, TileEpilogue};
 
 /// One optimizer step as the epilogue applies it, with the current learning rate and
 /// the constants the separate pass would compute, computed the same way.
@@ -77,6 +77,29 @@ pub(crate) unsafe fn update_tile<L: Lanes, const MR: usize, const NV: usize, con
     masks: &[L::Mask; NV],
     u: &TileUpdate,
 ) {
+    // SAFETY: forwarded contract; `u.maxima` valid.
+    unsafe {
+        let maxima = update_tile_vectors::<L, MR, NV, WHOLE>(acc, t, masks, u);
+        let out = &mut *u.maxima;
+        for (o, m) in out.iter_mut().zip(maxima) {
+            *o = (*o).max(L::reduce_max_bits(m));
+        }
+    }
+}
+
+/// [`update_tile`] without the last step: returns the lane-wise maxima of `|p|`,
+/// `|s0|`, `|s1|` it stored (as [`Lanes::max_abs_bits`] bit patterns) instead of
+/// folding them into `u.maxima`, which it does not touch.
+///
+/// # Safety
+/// As [`update_tile`], except that `u.maxima` is not used.
+#[inline(always)]
+unsafe fn update_tile_vectors<L: Lanes, const MR: usize, const NV: usize, const WHOLE: bool>(
+    acc: &[[L::V; NV]; MR],
+    t: &Tile,
+    masks: &[L::Mask; NV],
+    u: &TileUpdate,
+) -> [L::V; 3] {
     let rows = if WHOLE { MR } else { t.mr };
     let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
     let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
@@ -154,6 +177,99 @@ pub(crate) unsafe fn update_tile<L: Lanes, const MR: usize, const NV: usize, con
                 let step = L::div(L::mul(s(lr), L::mul(m, s(corr1))), L::add(L::sqrt(L::mul(w, s(corr2))), s(epsilon)));
                 L::sub(p, step)
             }),
+        }
+        maxima
+    }
+}
+
+/// Columns of W per [`update_rank1`] call of the tile update: 4 vectors.
+const RANK1_NV: usize = 4;
+
+/// The update of a `rows × n` block of W whose gradient is an outer product, `g[i][j] =
+/// x[i·xs]·dz[j]`: the weight gradient of a batch of one (k = 1). Each row is formed in
+/// registers as the k loop would form it (`fma(x_i, dz_j, 0)`, see [`Lanes::fma`]) and
+/// stepped with [`update_tile`]'s body, four vectors at a time, so the result is
+/// bit-identical to the tiled GEMM's; but without packing, tiles or per-tile set-up,
+/// which at k = 1 cost more than the update's own memory traffic. The maxima fold into
+/// `u.maxima` once, at the end.
+///
+/// # Safety
+/// `x + i·xs` readable for `i < rows`; `dz .. dz + n` readable; for `i < rows`, `j < n`:
+/// `u.p + i·u.rs + j` readable and writable, and so `u.s0`/`u.s1` when the step uses
+/// them, by this caller alone; `u.rule` and `u.maxima` valid; the CPU supports `L`'s ISA.
+#[inline(always)]
+pub(crate) unsafe fn update_rank1<L: Lanes>(
+    x: *const f32,
+    xs: usize,
+    rows: usize,
+    dz: *const f32,
+    n: usize,
+    u: &TileUpdate,
+) {
+    let chunk = RANK1_NV * L::W;
+    // SAFETY (whole function): every chunk covers columns j0..j0 + nr with nr ≤ n − j0,
+    // read from dz and handed to `update_tile_vectors` as a 1 × nr tile (whole when nr
+    // is the chunk, else masked to nr), whose parameter and state pointers are row i,
+    // column j0 of the block the caller vouched for; C is never read (load_c false).
+    unsafe {
+        let tail_masks = masks::<L, RANK1_NV>(n % chunk);
+        let full_masks = masks::<L, RANK1_NV>(chunk);
+        let mut maxima = [L::zero(); 3];
+        // The rule copied once (a value the stores cannot alias) and matched once: in
+        // each arm below the tile update's own match on the same value folds away,
+        // instead of dispatching for every chunk.
+        let rule = *u.rule;
+        let u = &TileUpdate { rule: &rule, ..*u };
+        macro_rules! rows {
+            () => {
+                for i in 0..rows {
+                    let xi = L::splat(*x.add(i * xs));
+                    for j0 in (0..n).step_by(chunk) {
+                        let nr = chunk.min(n - j0);
+                        let off = i * u.rs + j0;
+                        let tu = TileUpdate {
+                            p: u.p.wrapping_add(off),
+                            s0: u.s0.wrapping_add(off),
+                            s1: u.s1.wrapping_add(off),
+                            ..*u
+                        };
+                        let t = Tile {
+                            c: std::ptr::null_mut(),
+                            rsc: 0,
+                            mr: 1,
+                            nr,
+                            load_c: false,
+                            epilogue: TileEpilogue::None,
+                            max: std::ptr::null_mut(),
+                        };
+                        let d = dz.add(j0);
+                        // Loops, not `array::from_fn`: a closure would not inherit the caller's
+                        // target features.
+                        let mut acc = [[L::zero(); RANK1_NV]; 1];
+                        let m = if nr == chunk {
+                            for (v, g) in acc[0].iter_mut().enumerate() {
+                                *g = L::fma(xi, L::load(d.add(v * L::W)), L::zero());
+                            }
+                            update_tile_vectors::<L, 1, RANK1_NV, true>(&acc, &t, &full_masks, &tu)
+                        } else {
+                            for (v, g) in acc[0].iter_mut().enumerate() {
+                                *g = L::fma(xi, L::load_masked(d.wrapping_add(v * L::W), tail_masks[v]), L::zero());
+                            }
+                            update_tile_vectors::<L, 1, RANK1_NV, false>(&acc, &t, &tail_masks, &tu)
+                        };
+                        for (a, b) in maxima.iter_mut().zip(m) {
+                            *a = L::max_abs_bits(*a, b);
+                        }
+                    }
+                }
+            };
+        }
+        match rule.step {
+            Step::Sgd { .. } => rows!(),
+            Step::Momentum { .. } => rows!(),
+            Step::Adagrad { .. } => rows!(),
+            Step::RmsProp { .. } => rows!(),
+            Step::Adam { .. } => rows!(),
         }
         let out = &mut *u.maxima;
         for (o, m) in out.iter_mut().zip(maxima) {
