@@ -8,7 +8,7 @@ and fusegrad's speed-up over each peer.
 
     cargo build --release --example mnist_timing
     python3 -m pip install numpy torch      # optional peers
-    python3 scripts/sweep.py [--quick] [--repeats 3] [--data DIR]
+    python3 scripts/sweep.py [--quick | --only 128,64/1 ...] [--repeats 3] [--data DIR]
 
 Wide networks and small batches train on the first --samples images (the time is
 scaled to 60 000); the defaults follow the issue's table. FUSEGRAD_KERNEL=avx2 forces a
@@ -74,6 +74,8 @@ def main():
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--quick", action="store_true", help="the 784-128-64-10 rows only")
+    ap.add_argument("--only", nargs="+", metavar="HIDDEN/BATCH",
+                    help="just these rows of the table, e.g. --only 128,64/1 128,64/8")
     ap.add_argument("--no-peers", action="store_true", help="fusegrad only (e.g. with FUSEGRAD_KERNEL=avx2)")
     args = ap.parse_args()
     exe = os.path.join(target_dir(), "release", "examples", "mnist_timing")
@@ -85,6 +87,11 @@ def main():
     if missing and not args.no_peers:
         print(f"(not installed, left out: {', '.join(sorted(missing))}; `python3 -m pip install numpy torch`)")
     configs = [c for c in CONFIGS if not args.quick or c[0] == "128,64"]
+    if args.only:
+        configs = [c for c in configs if f"{c[0]}/{c[1]}" in args.only]
+        if len(configs) != len(args.only):
+            known = " ".join(f"{h}/{b}" for h, b, _ in CONFIGS)
+            sys.exit(f"--only {' '.join(args.only)}: rows are named HIDDEN/BATCH, one of: {known}")
     head = ["network, batch", "threads", "fusegrad s / 60k", "share of peak"] + [f"{p} s / 60k" for p, _ in peers] + \
         [f"vs {p}" for p, _ in peers]
     print("| " + " | ".join(head) + " |")
