@@ -181,6 +181,22 @@ struct UpdateJob<'a> {
     maxima: [AtomicU32; 3],
 }
 
+impl UpdateJob<'_> {
+    /// Where the update of the tile or block at row `i`, column `j` of the `· × n`
+    /// parameters reads and writes, raising `maxima`.
+    fn at(&self, i: usize, j: usize, n: usize, maxima: *mut [u32; 3]) -> TileUpdate {
+        let off = i * n + j;
+        TileUpdate {
+            p: self.params.0.wrapping_add(off),
+            s0: self.s0.0.wrapping_add(off),
+            s1: self.s1.0.wrapping_add(off),
+            rs: n,
+            rule: self.rule,
+            maxima,
+        }
+    }
+}
+
 pub(crate) fn run<K: Kernel>(
     mut c: MatMut<'_>,
     a: MatRef<'_>,
@@ -475,15 +491,7 @@ impl Job<'_> {
             db.fill(0.0);
             add_b_colsums(self.b, 0, 1, cols.start, db);
         }
-        let off = rows.start * self.n + cols.start;
-        let tu = TileUpdate {
-            p: u.params.0.wrapping_add(off),
-            s0: u.s0.0.wrapping_add(off),
-            s1: u.s1.0.wrapping_add(off),
-            rs: self.n,
-            rule: u.rule,
-            maxima,
-        };
+        let tu = u.at(rows.start, cols.start, self.n, maxima);
         let x = self.a.as_slice()[rows.start * self.a.row_stride()..].as_ptr();
         let dz = self.b.as_slice()[cols.start..].as_ptr();
         // SAFETY: A (m × 1) has rows `rows` at stride `row_stride` from `x`, all inside
@@ -545,15 +553,7 @@ impl Job<'_> {
         let epilogue = match (last, self.bias, h_tile) {
             (true, _, _) if self.update.is_some() => {
                 let u = self.update.as_ref().expect("checked");
-                let off = i * self.n + j;
-                TileEpilogue::Update(TileUpdate {
-                    p: u.params.0.wrapping_add(off),
-                    s0: u.s0.0.wrapping_add(off),
-                    s1: u.s1.0.wrapping_add(off),
-                    rs: self.n,
-                    rule: u.rule,
-                    maxima,
-                })
+                TileEpilogue::Update(u.at(i, j, self.n, maxima))
             }
             (true, Some(bias), _) if self.relu => TileEpilogue::BiasRelu(bias[j..].as_ptr()),
             (true, Some(bias), _) => TileEpilogue::Bias(bias[j..].as_ptr()),
