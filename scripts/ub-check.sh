@@ -42,7 +42,9 @@ need_nightly() {
 
 if want miri && need_nightly miri miri; then
     echo "== miri: tests/miri.rs (tree borrows; rayon's pool threads outlive a test)"
-    MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation" \
+    # Deterministic floats: miri otherwise adds random ULP errors to exp and friends, and
+    # the region test compares the bits of 1 and 2 threads.
+    MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks -Zmiri-disable-isolation -Zmiri-deterministic-floats" \
         cargo "+$NIGHTLY" miri test --manifest-path ub/Cargo.toml --test miri
 fi
 if want asan && need_nightly asan; then

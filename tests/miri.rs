@@ -144,3 +144,32 @@ fn a_tiny_model_trains_and_predicts() {
     // Training moved the parameters away from a fresh model's.
     assert_ne!(build(1).predict(x.view()).unwrap(), p);
 }
+
+/// The step's region (`runtime::region`: its job hand-over through raw pointers, the
+/// helpers' loop, the static task split) under miri: every product of two steps split
+/// between two threads (a split threshold of 0) gives the bits of one thread.
+#[test]
+fn a_step_split_in_a_region_equals_one_thread() {
+    let x = Matrix::from_fn(7, 3, |i, j| ((i * 3 + j) % 5) as f32 * 0.3 - 0.6);
+    let y: Vec<usize> = (0..7).map(|i| i % 2).collect();
+    let run = |threads: usize| {
+        let mut m = Sequential::builder(3)
+            .seed(2)
+            .dense(9)
+            .relu()
+            .dense(2)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1))
+            .unwrap();
+        m.set_threads(Some(threads)).unwrap();
+        for layer in m.layers_mut() {
+            if let fusegrad::nn::Layer::Dense(d) = layer {
+                d.set_min_work_per_thread(Some(0));
+            }
+        }
+        for _ in 0..2 {
+            m.train_step(x.view(), Targets::Classes(&y)).unwrap();
+        }
+        m.predict(x.view()).unwrap()
+    };
+    assert_eq!(run(2), run(1));
+}

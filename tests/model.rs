@@ -68,6 +68,44 @@ fn a_seed_fixes_the_whole_run_bit_for_bit_on_1_and_2_threads() {
     assert_ne!(params(&other), runs[0].0);
 }
 
+/// Every product of a step split between threads (a split threshold of 0), through the
+/// step's region (`runtime::region`: tiles shared statically among the leader and its
+/// helpers): `train_step` per batch from 1 to 68 rows, then `fit` with the governor on
+/// and off, give the bits of one thread, on 2 and 3 threads.
+#[test]
+fn steps_split_in_a_region_equal_one_thread_bit_for_bit() {
+    let (x, y) = spiral(40, 3, 4);
+    let run = |threads: usize, adaptive: bool| {
+        let mut m = Sequential::builder(2)
+            .seed(3)
+            .dense(70)
+            .relu()
+            .dense(150)
+            .relu()
+            .dense(3)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(0.02))
+            .unwrap();
+        m.set_threads(Some(threads)).unwrap();
+        m.set_adaptive_threads(adaptive);
+        for layer in m.layers_mut() {
+            if let Layer::Dense(d) = layer {
+                d.set_min_work_per_thread(Some(0));
+            }
+        }
+        for (start, batch) in [(0, 1), (1, 3), (4, 8), (12, 40), (52, 68)] {
+            let xb = x.view().submatrix(start, 0, batch, 2).unwrap();
+            m.train_step(xb, Targets::Classes(&y[start..start + batch])).unwrap();
+        }
+        let opts = FitOptions::default().with_epochs(3).with_batch_size(5).with_seed(1);
+        let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+        (params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>())
+    };
+    let one = run(1, true);
+    for (threads, adaptive) in [(2, true), (2, false), (3, false)] {
+        assert!(run(threads, adaptive) == one, "{threads} threads, adaptive {adaptive}: the bits differ");
+    }
+}
+
 #[test]
 fn the_thread_governor_changes_no_bit() {
     // 150 steps: the governor probes all three ways of running a step (24 steps each)

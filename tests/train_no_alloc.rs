@@ -64,5 +64,9 @@ fn training_steps_do_not_allocate() {
             ALLOCS.load(Ordering::SeqCst) - before
         })
     };
-    assert_eq!(count_fit(160), count_fit(640), "fit allocates per step");
+    // Each call may spawn its region's helpers again (a rayon job each, when they left
+    // since the last call): one allocation per helper and call, never per step (the
+    // longer epochs have 60 steps more).
+    let (short, long) = (count_fit(160), count_fit(640));
+    assert!(short.abs_diff(long) <= 1, "fit allocates per step: {short} allocations for 20 steps, {long} for 80");
 }

@@ -41,6 +41,9 @@ pub(crate) struct Plan {
     pub track_max: bool,
 }
 
+/// The longest k (batch) for which a fused update splits W by columns.
+const SMALL_K: usize = 32;
+
 /// A raw pointer that tasks share. Each task writes only elements no other task
 /// writes (its own C tiles, its own tile rows of the scratch, its own bias-gradient
 /// columns), which is what makes sending it across threads sound.
@@ -234,7 +237,15 @@ pub(crate) fn run<K: Kernel>(
     let tiles_n = n.div_ceil(K::NR);
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
     let tasks = plan.threads.min(work / plan.min_work_per_thread.max(1)).clamp(1, tiles_m * tiles_n);
-    let (tm, tn) = partition(tasks, tiles_m, tiles_n);
+    // A fused update of a small batch splits W by columns, as the layer's forward
+    // product of that batch does (`partition`): each thread then reads and writes the
+    // same columns of W in both, and they stay in its cache from step to step. (With a
+    // long k, each task would pack all of Xᵀ: rows, as BLIS splits.)
+    let (tm, tn) = if update.is_some() && k <= SMALL_K && tasks <= tiles_n {
+        (1, tasks)
+    } else {
+        partition(tasks, (m, K::MR), (n, K::NR))
+    };
 
     let (bias, relu, h, mut colsum_out, bgrad) = match epilogue {
         Epilogue::None => (None, false, None, None, None),
@@ -289,9 +300,11 @@ pub(crate) fn run<K: Kernel>(
         let (rows, cols) = task_ranges::<K>(t, tm, tn, tiles_m, tiles_n, m, n);
         with_buffers(|bufs| job.run_block::<K>(rows, cols, bufs));
     };
+    // Inside a step's region (`runtime::region`) the tasks go to its threads, task t
+    // to thread t mod threads; elsewhere rayon spreads them.
     if tm * tn == 1 {
         task(0);
-    } else {
+    } else if !crate::runtime::region::share(tm * tn, &task) {
         (0..tm * tn).into_par_iter().for_each(task);
     }
 
@@ -316,9 +329,32 @@ pub(crate) fn run<K: Kernel>(
     }
 }
 
-/// Splits `tasks` over the tile grid the way BLIS does: each prime factor of the task
-/// count goes to the dimension that still has more tiles per part.
-fn partition(tasks: usize, tiles_m: usize, tiles_n: usize) -> (usize, usize) {
+/// Splits `tasks` over the tile grid of an `m × n` C of `mr × nr` tiles: the way BLIS
+/// does (each prime factor of the task count to the dimension that still has more
+/// tiles per part), unless another split of the same count is clearly cheaper for its
+/// largest task — a batch of a few rows split by rows leaves one task with most of
+/// them, and both reading all of B, where a split by columns halves both.
+fn partition(tasks: usize, (m, mr): (usize, usize), (n, nr): (usize, usize)) -> (usize, usize) {
+    let (tiles_m, tiles_n) = (m.div_ceil(mr), n.div_ceil(nr));
+    let blis = partition_blis(tasks, tiles_m, tiles_n);
+    // The largest task's multiply-adds per k step, plus its loads of A and B (two
+    // multiply-adds' worth each: a tile's FMAs outrun its loads about so).
+    let cost = |(tm, tn): (usize, usize)| {
+        let rows = (tiles_m.div_ceil(tm) * mr).min(m);
+        let cols = (tiles_n.div_ceil(tn) * nr).min(n);
+        rows * cols + 2 * (rows + cols)
+    };
+    let best = (1..=tasks)
+        .filter(|tm| tasks.is_multiple_of(*tm) && *tm <= tiles_m && tasks / tm <= tiles_n)
+        .map(|tm| (tm, tasks / tm))
+        .min_by_key(|&p| cost(p));
+    match best {
+        Some(p) if cost(p) * 10 < cost(blis) * 9 => p,
+        _ => blis,
+    }
+}
+
+fn partition_blis(tasks: usize, tiles_m: usize, tiles_n: usize) -> (usize, usize) {
     let (mut tm, mut tn) = (1usize, 1usize);
     let mut rest = tasks;
     let mut f = 2;
@@ -604,10 +640,28 @@ mod tests {
 
     #[test]
     fn partition_follows_the_larger_dimension() {
-        assert_eq!(partition(1, 22, 2), (1, 1));
-        assert_eq!(partition(2, 22, 2), (2, 1));
-        assert_eq!(partition(2, 1, 8), (1, 2));
-        assert_eq!(partition(4, 8, 8), (2, 2));
-        assert_eq!(partition(8, 2, 2), (2, 2)); // capped by the grid
+        assert_eq!(partition_blis(1, 22, 2), (1, 1));
+        assert_eq!(partition_blis(2, 22, 2), (2, 1));
+        assert_eq!(partition_blis(2, 1, 8), (1, 2));
+        assert_eq!(partition_blis(4, 8, 8), (2, 2));
+        assert_eq!(partition_blis(8, 2, 2), (2, 2)); // capped by the grid
+                                                     // MNIST's first layer at batch 128 on the 6×64 tile: BLIS's split (rows) stays.
+        assert_eq!(partition(2, (128, 6), (128, 64)), (2, 1));
+        assert_eq!(partition(2, (784, 6), (128, 64)), (2, 1)); // dW = Xᵀ·dZ
+    }
+
+    #[test]
+    fn a_few_rows_split_by_columns() {
+        // Batch 8 on the 6-row tile: by rows one task would get 6 rows of 8, and both
+        // all of W; by columns each gets 8 rows and half of W.
+        assert_eq!(partition(2, (8, 6), (128, 64)), (1, 2));
+        assert_eq!(partition(2, (12, 6), (128, 64)), (1, 2));
+        assert_eq!(partition(4, (8, 6), (784, 64)), (1, 4));
+        // Even when columns are the only way left, the count may exceed the tiles.
+        assert_eq!(partition(3, (8, 6), (64, 64)), (2, 1));
+        for (tasks, m, n) in [(2, 1, 1), (7, 100, 3000), (6, 37, 129), (16, 5, 10_000)] {
+            let (tm, tn) = partition(tasks, (m, 6), (n, 64));
+            assert!(tm >= 1 && tn >= 1 && tm <= m.div_ceil(6) && tn <= n.div_ceil(64), "{tasks} {m} {n}");
+        }
     }
 }

@@ -220,6 +220,18 @@ impl Dense {
         self.gemm.threads = threads;
     }
 
+    /// The smallest product (in multiply-adds) this layer's GEMMs split between threads
+    /// (`None`: the built-in threshold); for tests that need small layers split.
+    #[doc(hidden)]
+    pub fn set_min_work_per_thread(&mut self, work: Option<usize>) {
+        self.gemm.min_work_per_thread = work;
+    }
+
+    /// The smallest product this layer's GEMMs split between threads.
+    pub(crate) fn min_work_per_thread(&self) -> usize {
+        self.gemm.min_work_per_thread.unwrap_or(crate::gemm::MIN_WORK_PER_THREAD)
+    }
+
     /// The threads a call of the public API may use: the cap, else the current pool's.
     fn threads(&self) -> usize {
         self.gemm.threads.unwrap_or_else(rayon::current_num_threads)

@@ -1,12 +1,14 @@
 //! Every thread decision of the crate: how parallel passes split and when they stay on
-//! one thread (`workers`), the pool a model runs in (`pool`), and how `fit` runs its
-//! steps on a busy machine (`governor`). Results never depend on these choices:
+//! one thread (`workers`), the pool a model runs in (`pool`), the region a step's
+//! threads share (`region`), and how `fit` runs its steps on a busy machine
+//! (`governor`). Results never depend on these choices:
 //! threads split outputs, never a reduction.
 
 pub(crate) mod governor;
 mod pool;
+pub(crate) mod region;
 mod workers;
 
 pub(crate) use pool::ModelPool;
 pub use workers::with_hot_workers;
-pub(crate) use workers::{on_another_worker, parts_for, split_point, with_workers, Helpers};
+pub(crate) use workers::{parts_for, split_point};

@@ -2,6 +2,7 @@
 //! batch costs one hand-over to a worker rather than a new set of threads; its
 //! workers optionally pinned to distinct cores.
 
+use super::region::{Region, Spawn, Team};
 use crate::error::{Error, Result};
 use std::sync::{Arc, OnceLock};
 
@@ -15,22 +16,37 @@ pub(crate) struct ModelPool {
     /// Built by the first call that needs it (any of them: calls may come from several
     /// threads at once through a shared model).
     pool: OnceLock<Arc<rayon::ThreadPool>>,
+    /// The helpers of the regions its steps run in (see `region`), made by the first.
+    team: OnceLock<Arc<Team>>,
+    /// The pool the helpers of a region led from outside `pool` run in: `threads − 1`
+    /// workers, never pinned (the leader is the caller's thread, which the OS places
+    /// freely; a helper pinned to the leader's core halves both).
+    helper_pool: OnceLock<Arc<rayon::ThreadPool>>,
 }
 
 impl ModelPool {
     pub(crate) fn new() -> Self {
-        ModelPool { threads: None, pin: true, pool: OnceLock::new() }
+        ModelPool {
+            threads: None,
+            pin: true,
+            pool: OnceLock::new(),
+            team: OnceLock::new(),
+            helper_pool: OnceLock::new(),
+        }
     }
 
     /// A new thread count drops the pool; the next call builds one of the new size.
     pub(crate) fn set_threads(&mut self, threads: Option<usize>) {
         self.threads = threads;
         self.pool = OnceLock::new();
+        self.team = OnceLock::new();
+        self.helper_pool = OnceLock::new();
     }
 
     pub(crate) fn set_pin(&mut self, pin: bool) {
         if pin != self.pin {
             self.pool = OnceLock::new();
+            self.team = OnceLock::new();
         }
         self.pin = pin;
     }
@@ -56,21 +72,76 @@ impl ModelPool {
         if self.pool.get().is_some_and(|p| p.current_thread_index().is_some()) {
             return Ok(f(rayon::current_num_threads()));
         }
-        let pool = match self.pool.get() {
+        let pool = self.built()?;
+        Ok(pool.install(|| f(rayon::current_num_threads())))
+    }
+
+    /// The model's own pool (configured thread count), built on first use.
+    fn built(&self) -> Result<&rayon::ThreadPool> {
+        if let Some(pool) = self.pool.get() {
+            return Ok(pool);
+        }
+        let n = self.threads.unwrap_or_else(rayon::current_num_threads);
+        let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+        #[cfg(feature = "pin-threads")]
+        let builder = pin(builder, n, self.pin);
+        let pool = builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
+        // Two first calls at once both build one; the loser's is dropped.
+        let _ = self.pool.set(Arc::new(pool));
+        Ok(self.pool.get().expect("set above"))
+    }
+
+    /// Runs `f` on this thread as the leader of a region (see `region`) of the model's
+    /// threads, the helpers spawned into the pool [`Self::install`] would run `f` in
+    /// (the current one when that is of the configured size, else the model's own).
+    /// `f` gets the region and its thread count; `None` and 1 when the model has one
+    /// thread or the region cannot have its helpers (then `f` runs alone, with the same
+    /// results).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the pool's threads cannot be started.
+    pub(crate) fn lead<R>(&self, f: impl FnOnce(Option<&Region<'_>>, usize) -> R) -> Result<R> {
+        if self.threads == Some(1) {
+            return Ok(f(None, 1));
+        }
+        let in_a_pool = rayon::current_thread_index().is_some();
+        let here = (in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()))
+            || self.pool.get().is_some_and(|p| p.current_thread_index().is_some());
+        if here || (self.threads.is_none() && !in_a_pool) {
+            // In the pool to use, or (no size configured) outside any: the global pool.
+            return Ok(self.lead_with(rayon::current_num_threads(), Spawn::Current, f));
+        }
+        let n = self.threads.expect("a configured size: the other cases returned above");
+        let helpers = match self.helper_pool.get() {
             Some(pool) => pool,
             None => {
-                let n = self.threads.unwrap_or_else(rayon::current_num_threads);
-                let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
-                #[cfg(feature = "pin-threads")]
-                let builder = pin(builder, n, self.pin);
-                let pool =
-                    builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
-                // Two first calls at once both build one; the loser's is dropped.
-                let _ = self.pool.set(Arc::new(pool));
-                self.pool.get().expect("set above")
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(n - 1)
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("could not start {} threads: {e}", n - 1)))?;
+                let _ = self.helper_pool.set(Arc::new(pool));
+                self.helper_pool.get().expect("set above")
             }
         };
-        Ok(pool.install(|| f(rayon::current_num_threads())))
+        Ok(self.lead_with(n, Spawn::Pool(helpers), f))
+    }
+
+    /// [`Self::lead`] from a worker of the model's pool (inside [`Self::install`]), with
+    /// `threads` its size: the helpers are spawned into this pool.
+    pub(crate) fn lead_here<R>(&self, threads: usize, f: impl FnOnce(Option<&Region<'_>>, usize) -> R) -> R {
+        self.lead_with(threads, Spawn::Current, f)
+    }
+
+    fn lead_with<R>(&self, threads: usize, spawn: Spawn<'_>, f: impl FnOnce(Option<&Region<'_>>, usize) -> R) -> R {
+        let team = self.team.get_or_init(|| Arc::new(Team::new(threads)));
+        if threads < 2 || team.threads() != threads {
+            // Called from a pool of another size than the first call's: alone.
+            return f(None, 1);
+        }
+        team.lead(spawn, |region| match region {
+            Some(r) => f(Some(r), r.threads()),
+            None => f(None, 1),
+        })
     }
 }
 

@@ -1,12 +1,11 @@
 //! How the crate's parallel passes use the current rayon pool: the even split of
 //! elementwise passes over the threads a caller decided, and keeping the other
-//! workers awake across a run of GEMMs.
+//! workers awake across a run of GEMMs called through the public GEMM API.
 //!
-//! A training step runs eight GEMMs with short serial passes between them (the loss,
-//! the finiteness check, the update). An idle rayon worker spins only briefly before it
-//! sleeps, and waking it costs more than a small product on 2 threads takes
-//! (docs/perf/mnist.md). [`with_hot_workers`] keeps the other workers polling for work
-//! (OpenMP's "active" wait policy) while a closure runs.
+//! An idle rayon worker spins only briefly before it sleeps, and waking it costs more
+//! than a small product on 2 threads takes (docs/perf/mnist.md). [`with_hot_workers`]
+//! keeps the other workers polling for work (OpenMP's "active" wait policy) while a
+//! closure runs. (A model's own steps run in a region instead: see `region`.)
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -49,30 +48,11 @@ impl Drop for StopOnDrop<'_> {
 /// The helpers burn their cores while `f` runs: use it around a training loop, not
 /// around code that leaves the pool idle for long.
 pub fn with_hot_workers<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    with_workers(|_| f())
-}
-
-/// Tells the helpers of [`with_workers`] whether to spin (hot) or park.
-pub(crate) struct Helpers {
-    hot: AtomicBool,
-}
-
-impl Helpers {
-    /// Hot: the helpers spin and take any rayon work at once. Cold: they park (a
-    /// bounded spin, then sleeps of up to a millisecond), leaving their cores to other
-    /// processes, and take work only when they wake.
-    pub(crate) fn set_hot(&self, hot: bool) {
-        self.hot.store(hot, Ordering::Release);
-    }
-}
-
-/// [`with_hot_workers`] whose helpers `f` can park and wake through [`Helpers`].
-pub(crate) fn with_workers<R: Send>(f: impl FnOnce(&Helpers) -> R + Send) -> R {
-    let control = Helpers { hot: AtomicBool::new(true) };
     let helpers = rayon::current_num_threads().saturating_sub(1);
     if helpers == 0 || rayon::current_thread_index().is_none() {
-        return f(&control);
+        return f();
     }
+
     let stop = AtomicBool::new(false);
     let started = AtomicUsize::new(0);
     rayon::scope(|s| {
@@ -80,16 +60,9 @@ pub(crate) fn with_workers<R: Send>(f: impl FnOnce(&Helpers) -> R + Send) -> R {
         for _ in 0..helpers {
             s.spawn(|_| {
                 started.fetch_add(1, Ordering::AcqRel);
-                let mut idle_rounds = 0u32;
                 while !stop.load(Ordering::Acquire) {
-                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                        idle_rounds = 0;
-                    } else if control.hot.load(Ordering::Acquire) || idle_rounds < 64 {
-                        idle_rounds += 1;
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
                         std::hint::spin_loop();
-                    } else {
-                        // Parked: wake every millisecond to look for work or a change.
-                        std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                 }
             });
@@ -99,36 +72,8 @@ pub(crate) fn with_workers<R: Send>(f: impl FnOnce(&Helpers) -> R + Send) -> R {
         while started.load(Ordering::Acquire) < helpers {
             std::thread::yield_now();
         }
-        f(&control)
+        f()
     })
-}
-
-/// Runs `f` on another worker of the current pool and waits for it, yielding this
-/// thread's core meanwhile: used when this thread's core is the busy one. The other
-/// workers should be looking for work (inside [`with_workers`], hot); if none takes
-/// the job within 50 ms, it runs here. Outside a pool, or in a pool of one thread, it
-/// just runs `f` here. Allocation-free (a `rayon::join`, whose job lives on the stack).
-pub(crate) fn on_another_worker<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_num_threads() < 2 || rayon::current_thread_index().is_none() {
-        return f();
-    }
-    let taken = AtomicBool::new(false);
-    let ((), out) = rayon::join(
-        // `join` offers the second closure to thieves while this thread runs the first:
-        // wait, yielding the core, until a helper has taken it (or give up: `join` then
-        // runs it here).
-        || {
-            let start = std::time::Instant::now();
-            while !taken.load(Ordering::Acquire) && start.elapsed() < std::time::Duration::from_millis(50) {
-                std::thread::yield_now();
-            }
-        },
-        || {
-            taken.store(true, Ordering::Release);
-            f()
-        },
-    );
-    out
 }
 
 #[cfg(test)]
@@ -170,27 +115,6 @@ mod tests {
         assert_eq!(parts_for(1, 1 << 20, 1024), 1);
         assert_eq!(parts_for(8, 3000, 1024), 2, "no share below min_len");
         assert_eq!(parts_for(4, 10, 1024), 1);
-    }
-
-    #[test]
-    fn work_handed_to_another_worker_runs_there_and_parked_helpers_still_help() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        pool.install(|| {
-            with_workers(|helpers| {
-                let here = rayon::current_thread_index();
-                let there = on_another_worker(rayon::current_thread_index);
-                assert!(there.is_some() && there != here, "ran on {there:?}, the loop is on {here:?}");
-                // Parked helpers wake within a millisecond and still take work.
-                helpers.set_hot(false);
-                std::thread::sleep(std::time::Duration::from_millis(5));
-                use rayon::prelude::*;
-                let sum: u64 = (0..100_000u64).into_par_iter().sum();
-                assert_eq!(sum, 100_000 * 99_999 / 2);
-                helpers.set_hot(true);
-                assert_ne!(on_another_worker(rayon::current_thread_index), here);
-            });
-        });
-        assert_eq!(on_another_worker(|| 5), 5); // outside a pool: runs here
     }
 
     #[test]

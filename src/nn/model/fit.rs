@@ -8,7 +8,7 @@ use crate::nn::inputs::Inputs;
 use crate::nn::loss::Targets;
 use crate::rng::Rng;
 use crate::runtime::governor::{Governor, Mode};
-use crate::runtime::Helpers;
+use crate::runtime::region::Region;
 use std::time::Instant;
 
 /// What one epoch of [`Sequential::fit`] did (a report: `#[non_exhaustive]`, so that
@@ -303,13 +303,19 @@ impl Sequential {
             (false, _) => Governor::fixed(Mode::Parallel),
         };
         let mut epochs = Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv) };
-        let result = crate::runtime::with_workers(|helpers| {
+        // One region for the whole loop: the helpers stay with this thread between
+        // steps, and every step's products share their tiles among the same threads.
+        let result = self.pool.clone().lead_here(threads, |region, threads| {
+            // No helpers to be had (another call holds them): the loop runs alone.
+            if region.is_none() {
+                epochs.governor = Governor::fixed(Mode::SerialHere);
+            }
             for epoch in 1..=options.epochs {
                 let start = Instant::now();
                 if options.shuffle {
                     rng.shuffle(&mut epochs.order);
                 }
-                let sums = self.train_epoch(&mut epochs, epoch, helpers, observer, threads)?;
+                let sums = self.train_epoch(&mut epochs, epoch, region, observer, threads)?;
                 self.epochs += 1;
                 let train_seconds = start.elapsed().as_secs_f64();
                 let report = self.epoch_report(epoch, sums, train_seconds, options.validation, batch, threads)?;
@@ -333,7 +339,7 @@ impl Sequential {
         &mut self,
         epochs: &mut Epochs<'_, '_, I>,
         epoch: usize,
-        helpers: &Helpers,
+        region: Option<&Region<'_>>,
         observer: &mut dyn FitObserver,
         threads: usize,
     ) -> Result<StepSums> {
@@ -341,13 +347,18 @@ impl Sequential {
         let (mut sums, mut next_step) = (StepSums::default(), 0);
         while next_step < steps {
             let mode = epochs.governor.mode();
-            helpers.set_hot(mode != Mode::SerialHere);
+            if let Some(r) = region {
+                r.set_hot(mode != Mode::SerialHere);
+            }
             let first = next_step;
             let mut run = StepRun { epochs: &mut *epochs, steps, mode, next_step: &mut next_step, sums: &mut sums };
             let result = match mode {
                 Mode::Parallel => run.run(self, threads),
                 Mode::SerialHere => run.run(self, 1),
-                Mode::SerialThere => crate::runtime::on_another_worker(|| run.run(self, 1)),
+                Mode::SerialThere => match region {
+                    Some(r) => r.on_helper(|| run.run(self, 1)),
+                    None => run.run(self, 1),
+                },
             };
             for step in first..next_step {
                 observer.on_step(epoch, step + 1, steps);

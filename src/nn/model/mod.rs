@@ -308,7 +308,13 @@ impl Sequential {
     fn runs_serially(&self, rows: usize) -> bool {
         let macs_per_sample: usize =
             self.layers.iter().map(|l| if let Layer::Dense(d) = l { d.weights.as_slice().len() } else { 0 }).sum();
-        rows.saturating_mul(macs_per_sample) < crate::gemm::MIN_WORK_PER_THREAD
+        let threshold = self
+            .layers
+            .iter()
+            .filter_map(|l| if let Layer::Dense(d) = l { Some(d.min_work_per_thread()) } else { None })
+            .min()
+            .unwrap_or(crate::gemm::MIN_WORK_PER_THREAD);
+        rows.saturating_mul(macs_per_sample) < threshold
     }
 
     fn check_inputs(&self, x: &MatRef<'_>, targets: Option<&Targets<'_>>) -> Result<()> {
@@ -466,12 +472,33 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        self.in_pool(move |m, threads| {
-            if m.iterations == 0 {
-                crate::gemm::reserve_workspace_for(threads); // `fit` reserves for its own loop
+        if self.runs_serially(x.rows()) {
+            // Every product of the step is too small to split: no helpers to wake.
+            if self.iterations == 0 {
+                crate::gemm::reserve_workspace_for(1);
             }
-            m.step_prechecked(x, targets, threads, None)
-        })?
+            return self.step_prechecked(x, targets, 1, None);
+        }
+        self.in_region(move |m, threads| m.step_prechecked(x, targets, threads, None))?
+    }
+
+    /// Runs `f` on this thread as the leader of a region of the model's threads
+    /// ([`ModelPool::lead`]): the step's products share their tiles among the same
+    /// threads each time, without a fork-join per product. The first step also sizes
+    /// every thread's GEMM workspace (`fit` does so for its own loop).
+    fn in_region<R>(&mut self, f: impl FnOnce(&mut Self, usize) -> R) -> Result<R> {
+        let pool = self.pool.clone();
+        let result = pool.lead(|region, threads| {
+            if self.iterations == 0 {
+                match region {
+                    Some(r) => r.on_every_thread(|| crate::gemm::reserve_workspace_for(1)),
+                    None => crate::gemm::reserve_workspace_for(1),
+                }
+            }
+            f(self, threads)
+        });
+        self.pool = pool;
+        result
     }
 
     /// Forward, loss and backward on a batch, without updating: afterwards every
@@ -485,7 +512,7 @@ impl Sequential {
         if x.rows() == 0 {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
-        self.in_pool(move |m, threads| {
+        self.in_region(move |m, threads| {
             let batch = m.forward_loss(x, targets, threads)?;
             m.backward(x, threads)?;
             Ok(batch)
