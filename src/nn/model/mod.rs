@@ -248,8 +248,11 @@ impl Sequential {
     }
 
     /// Threads for training and inference: `Some(n)` runs `fit`, `evaluate` and
-    /// `predict` inside a pool of `n` threads (1 = serial); `None` (default) uses the
-    /// rayon pool the caller is in, or one of rayon's default size.
+    /// `predict` inside a pool of `n` threads (1 = serial), and `train_step` on the
+    /// caller's thread with `n − 1` helpers; `None` (default) uses the rayon pool the
+    /// caller is in, or one of rayon's default size. A training step (all of `fit`)
+    /// keeps its threads together as one region: after a per-batch call the helpers
+    /// keep spinning for 2 ms, waiting for the next one, before they return to the pool.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `Some(0)`.
@@ -269,7 +272,9 @@ impl Sequential {
     /// Whether the pool that `fit`, `evaluate` and `predict` start pins its workers to
     /// distinct cores (default: yes, when there are at least as many cores as workers).
     /// Unpinned, Linux sometimes leaves both busy workers of a 2-vCPU machine on one
-    /// CPU for a whole run, doubling its time.
+    /// CPU for a whole run, doubling its time. (`train_step` and `forward_backward` run
+    /// on the caller's thread, with helpers from a second pool that is never pinned: a
+    /// helper pinned to the core the caller happens to be on would share it.)
     ///
     /// Needs the default feature `pin-threads`; without it the workers are never pinned.
     pub fn set_pin_threads(&mut self, pin: bool) {
