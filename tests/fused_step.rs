@@ -13,7 +13,13 @@ use common::parameter_bits as params;
 
 fn data(n: usize, features: usize, seed: u64) -> (Matrix, Vec<usize>) {
     let mut rng = Rng::new(seed);
-    let x = Matrix::from_fn(n, features, |_, _| rng.uniform(-1.0, 1.0));
+    // A third of the inputs are zeros of either sign: a batch of one with plain SGD
+    // then leaves their weight rows alone, which must give the twin's bits.
+    let x = Matrix::from_fn(n, features, |_, _| match rng.below(6) {
+        0 => 0.0,
+        1 => -0.0,
+        _ => rng.uniform(-1.0, 1.0),
+    });
     let y = (0..n).map(|_| rng.below(5)).collect();
     (x, y)
 }

@@ -74,7 +74,7 @@ fn compare(
     let state = |i: usize| if i < buffers { vec![0.0f32; len] } else { Vec::new() };
     let (mut f0, mut f1, mut t0, mut t1) = (state(0), state(1), state(0), state(1));
     for it in 0..3u64 {
-        let rule = UpdateRule { step: opt.fused_step(it), penalty };
+        let rule = UpdateRule { step: opt.fused_step(it), penalty, skip_zero_rows: false };
         let mut scratch = Matrix::zeros(n_in, n_out);
         let mut db_fused = vec![f32::NAN; n_out];
         let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1 };
@@ -150,6 +150,76 @@ fn a_batch_of_one_matches_the_tiled_gemm_on_every_path() {
     }
 }
 
+/// A batch of one that leaves the rows of zero inputs alone (plain SGD): the same bits
+/// as stepping every row (the twin's separate passes), ±0 weights and denormals
+/// included, and maxima over the stepped rows only — so the largest weight, on a row
+/// whose input is 0, is not among them (it would be, were that row stepped).
+#[test]
+fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
+    let mut rng = Rng::new(13);
+    let inputs = [0.0, -0.0, 1e-30, -0.0, 3.0e-39, 0.0, -2.5, 0.7];
+    for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
+        for threads in [1, 2] {
+            let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
+            for (n_in, n_out) in [(8, 8), (37, 70), (16, 129)] {
+                let x = Matrix::from_fn(1, n_in, |_, i| inputs[i % 8]);
+                let dz = Matrix::from_fn(1, n_out, |_, j| [1e-3, -2e-3, 0.0, -0.0, 1e-40][j % 5]);
+                let mut w0 = random(n_in, n_out, &mut rng, 0.5);
+                for (e, w) in w0.as_mut_slice().iter_mut().enumerate() {
+                    *w = match e % 4 {
+                        0 => -0.0,
+                        1 => 0.0,
+                        2 => -1e-41,
+                        _ => *w,
+                    };
+                }
+                w0[(0, 3)] = 7.0; // input 0 is 0: the row is skipped
+                for lr in [0.3, 0.0] {
+                    let opt = Optimizer::sgd(lr);
+                    let rule = UpdateRule { step: opt.fused_step(0), penalty: None, skip_zero_rows: true };
+                    assert!(rule.zero_rows_exact(dz.row(0)));
+                    let (mut wf, mut wt) = (w0.clone(), w0.clone());
+                    let mut db_fused = vec![f32::NAN; n_out];
+                    let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut [], s1: &mut [] };
+                    let mut scratch = Matrix::zeros(n_in, n_out);
+                    let maxima = gemm_update(scratch.view_mut(), x.view().t(), dz.view(), &mut db_fused, update, &opts);
+                    let mut dw = Matrix::zeros(n_in, n_out);
+                    let mut db = vec![f32::NAN; n_out];
+                    let e = Epilogue::BiasGradB(&mut db);
+                    gemm_with(dw.view_mut(), x.view().t(), dz.view(), Accum::Overwrite, e, &opts).unwrap();
+                    opt.update(wt.as_mut_slice(), dw.as_slice(), &mut [], &mut [], 0).unwrap();
+                    let what = format!("{} {threads}t {n_in}×1×{n_out} lr {lr}", isa.name());
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {what}");
+                    assert_eq!(bits(&db_fused), bits(&db), "dbiases, {what}");
+                    let stepped = (0..n_in).filter(|&i| x[(0, i)] != 0.0).map(|i| max_abs_bits(wt.row(i))).max();
+                    assert_eq!(maxima.unwrap()[0], stepped.unwrap_or(0), "maxima of the stepped rows, {what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn skipping_zero_rows_is_allowed_only_where_exact() {
+    let dz = [1.0, -0.0, 3e-39];
+    let rule = |opt: Optimizer, penalty| UpdateRule { step: opt.fused_step(0), penalty, skip_zero_rows: false };
+    assert!(rule(Optimizer::sgd(0.1), None).zero_rows_exact(&dz));
+    assert!(rule(Optimizer::sgd(0.0), None).zero_rows_exact(&dz));
+    for opt in
+        [Optimizer::sgd_momentum(0.1, 0.9), Optimizer::adagrad(0.1), Optimizer::rmsprop(0.1), Optimizer::adam(0.1)]
+    {
+        assert!(!rule(opt, None).zero_rows_exact(&dz), "{}", opt.name());
+    }
+    assert!(!rule(Optimizer::sgd(0.1), Some((0.0, 0.0))).zero_rows_exact(&dz), "a penalty");
+    for lr in [f32::NAN, f32::INFINITY, -0.0, -0.1] {
+        assert!(!rule(Optimizer::sgd(lr), None).zero_rows_exact(&dz), "lr {lr}");
+    }
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        assert!(!rule(Optimizer::sgd(0.1), None).zero_rows_exact(&[1.0, bad]), "dz {bad}");
+    }
+}
+
 #[test]
 fn fused_update_matches_the_separate_passes_on_every_path() {
     let mut rng = Rng::new(7);
@@ -177,7 +247,7 @@ fn maxima_see_a_non_finite_result() {
     // A gradient that overflows: the stored weights are ±∞ and the maxima say so.
     let x = Matrix::from_fn(2, 3, |_, _| 3.0e38);
     let dz = Matrix::from_fn(2, 2, |_, _| 1.0);
-    let rule = UpdateRule { step: Optimizer::sgd(1.0).fused_step(0), penalty: None };
+    let rule = UpdateRule { step: Optimizer::sgd(1.0).fused_step(0), penalty: None, skip_zero_rows: false };
     for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
         let mut w = Matrix::zeros(3, 2);
         let mut db = vec![0.0; 2];

@@ -536,14 +536,26 @@ impl Dense {
         }
         let r = self.regularization;
         let penalties = !r.is_zero();
-        let rule = UpdateRule {
+        let mut rule = UpdateRule {
             step: optimizer.fused_step(iterations),
             penalty: penalties.then_some((r.weight_l1, 2.0 * r.weight_l2)),
+            skip_zero_rows: false,
+        };
+        // A batch of one leaves the rows of zero inputs alone where that is exact; their
+        // weights are then bounded by the maxima from before the step.
+        let before = if inputs.rows() == 1 && dz.col_stride() == 1 && rule.zero_rows_exact(dz.row(0)) {
+            rule.skip_zero_rows = true;
+            Some(self.weight_maxima())
+        } else {
+            None
         };
         let opts = self.gemm_on(threads);
         let ParamState { first, second } = &mut self.state.weights;
         let update = WeightUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0: first, s1: second };
-        let maxima = gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
+        let mut maxima = gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
+        if let Some(before) = before {
+            maxima[0] = maxima[0].max(before[0]);
+        }
         self.maxima = Some(maxima);
         if penalties {
             self.add_bias_penalty_gradients();
