@@ -609,7 +609,8 @@ proptest! {
 #[test]
 fn mid_width_and_two_row_tiles_across_block_boundaries() {
     // 16 < n ≤ 48 goes to the AVX-512 12 × 32 and 8 × 48 tiles, one or two rows of C to
-    // the 2-row tiles (2 × 16 … 2 × 128): shapes just past their kc, mc and nc, with
+    // the 2-row tiles (2 × 16 … 2 × 128), one row wider than 32 on AVX2 to its 1 × 64
+    // tile: shapes just past their kc, mc and nc, with
     // every A and B layout, at small caches, on 2 threads (the other paths see the
     // same shapes with their own tiles). Those tiles exist on x86_64 only; under qemu
     // (aarch64) the shapes would add a minute and no new tile.
@@ -626,11 +627,16 @@ fn mid_width_and_two_row_tiles_across_block_boundaries() {
             (2, 32, &[17, 32][..]),
             (2, 64, &[33, 64][..]),
             (2, 128, &[65, 128, 129][..]),
+            (1, 64, &[33, 63, 64, 65, 129][..]), // AVX2's one-row tile
         ] {
             let Blocking { kc, mc, nc, .. } = Blocking::for_kernel(mr, nr, caches);
-            let ms: Vec<usize> = if mr == 2 { vec![1, 2] } else { vec![mc + 1, mc - 1, mr + 1, 1] };
+            let ms: Vec<usize> = match mr {
+                1 => vec![1],
+                2 => vec![1, 2],
+                _ => vec![mc + 1, mc - 1, mr + 1, 1],
+            };
             let mut ns = ns.to_vec();
-            if mr == 2 && nr == 128 {
+            if mr <= 2 && nr >= 64 {
                 ns.extend([nc - 1, nc + 1]);
             }
             for &m in &ms {

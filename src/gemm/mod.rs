@@ -292,6 +292,9 @@ fn dispatch(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if column_tile => driver::run::<kernel::avx2::Avx2Narrow>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if c.rows() == 1 && b.cols() > 32 => {
+            driver::run::<kernel::avx2::Avx2Row64>(c, a, b, accum, e, u, plan)
+        }
         Isa::Avx2 if few_rows => driver::run::<kernel::avx2::Avx2Rows>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, e, u, plan),

@@ -57,6 +57,24 @@ impl Kernel for Avx2Rows {
     }
 }
 
+/// 1 × 64 tile (8 accumulators): a product of one row (a batch of 1, `predict` of one
+/// sample), a vector-matrix product bound by reading B: each k step reads four whole
+/// cache lines of B's row, where the 2 × 32 tile reads two and spends half its FMAs on
+/// the absent second row.
+pub(crate) struct Avx2Row64;
+
+impl Kernel for Avx2Row64 {
+    const ISA: Isa = Isa::Avx2;
+    const MR: usize = 1;
+    const NR: usize = 64;
+    const READS_B_IN_PLACE: bool = true;
+    #[inline(always)]
+    unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
+        // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
+        unsafe { tile_generic::<1, 8>(kc, a, b, t) }
+    }
+}
+
 /// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
 ///
 /// It lives in its own function, returning the accumulators by value, so that they
@@ -89,7 +107,10 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
             // Ask for B's row p + 2 now: read in place, its rows are a row stride
             // apart and the hardware prefetcher alone left the loop waiting on them.
             // A prefetch never faults, so the address may lie past the panel.
-            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(2 * b.rs).cast());
+            // Every cache line of it: a tile wider than 16 columns spans several.
+            for line in (0..NV).step_by(2) {
+                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(2 * b.rs + line * 8).cast());
+            }
             let bv: [__m256; NV] = std::array::from_fn(|v| {
                 if MASKED {
                     _mm256_maskload_ps(bp.add(v * 8), masks[v])

@@ -174,8 +174,9 @@ pub(crate) fn transpose(
 /// The `MR × NR` tile of every kernel of every target, so that the packing buffers
 /// can be sized once for whichever kernel runs: AVX-512 wide, narrow and column, AVX2
 /// wide and narrow, portable, NEON.
-pub(crate) const KERNEL_TILES: [(usize, usize); 13] = [
+pub(crate) const KERNEL_TILES: [(usize, usize); 14] = [
     (6, 64),
+    (1, 64),
     (16, 16),
     (16, 10),
     (12, 32),
