@@ -295,6 +295,7 @@ fn dispatch(
         Isa::Avx2 if c.rows() == 1 && b.cols() > 32 => {
             driver::run::<kernel::avx2::Avx2Row64>(c, a, b, accum, e, u, plan)
         }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2 if few_rows => driver::run::<kernel::avx2::Avx2Rows>(c, a, b, accum, e, u, plan),
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => driver::run::<kernel::avx2::Avx2>(c, a, b, accum, e, u, plan),

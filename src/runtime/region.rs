@@ -234,6 +234,9 @@ struct Close<'a>(&'a Shared);
 impl Drop for Close<'_> {
     fn drop(&mut self) {
         CURRENT.set(None);
+        // Lingering helpers spin (and leave after LINGER), whatever the region left:
+        // parked ones would look for the next region only every millisecond.
+        self.0.hot.store(true, Ordering::Release);
         self.0.members().open = false;
     }
 }
