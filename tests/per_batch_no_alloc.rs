@@ -17,7 +17,9 @@ static GLOBAL: common::Counting = common::Counting;
 /// so a warm loop allocates (almost) nothing: building a pool per call, as the model
 /// once did, allocates dozens of times per call (threads, queues, registry). The only
 /// allocations left are rayon's: its job injector takes a new block every 63 jobs
-/// handed to the pool from outside.
+/// handed to the pool from outside (`predict` and `evaluate`: 2–3 in these 30 rounds,
+/// whether or not the workers slept in between, measured apart; `train_step` runs on
+/// the caller's thread and wakes its parked helpers without allocating).
 #[test]
 fn per_batch_calls_keep_the_pool() {
     for threads in [1, 2] {
@@ -50,13 +52,18 @@ fn per_batch_calls(threads: usize) {
         round(&mut m);
     }
     let before = ALLOCS.load(Ordering::SeqCst);
-    for _ in 0..30 {
+    for i in 0..30 {
         round(&mut m);
+        if i % 2 == 0 {
+            // Longer than the helpers of `train_step`'s region wait awake (2 ms): they
+            // park, and the next call wakes them without spawning anything.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     let allocs = ALLOCS.load(Ordering::SeqCst) - before;
     eprintln!("{threads} thread(s): {allocs} allocations in 30 rounds of 4 calls");
     assert!(
-        allocs <= 4,
+        allocs <= 6,
         "{threads} thread(s): {allocs} allocations in 30 rounds of 4 per-batch calls: a pool per call?"
     );
     let row_sums: Vec<f32> = (0..128).map(|i| probs.row(i).iter().sum()).collect();

@@ -7,7 +7,9 @@
 //!
 //! The helpers are rayon jobs of the pool: a [`Team`] spawns them when a region opens
 //! and, after it closes, they keep spinning for [`LINGER`] (OpenMP's "blocktime"), so
-//! that the next step of a loop calling `train_step` per batch finds them awake. While
+//! that the next step of a loop calling `train_step` per batch finds them awake; then
+//! they park (in a pool of the team's own, woken by the next region without a spawn,
+//! which would allocate) or leave (a shared pool). While
 //! they wait they also run any rayon work of their pool (the passes that still use
 //! `rayon::join`). Results never depend on any of this: the GEMM tiles are computed
 //! alike on any thread (see `gemm::driver`).
@@ -38,8 +40,11 @@ struct Members {
     open: bool,
     /// `spawned[i]`: helper `i` has been spawned and has not left (index 0 is the leader).
     spawned: Vec<bool>,
-    /// Helpers running their loop.
+    /// Helpers running their loop (parked ones included).
     running: usize,
+    /// `parked[i]`: helper `i`, of a pool of the team's own, sleeps between regions
+    /// until a leader unparks it (taking the handle).
+    parked: Vec<Option<std::thread::Thread>>,
 }
 
 struct Shared {
@@ -135,12 +140,16 @@ impl std::fmt::Debug for Team {
 impl Drop for Team {
     fn drop(&mut self) {
         self.shared.retired.store(true, Ordering::Release);
+        for helper in self.shared.members().parked.iter_mut().filter_map(Option::take) {
+            helper.unpark();
+        }
     }
 }
 
 /// Where a team's helpers are spawned.
 pub(crate) enum Spawn<'a> {
-    /// Into this pool.
+    /// Into this pool, the team's own: between regions its helpers park instead of
+    /// leaving, so that a later region wakes them without spawning (which allocates).
     Pool(&'a rayon::ThreadPool),
     /// Into the current rayon pool (the global one outside a pool).
     Current,
@@ -173,7 +182,12 @@ impl Team {
                 hot: AtomicBool::new(true),
                 retired: AtomicBool::new(false),
                 panic: Mutex::new(None),
-                members: Mutex::new(Members { open: false, spawned: vec![false; threads], running: 0 }),
+                members: Mutex::new(Members {
+                    open: false,
+                    spawned: vec![false; threads],
+                    running: 0,
+                    parked: vec![None; threads],
+                }),
             }),
         }
     }
@@ -199,11 +213,15 @@ impl Team {
             shared.hot.store(true, Ordering::Release);
             let epoch = shared.epoch.load(Ordering::Acquire);
             fresh = members.running + 1 < shared.threads && members.spawned.iter().skip(1).any(|s| !s);
+            for helper in members.parked.iter_mut().filter_map(Option::take) {
+                helper.unpark();
+            }
+            let parks = matches!(spawn, Spawn::Pool(_));
             for index in 1..shared.threads {
                 if !members.spawned[index] {
                     members.spawned[index] = true;
                     let s = Arc::clone(&self.shared);
-                    let helper = move || serve(s, index, epoch);
+                    let helper = move || serve(s, index, epoch, parks);
                     match spawn {
                         Spawn::Pool(pool) => pool.spawn(helper),
                         Spawn::Current => rayon::spawn(helper),
@@ -321,9 +339,10 @@ fn current_threads() -> Option<usize> {
 }
 
 /// A helper's loop: runs posted jobs as thread `index` until the team retires, or its
-/// region has been closed for [`LINGER`]; in between runs other rayon work of its
-/// pool, spinning (or, cold, sleeping).
-fn serve(shared: Arc<Shared>, index: usize, mut seen: usize) {
+/// region has been closed for [`LINGER`] (then, when it `parks`, it sleeps until the
+/// next region instead of leaving); in between runs other rayon work of its pool,
+/// spinning (or, cold, sleeping).
+fn serve(shared: Arc<Shared>, index: usize, mut seen: usize, parks: bool) {
     if SERVING.get() {
         // A helper of another team picked this one up while waiting: leave, so that
         // neither team's jobs wait on the other (this team's leader runs alone).
@@ -375,9 +394,25 @@ fn serve(shared: Arc<Shared>, index: usize, mut seen: usize) {
             if retired || last_work.elapsed() > LINGER {
                 let mut members = shared.members();
                 // Leave only between regions and with no job posted since `seen`.
+                if !retired && parks && !members.open && shared.epoch.load(Ordering::Acquire) == seen {
+                    members.parked[index] = Some(std::thread::current());
+                    drop(members);
+                    // Until a leader (or the team's drop) takes the handle; a wake-up
+                    // without that is spurious.
+                    loop {
+                        std::thread::park();
+                        let members = shared.members();
+                        if members.parked[index].is_none() || shared.retired.load(Ordering::Acquire) {
+                            break;
+                        }
+                    }
+                    (idle, last_work) = (0, Instant::now());
+                    continue;
+                }
                 if retired || (!members.open && shared.epoch.load(Ordering::Acquire) == seen) {
                     members.spawned[index] = false;
                     members.running -= 1;
+                    members.parked[index] = None;
                     SERVING.set(false);
                     return;
                 }
@@ -526,26 +561,49 @@ mod tests {
         });
     }
 
-    #[test]
-    fn helpers_linger_then_leave_and_come_back() {
-        let pool = pool(2);
-        let team = Team::new(2);
-        for _ in 0..3 {
-            lead_some(&team, &pool, |_| {});
-            assert_eq!(team.shared.members().running, 1, "lingering");
-            let start = Instant::now();
-            while team.shared.members().running > 0 {
-                assert!(start.elapsed() < Duration::from_secs(5), "the helper never left");
-                std::thread::sleep(Duration::from_millis(1));
-            }
+    /// Waits (at most 5 s) until `done` holds of the team's members.
+    fn eventually(team: &Team, what: &str, done: impl Fn(&Members) -> bool) {
+        let start = Instant::now();
+        while !done(&team.shared.members()) {
+            assert!(start.elapsed() < Duration::from_secs(5), "{what}");
+            std::thread::sleep(Duration::from_millis(1));
         }
-        // Dropping the team sends a waiting helper home.
-        lead_some(&team, &pool, |_| {});
+    }
+
+    #[test]
+    fn helpers_of_a_shared_pool_linger_then_leave_and_come_back() {
+        let pool = pool(2);
+        pool.install(|| {
+            let team = Team::new(2);
+            for _ in 0..3 {
+                let start = Instant::now();
+                while !team.lead(Spawn::Current, |region| region.is_some()) {
+                    assert!(start.elapsed() < Duration::from_secs(20), "the helper never started");
+                }
+                eventually(&team, "the helper never left", |m| m.running == 0 && !m.spawned[1]);
+            }
+        });
+    }
+
+    #[test]
+    fn helpers_of_the_teams_own_pool_park_between_regions_and_leave_on_drop() {
+        let pool = pool(1);
+        let team = Team::new(2);
+        let sum = AtomicU64::new(0);
+        for round in 0..3u64 {
+            lead_some(&team, &pool, |_| {
+                share(2, &|t| {
+                    sum.fetch_add(t as u64 + round, Ordering::Relaxed);
+                });
+            });
+            eventually(&team, "the helper never parked", |m| m.parked[1].is_some() && m.running == 1);
+        }
+        assert_eq!(sum.into_inner(), 3 + 2 * (1 + 2)); // Σ over rounds of (0 + r) + (1 + r)
         let shared = Arc::clone(&team.shared);
         drop(team);
         let start = Instant::now();
         while shared.members().running > 0 {
-            assert!(start.elapsed() < Duration::from_secs(5), "the helper never left");
+            assert!(start.elapsed() < Duration::from_secs(5), "the parked helper never left");
             std::thread::yield_now();
         }
     }

@@ -252,7 +252,7 @@ impl Sequential {
     /// caller's thread with `n − 1` helpers; `None` (default) uses the rayon pool the
     /// caller is in, or one of rayon's default size. A training step (all of `fit`)
     /// keeps its threads together as one region: after a per-batch call the helpers
-    /// keep spinning for 2 ms, waiting for the next one, before they return to the pool.
+    /// keep spinning for 2 ms, waiting for the next one, then sleep until it comes.
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for `Some(0)`.
