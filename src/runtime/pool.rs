@@ -65,30 +65,20 @@ impl ModelPool {
         if self.threads == Some(1) {
             return Ok(f(1));
         }
-        let in_a_pool = rayon::current_thread_index().is_some();
-        if in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()) {
+        if self.in_the_pool_to_use() {
             return Ok(f(rayon::current_num_threads()));
         }
-        if self.pool.get().is_some_and(|p| p.current_thread_index().is_some()) {
-            return Ok(f(rayon::current_num_threads()));
-        }
-        let pool = self.built()?;
+        let n = self.threads.unwrap_or_else(rayon::current_num_threads);
+        let pool = built(&self.pool, n, self.pin)?;
         Ok(pool.install(|| f(rayon::current_num_threads())))
     }
 
-    /// The model's own pool (configured thread count), built on first use.
-    fn built(&self) -> Result<&rayon::ThreadPool> {
-        if let Some(pool) = self.pool.get() {
-            return Ok(pool);
-        }
-        let n = self.threads.unwrap_or_else(rayon::current_num_threads);
-        let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
-        #[cfg(feature = "pin-threads")]
-        let builder = pin(builder, n, self.pin);
-        let pool = builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
-        // Two first calls at once both build one; the loser's is dropped.
-        let _ = self.pool.set(Arc::new(pool));
-        Ok(self.pool.get().expect("set above"))
+    /// Whether this thread already is in the pool the model's work should use: the
+    /// model's own, or any pool of the configured size (any size when none is set).
+    fn in_the_pool_to_use(&self) -> bool {
+        let in_a_pool = rayon::current_thread_index().is_some();
+        (in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()))
+            || self.pool.get().is_some_and(|p| p.current_thread_index().is_some())
     }
 
     /// Runs `f` on this thread as the leader of a region (see `region`) of the model's
@@ -105,24 +95,12 @@ impl ModelPool {
             return Ok(f(None, 1));
         }
         let in_a_pool = rayon::current_thread_index().is_some();
-        let here = (in_a_pool && self.threads.is_none_or(|n| n == rayon::current_num_threads()))
-            || self.pool.get().is_some_and(|p| p.current_thread_index().is_some());
-        if here || (self.threads.is_none() && !in_a_pool) {
+        if self.in_the_pool_to_use() || (self.threads.is_none() && !in_a_pool) {
             // In the pool to use, or (no size configured) outside any: the global pool.
             return Ok(self.lead_with(rayon::current_num_threads(), Spawn::Current, f));
         }
         let n = self.threads.expect("a configured size: the other cases returned above");
-        let helpers = match self.helper_pool.get() {
-            Some(pool) => pool,
-            None => {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(n - 1)
-                    .build()
-                    .map_err(|e| Error::InvalidArgument(format!("could not start {} threads: {e}", n - 1)))?;
-                let _ = self.helper_pool.set(Arc::new(pool));
-                self.helper_pool.get().expect("set above")
-            }
-        };
+        let helpers = built(&self.helper_pool, n - 1, false)?;
         Ok(self.lead_with(n, Spawn::Pool(helpers), f))
     }
 
@@ -143,6 +121,22 @@ impl ModelPool {
             None => f(None, 1),
         })
     }
+}
+
+/// The pool in `slot`, built with `n` threads (pinned when `pin`) on first use.
+fn built(slot: &OnceLock<Arc<rayon::ThreadPool>>, n: usize, pin: bool) -> Result<&rayon::ThreadPool> {
+    if let Some(pool) = slot.get() {
+        return Ok(pool);
+    }
+    let builder = rayon::ThreadPoolBuilder::new().num_threads(n);
+    #[cfg(feature = "pin-threads")]
+    let builder = self::pin(builder, n, pin);
+    #[cfg(not(feature = "pin-threads"))]
+    let _ = pin;
+    let pool = builder.build().map_err(|e| Error::InvalidArgument(format!("could not start {n} threads: {e}")))?;
+    // Two first calls at once both build one; the loser's is dropped.
+    let _ = slot.set(Arc::new(pool));
+    Ok(slot.get().expect("set above"))
 }
 
 /// `builder` with a start handler that pins worker `i` to core `i`, when `pin` is on
