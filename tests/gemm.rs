@@ -492,6 +492,72 @@ fn bit_identical_for_any_thread_count() {
 }
 
 #[test]
+fn few_rows_split_along_k_give_the_bits_of_one_thread() {
+    // Up to 32 rows with two or more k blocks split along k on 2+ threads
+    // (driver/split_k.rs): the blocks' products are summed afterwards, which must give
+    // one thread's bits with every epilogue the sum applies, both accumulate modes,
+    // every C layout, and outputs that overflow to ±∞ or NaN. (NaN payloads may differ
+    // between paths: NaNs compare as NaN.)
+    let mut rng = Rng::new(36);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    let small = Some(CacheSizes::new(8 << 10, 64 << 10));
+    let shapes = [
+        (1, 1100, 70, None),
+        (2, 784, 128, None),
+        (8, 784, 128, None),
+        (13, 1030, 200, None),
+        (32, 1500, 64, None),
+        (33, 1030, 17, None),
+        (7, 700, 300, small),
+        (3, 2000, 33, small),
+        (32, 400, 10, small),
+    ];
+    let canon = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
+    for (m, k, n, caches) in shapes {
+        // A few huge inputs: some outputs overflow, some become ∞ − ∞ = NaN.
+        let mut value = |_: usize, _: usize| if rng.below(500) == 0 { 3e38 } else { rng.uniform(-1.0, 1.0) };
+        let (a, b) =
+            (Operand::new_at(1, m, k, Layout::Row, &mut value), Operand::new_at(0, k, n, Layout::Row, &mut value));
+        let bias = rng.vec(n);
+        let c0 = rng.vec(m * n);
+        for isa in isas() {
+            for lc in LAYOUTS {
+                for accum in [Accum::Overwrite, Accum::Add] {
+                    for epi in [Epi::None, Epi::Bias, Epi::BiasRelu] {
+                        let mut reference: Option<Vec<u32>> = None;
+                        for threads in [1, 2, 3, 4] {
+                            let mut c = Operand::new_at(2, m, n, lc, |i, j| c0[i * n + j]);
+                            let epilogue = match epi {
+                                Epi::Bias => Epilogue::Bias(&bias),
+                                Epi::BiasRelu => Epilogue::BiasRelu(&bias),
+                                _ => Epilogue::None,
+                            };
+                            let mut opts =
+                                GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
+                            opts.caches = caches;
+                            pool.install(|| gemm_with(c.view_mut(), a.view(), b.view(), accum, epilogue, &opts))
+                                .unwrap();
+                            let got: Vec<u32> = c.buf.iter().map(|&x| canon(x)).collect();
+                            let ctx = format!("{isa:?} {m}×{k}×{n} C {lc:?} {accum:?} {epi:?} {caches:?}");
+                            match &reference {
+                                None => {
+                                    assert!(
+                                        got.iter().any(|&x| f32::from_bits(x).is_infinite()),
+                                        "{ctx}: no output overflowed"
+                                    );
+                                    reference = Some(got);
+                                }
+                                Some(r) => assert!(r == &got, "{ctx}: {threads} threads differ from 1 thread"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn shape_errors_say_what_was_expected() {
     let a = Matrix::zeros(3, 4);
     let b = Matrix::zeros(4, 5);

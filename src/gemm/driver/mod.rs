@@ -12,8 +12,9 @@
 //!             microkernel: C tile (+)= A~ panel · B~ panel; epilogue after the last pc
 //! ```
 //!
-//! Threads only split C: tasks are rectangles of whole MR × NR tiles, so every tile
-//! is computed exactly as it would be on one thread, and k is never split. The
+//! Threads split C: tasks are rectangles of whole MR × NR tiles, so every tile is
+//! computed exactly as it would be on one thread. A product of a few rows splits its
+//! k blocks instead (`split_k`), summed afterwards in the order one thread adds them. The
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
@@ -41,8 +42,7 @@ pub(crate) struct Plan {
     pub track_max: bool,
 }
 
-/// The longest k (batch) for which a fused update splits W by columns.
-const SMALL_K: usize = 32;
+mod split_k;
 
 /// A raw pointer that tasks share. Each task writes only elements no other task
 /// writes (its own C tiles, its own tile rows of the scratch, its own bias-gradient
@@ -54,6 +54,14 @@ unsafe impl Send for SharedMut {}
 // SAFETY: as above.
 unsafe impl Sync for SharedMut {}
 
+impl SharedMut {
+    /// The pointer `off` floats further (a method, so that closures capture the
+    /// whole `SharedMut` and not its raw pointer field).
+    fn offset(self, off: usize) -> SharedMut {
+        SharedMut(self.0.wrapping_add(off))
+    }
+}
+
 /// Per-thread packing buffers, allocated on first use and kept: once warm, a GEMM
 /// performs no heap allocation. Every task sizes them for the largest blocks of any
 /// kernel (see [`workspace_floats`]), so that a warm thread stays allocation-free
@@ -63,6 +71,8 @@ struct Buffers {
     a: Vec<f32>,
     b: Vec<f32>,
     colsums: Vec<f32>,
+    /// The k blocks' partial products of a product split along k (`split_k`).
+    parts: Vec<f32>,
 }
 
 thread_local! {
@@ -237,15 +247,12 @@ pub(crate) fn run<K: Kernel>(
     let tiles_n = n.div_ceil(K::NR);
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
     let tasks = plan.threads.min(work / plan.min_work_per_thread.max(1)).clamp(1, tiles_m * tiles_n);
-    // A fused update of a small batch splits W by columns, as the layer's forward
-    // product of that batch does (`partition`): each thread then reads and writes the
-    // same columns of W in both, and they stay in its cache from step to step. (With a
-    // long k, each task would pack all of Xᵀ: rows, as BLIS splits.)
-    let (tm, tn) = if update.is_some() && k <= SMALL_K && tasks <= tiles_n {
-        (1, tasks)
-    } else {
-        partition(tasks, (m, K::MR), (n, K::NR))
-    };
+    if tasks > 1 && update.is_none() {
+        if let Some(split) = split_k::Split::of::<K>(m, k, n, &epilogue, blk, tasks) {
+            return split.run::<K>(c, a, b, accum, epilogue, plan);
+        }
+    }
+    let (tm, tn) = partition(tasks, (m, K::MR), (n, K::NR));
 
     let (bias, relu, h, mut colsum_out, bgrad) = match epilogue {
         Epilogue::None => (None, false, None, None, None),
@@ -300,13 +307,7 @@ pub(crate) fn run<K: Kernel>(
         let (rows, cols) = task_ranges::<K>(t, tm, tn, tiles_m, tiles_n, m, n);
         with_buffers(|bufs| job.run_block::<K>(rows, cols, bufs));
     };
-    // Inside a step's region (`runtime::region`) the tasks go to its threads, task t
-    // to thread t mod threads; elsewhere rayon spreads them.
-    if tm * tn == 1 {
-        task(0);
-    } else if !crate::runtime::region::share(tm * tn, &task) {
-        (0..tm * tn).into_par_iter().for_each(task);
-    }
+    run_tasks(tm * tn, &task);
 
     if let (Some(out), Some(SharedMut(s))) = (colsum_out.as_deref_mut(), scratch) {
         // SAFETY: the tasks have joined; `s` points to `tiles_m * n` floats of
@@ -326,6 +327,16 @@ pub(crate) fn run<K: Kernel>(
         (Some(u), _) => u.maxima.map(|m| m.into_inner()),
         (None, Some(c)) => [c.into_inner(), 0, 0],
         (None, None) => [0; 3],
+    }
+}
+
+/// Runs `task(0..tasks)`: inside a step's region (`runtime::region`) on its threads,
+/// task t on thread t mod threads; elsewhere rayon spreads them.
+fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
+    if tasks == 1 {
+        task(0);
+    } else if !crate::runtime::region::share(tasks, task) {
+        (0..tasks).into_par_iter().for_each(task);
     }
 }
 
