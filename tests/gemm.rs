@@ -493,8 +493,8 @@ fn bit_identical_for_any_thread_count() {
 
 #[test]
 fn few_rows_split_along_k_give_the_bits_of_one_thread() {
-    // Up to 32 rows with two or more k blocks split along k on 2+ threads
-    // (driver/split_k.rs): the blocks' products are summed afterwards, which must give
+    // Products of two or more k blocks and few rows (rows × blocks ≤ k / 2) split along
+    // k on 2+ threads (driver/split_k.rs): the blocks' products are summed afterwards, which must give
     // one thread's bits with every epilogue the sum applies, both accumulate modes,
     // every C layout, and outputs that overflow to ±∞ or NaN. (NaN payloads may differ
     // between paths: NaNs compare as NaN.)
@@ -511,6 +511,12 @@ fn few_rows_split_along_k_give_the_bits_of_one_thread() {
         (7, 700, 300, small),
         (3, 2000, 33, small),
         (32, 400, 10, small),
+        // Sums of 16 K floats and more are split by rows too.
+        (64, 784, 300, None),
+        (128, 1030, 130, None),
+        (196, 784, 64, None),
+        (197, 784, 64, None),
+        (40, 1400, 420, small),
     ];
     let canon = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
     for (m, k, n, caches) in shapes {

@@ -1,10 +1,12 @@
 //! A product of a few rows split along k over threads, bit-identical to the tiled loops.
 //!
-//! With a small batch, C = X·W has too few rows to split, and splitting its columns
-//! makes each thread read a column strip of every row of W — rows that the layer's
-//! update, split by rows, last wrote on the other core (two cores writing the halves of
-//! each row run 8–10× slower than a split by rows: docs/perf/row-halves.c). Split
-//! along k instead, each thread reads only its own rows of W.
+//! In training, the layer's update splits W by rows over the threads, so each core
+//! holds the rows of W it just wrote. A forward split by rows of C (or by its columns,
+//! when the batch is too small for rows) makes every core read all of W, half of it
+//! from the other core's cache, every step; two cores writing and reading each other's
+//! halves of the rows run 8–10× slower than a split by rows (docs/perf/row-halves.c).
+//! Split along k instead, each thread reads only its own rows of W, and the partial
+//! products it writes instead are small beside W while the batch is (`Split::of`).
 //!
 //! It gives the same bits as one thread: the tiled loops already form each k block's
 //! product from zero and add it to C after the block (`C ← P_kb + C`, the epilogue's
@@ -17,10 +19,11 @@ use crate::gemm::kernel::portable::relu;
 use crate::gemm::kernel::Kernel;
 use crate::gemm::{Accum, Epilogue};
 use crate::matrix::{MatMut, MatRef};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The most rows of C split along k: beyond them the partial products (`rows × n`
-/// per k block) are no longer small beside W, and a split by rows works.
-const MAX_ROWS: usize = 32;
+/// The smallest C (in floats) whose sum is split over the threads too.
+const PARALLEL_SUM_MIN: usize = 16 * 1024;
 
 /// How a product is split: its `nkb` k blocks into `tk` groups of consecutive blocks,
 /// and its `tiles_n` column tiles into `tn` groups; one task per pair.
@@ -34,8 +37,9 @@ pub(super) struct Split {
 
 impl Split {
     /// The split along k of an `m × k × n` product over `tasks` (≥ 2) tasks, if it
-    /// takes one: a few rows, at least two k blocks, and an epilogue that the sum can
-    /// apply (none, the bias, the bias and ReLU).
+    /// takes one: at least two k blocks, few enough rows that their partial products
+    /// are small beside B (`m · blocks ≤ k / 2`: up to 196 rows at k = 784), and an
+    /// epilogue that the sum can apply (none, the bias, the bias and ReLU).
     pub(super) fn of<K: Kernel>(
         m: usize,
         k: usize,
@@ -46,7 +50,9 @@ impl Split {
     ) -> Option<Split> {
         let nkb = blk.k_blocks(k);
         let sums = matches!(epilogue, Epilogue::None | Epilogue::Bias(_) | Epilogue::BiasRelu(_));
-        if !sums || m > MAX_ROWS || nkb < 2 {
+        // The parts (m × n per k block) at most half the size of B (k × n): beyond,
+        // writing and reading them costs more than a split by rows.
+        if !sums || nkb < 2 || m * nkb > k / 2 {
             return None;
         }
         let tk = tasks.min(nkb);
@@ -109,72 +115,107 @@ impl Split {
                 with_buffers(|bufs| job.run_block::<K>(0..m, cols.clone(), bufs));
             }
         };
-        run_tasks(self.tk * self.tn, &task);
+        let tasks = self.tk * self.tn;
+        run_tasks(tasks, &task);
         // SAFETY: the tasks have joined; `parts` points to `nkb · m · n` floats of
         // `parts_vec`, each written by exactly one task (its k block, its columns).
         let parts_s = unsafe { std::slice::from_raw_parts(parts.0, self.nkb * len) };
-        let max = sum_parts(&mut c, parts_s, self.nkb, accum, bias, relu, plan.track_max);
+        let out = Out { c: SharedMut(c.as_mut_slice().as_mut_ptr()), rsc: c.row_stride(), csc: c.col_stride(), n };
+        let max = AtomicU32::new(0);
+        // The sum by rows over the same threads, when it is worth a second barrier.
+        let sum_tasks = if len >= PARALLEL_SUM_MIN { tasks.min(m) } else { 1 };
+        let sum = |t: usize| {
+            let rows = t * m / sum_tasks..(t + 1) * m / sum_tasks;
+            // SAFETY: `out` is the m × n view C, bounds-checked when it was made; the
+            // rows of each task are its own; the parts are nkb blocks of m × n.
+            let mx = unsafe { out.sum_rows(rows, parts_s, self.nkb, accum, bias, relu, plan.track_max) };
+            max.fetch_max(mx, Ordering::Relaxed);
+        };
+        run_tasks(sum_tasks, &sum);
+        let max = max.into_inner();
         with_buffers(|bufs| bufs.parts = parts_vec);
         [max, 0, 0]
     }
 }
 
-/// `C ← epilogue((((C +) P_0) + P_1) + … + P_last)` in the order and with the
-/// operations of the tile epilogue (`kernel::epilogue::store_tile`): the parts are
-/// `nkb` row-major `m × n` blocks. Returns the largest `|C|` stored, as bits, if
-/// `track` (else 0).
-fn sum_parts(
-    c: &mut MatMut<'_>,
-    parts: &[f32],
-    nkb: usize,
-    accum: Accum,
-    bias: Option<&[f32]>,
-    relu_too: bool,
-    track: bool,
-) -> u32 {
-    let (m, n) = (c.rows(), c.cols());
-    let len = m * n;
-    let mut max = 0u32;
-    for i in 0..m {
-        let part = |kb: usize| &parts[kb * len + i * n..kb * len + (i + 1) * n];
-        if c.col_stride() == 1 || n == 1 {
-            // One simple loop per operation, so that each vectorizes.
-            let out = c.row_mut(i);
-            match accum {
-                Accum::Overwrite => out.copy_from_slice(part(0)),
-                Accum::Add => out.iter_mut().zip(part(0)).for_each(|(o, &p)| *o += p),
-            }
-            for kb in 1..nkb {
-                out.iter_mut().zip(part(kb)).for_each(|(o, &p)| *o += p);
-            }
-            if let Some(bias) = bias {
-                out.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
-            }
-            if relu_too {
-                out.iter_mut().for_each(|o| *o = relu(*o));
-            }
-            if track {
-                max = out.iter().fold(max, |mx, x| mx.max(x.to_bits() & 0x7fff_ffff));
-            }
-        } else {
-            for j in 0..n {
-                let mut x = part(0)[j];
-                if accum == Accum::Add {
-                    x += c.get(i, j);
+/// The C view the sum writes, shared by the tasks that sum its rows.
+#[derive(Clone, Copy)]
+struct Out {
+    c: SharedMut,
+    rsc: usize,
+    csc: usize,
+    n: usize,
+}
+
+impl Out {
+    /// Rows `rows` of `C ← epilogue((((C +) P_0) + P_1) + … + P_last)`, in the order
+    /// and with the operations of the tile epilogue (`kernel::epilogue::store_tile`):
+    /// the parts are `nkb` row-major `m × n` blocks. Returns the largest `|C|` stored,
+    /// as bits, if `track` (else 0).
+    ///
+    /// # Safety
+    /// `c` addresses an `m × n` view with strides `rsc`, `csc` (m = parts' rows), and no
+    /// other thread touches its rows `rows` meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sum_rows(
+        self,
+        rows: Range<usize>,
+        parts: &[f32],
+        nkb: usize,
+        accum: Accum,
+        bias: Option<&[f32]>,
+        relu_too: bool,
+        track: bool,
+    ) -> u32 {
+        let n = self.n;
+        let len = parts.len() / nkb;
+        let mut max = 0u32;
+        for i in rows {
+            let part = |kb: usize| &parts[kb * len + i * n..kb * len + (i + 1) * n];
+            if self.csc == 1 || n == 1 {
+                // SAFETY: row i of the view: n floats from i·rsc (the caller's contract).
+                let out = unsafe { std::slice::from_raw_parts_mut(self.c.0.add(i * self.rsc), n) };
+                // One simple loop per operation, so that each vectorizes.
+                match accum {
+                    Accum::Overwrite => out.copy_from_slice(part(0)),
+                    Accum::Add => out.iter_mut().zip(part(0)).for_each(|(o, &p)| *o += p),
                 }
                 for kb in 1..nkb {
-                    x += part(kb)[j];
+                    out.iter_mut().zip(part(kb)).for_each(|(o, &p)| *o += p);
                 }
-                x = bias.map_or(x, |b| x + b[j]);
-                x = if relu_too { relu(x) } else { x };
+                if let Some(bias) = bias {
+                    out.iter_mut().zip(bias).for_each(|(o, &b)| *o += b);
+                }
+                if relu_too {
+                    out.iter_mut().for_each(|o| *o = relu(*o));
+                }
                 if track {
-                    max = max.max(x.to_bits() & 0x7fff_ffff);
+                    max = out.iter().fold(max, |mx, x| mx.max(x.to_bits() & 0x7fff_ffff));
                 }
-                c.set(i, j, x);
+            } else {
+                for j in 0..n {
+                    // SAFETY: element (i, j) of the view (the caller's contract).
+                    let at = unsafe { self.c.0.add(i * self.rsc + j * self.csc) };
+                    let mut x = part(0)[j];
+                    if accum == Accum::Add {
+                        // SAFETY: as above.
+                        x += unsafe { *at };
+                    }
+                    for kb in 1..nkb {
+                        x += part(kb)[j];
+                    }
+                    x = bias.map_or(x, |b| x + b[j]);
+                    x = if relu_too { relu(x) } else { x };
+                    if track {
+                        max = max.max(x.to_bits() & 0x7fff_ffff);
+                    }
+                    // SAFETY: as above.
+                    unsafe { *at = x };
+                }
             }
         }
+        max
     }
-    max
 }
 
 #[cfg(test)]
@@ -188,7 +229,9 @@ mod tests {
         // the product: split along k, it comes from the sum, and must be the largest
         // of the stored magnitudes (∞ when one overflowed, NaN above it).
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-        for (m, k, n, huge) in [(8, 1100, 70, None), (3, 784, 128, Some(1)), (30, 1030, 20, Some(29))] {
+        for (m, k, n, huge) in
+            [(8, 1100, 70, None), (3, 784, 128, Some(1)), (30, 1030, 20, Some(29)), (100, 1030, 200, Some(77))]
+        {
             // Row `huge` of A is 3e38 at its first and last k, in different k blocks,
             // where B is 1: each block's product is finite, their sum overflows.
             let edge = |p: usize| p == 0 || p == k - 1;
