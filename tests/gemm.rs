@@ -494,32 +494,45 @@ fn bit_identical_for_any_thread_count() {
 #[test]
 fn few_rows_split_along_k_give_the_bits_of_one_thread() {
     // Products of two or more k blocks and few rows (rows × blocks ≤ k / 2) split along
-    // k on 2+ threads (driver/split_k.rs): the blocks' products are summed afterwards, which must give
-    // one thread's bits with every epilogue the sum applies, both accumulate modes,
-    // every C layout, and outputs that overflow to ±∞ or NaN. (NaN payloads may differ
-    // between paths: NaNs compare as NaN.)
-    let mut rng = Rng::new(36);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
+    // k on 2+ threads (driver/split_k.rs): the blocks' products are summed afterwards,
+    // which must give one thread's bits. Small caches: many k blocks (every kernel's,
+    // NEON's too, cheaply enough for qemu).
     let small = Some(CacheSizes::new(8 << 10, 64 << 10));
-    let shapes = [
+    check_split_k(&[
+        (7, 700, 300, small),
+        (3, 2000, 33, small),
+        (32, 400, 10, small),
+        (40, 800, 410, small),
         (1, 1100, 70, None),
+    ]);
+}
+
+#[test]
+fn few_rows_split_along_k_at_the_sizes_of_mnist_batches() {
+    // This CPU's blocks (two k blocks at k = 784 on every x86 tile), batches of 1 to
+    // 197 rows: the rule's edge is 196 at k = 784. Sums of 16 K floats and more are
+    // split by rows too.
+    check_split_k(&[
         (2, 784, 128, None),
         (8, 784, 128, None),
         (13, 1030, 200, None),
         (32, 1500, 64, None),
         (33, 1030, 17, None),
-        (7, 700, 300, small),
-        (3, 2000, 33, small),
-        (32, 400, 10, small),
-        // Sums of 16 K floats and more are split by rows too.
         (64, 784, 300, None),
         (128, 1030, 130, None),
         (196, 784, 64, None),
         (197, 784, 64, None),
-        (40, 1400, 420, small),
-    ];
+    ]);
+}
+
+/// Every epilogue the split's sum applies, both accumulate modes, every C layout, and
+/// outputs that overflow to ±∞ or NaN, on 1–4 threads: the bits of one thread. (NaN
+/// payloads may differ between paths: NaNs compare as NaN.)
+fn check_split_k(shapes: &[(usize, usize, usize, Option<CacheSizes>)]) {
+    let mut rng = Rng::new(36);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(4).build().unwrap();
     let canon = |x: f32| if x.is_nan() { f32::NAN.to_bits() } else { x.to_bits() };
-    for (m, k, n, caches) in shapes {
+    for (s, &(m, k, n, caches)) in shapes.iter().enumerate() {
         // A few huge inputs: some outputs overflow, some become ∞ − ∞ = NaN.
         let mut value = |_: usize, _: usize| if rng.below(500) == 0 { 3e38 } else { rng.uniform(-1.0, 1.0) };
         let (a, b) =
@@ -527,9 +540,10 @@ fn few_rows_split_along_k_give_the_bits_of_one_thread() {
         let bias = rng.vec(n);
         let c0 = rng.vec(m * n);
         for isa in isas() {
-            for lc in LAYOUTS {
-                for accum in [Accum::Overwrite, Accum::Add] {
-                    for epi in [Epi::None, Epi::Bias, Epi::BiasRelu] {
+            for accum in [Accum::Overwrite, Accum::Add] {
+                for (e, epi) in [Epi::None, Epi::Bias, Epi::BiasRelu].into_iter().enumerate() {
+                    // Every C layout in turn (all four over the shapes, cheaply enough for qemu).
+                    for lc in [LAYOUTS[(s + e) % 4], LAYOUTS[(s + e + accum as usize * 2 + 1) % 4]] {
                         let mut reference: Option<Vec<u32>> = None;
                         for threads in [1, 2, 3, 4] {
                             let mut c = Operand::new_at(2, m, n, lc, |i, j| c0[i * n + j]);

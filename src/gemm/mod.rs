@@ -12,7 +12,9 @@
 //!
 //! Results are bit-identical for any thread count: threads split C into disjoint
 //! tiles, each tile sums k in the same fixed order, and the bias-gradient column sums
-//! are reduced in a fixed order after the parallel part.
+//! are reduced in a fixed order after the parallel part. A product of few rows splits
+//! its k blocks over the threads instead and adds their products in block order
+//! afterwards, as one thread adds them.
 //!
 //! ```
 //! use fusegrad::{gemm::{gemm, Accum, Epilogue}, Matrix};
