@@ -70,7 +70,7 @@ pub struct Blocking {
 
 /// The deepest k block: beyond it a longer k loop gains nothing and the C tile is
 /// revisited less often than its packing costs.
-const KC_MAX: usize = 512;
+pub(crate) const KC_MAX: usize = 512;
 /// The shallowest k block worth a packing pass.
 const KC_MIN: usize = 64;
 /// The A block height, rounded down to a multiple of MR: 144 is one of 4, 6, 8 and 16.

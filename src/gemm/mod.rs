@@ -130,9 +130,20 @@ pub struct GemmOptions {
     /// small shapes. Results are bit-identical for any thread count with the same
     /// caches; different caches may change the k split, and so the last bits.
     pub caches: Option<CacheSizes>,
+    /// A promise that B holds no ∞ or NaN. A product of one or two rows (a batch of
+    /// one) then skips the k steps where A is ±0 and the rows of B they would read, on
+    /// the AVX-512 and AVX2 paths: each such step adds `±0·b = ±0`, which changes no
+    /// sum (`0·∞` would be NaN, hence the promise). The result is the full product's,
+    /// except that a sum that underflowed to −0 may come out +0. Default false.
+    pub b_is_finite: bool,
 }
 
 impl GemmOptions {
+    /// Promises that B holds no ∞ or NaN ([`GemmOptions::b_is_finite`]).
+    pub fn with_finite_b(mut self) -> Self {
+        self.b_is_finite = true;
+        self
+    }
     /// Runs on kernel path `isa` (an error at the call if this CPU cannot).
     pub fn with_isa(mut self, isa: Isa) -> Self {
         self.isa = Some(isa);
@@ -260,6 +271,7 @@ fn dispatch(
         min_work_per_thread: options.min_work_per_thread.unwrap_or(blocking::MIN_WORK_PER_THREAD),
         caches: options.caches.unwrap_or_else(CacheSizes::detected),
         track_max,
+        skip_zero_a: options.b_is_finite,
     };
     // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
     // x86 paths have tiles with the vectors along m for it, where every lane works

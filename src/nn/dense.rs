@@ -274,13 +274,14 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `inputs` does not have `n_inputs` columns.
     pub fn forward(&mut self, inputs: MatRef<'_>) -> Result<()> {
-        self.forward_on(inputs, self.threads())
+        self.forward_on(inputs, self.threads(), false)
     }
 
-    /// [`Self::forward`] on `threads` threads of the current pool (a model's choice).
-    pub(crate) fn forward_on(&mut self, inputs: MatRef<'_>, threads: usize) -> Result<()> {
+    /// [`Self::forward`] on `threads` threads of the current pool (a model's choice);
+    /// `finite_weights` as in [`Self::forward_into`].
+    pub(crate) fn forward_on(&mut self, inputs: MatRef<'_>, threads: usize, finite_weights: bool) -> Result<()> {
         let mut output = std::mem::take(&mut self.output);
-        let max = self.forward_into(inputs, &mut output, threads);
+        let max = self.forward_into(inputs, &mut output, threads, finite_weights);
         self.output = output;
         self.output_max = max?;
         Ok(())
@@ -289,11 +290,30 @@ impl Dense {
     /// [`Self::forward`] into a buffer of the caller's (resized to the batch), leaving
     /// the layer as it is: what inference through a shared model uses. Returns the
     /// largest `|value|` stored, as bits (measured in the epilogue).
-    pub(crate) fn forward_into(&self, inputs: MatRef<'_>, out: &mut Matrix, threads: usize) -> Result<u32> {
+    ///
+    /// `finite_weights`: the caller knows the weights finite (a model, from
+    /// [`Self::weights_known_finite`]): a batch of one then skips its zero inputs.
+    pub(crate) fn forward_into(
+        &self,
+        inputs: MatRef<'_>,
+        out: &mut Matrix,
+        threads: usize,
+        finite_weights: bool,
+    ) -> Result<u32> {
         self.check_inputs(&inputs)?;
         out.resize(inputs.rows(), self.n_neurons());
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
-        gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &self.gemm_on(threads))
+        let mut opts = self.gemm_on(threads);
+        opts.b_is_finite = finite_weights;
+        gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)
+    }
+
+    /// Whether the weights are known to be finite: the largest `|w|` recorded by the
+    /// last fused update or measured since, and not invalidated (a model resets it when
+    /// it hands its layers out mutably). A standalone layer's public `weights` may have
+    /// changed since: only a model relies on this.
+    pub(crate) fn weights_known_finite(&self) -> bool {
+        self.maxima.is_some_and(|m| m[0] < f32::INFINITY.to_bits())
     }
 
     /// NNFS-style backward from `dvalues = ∂L/∂output` (through the fused ReLU if

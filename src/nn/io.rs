@@ -184,6 +184,7 @@ impl Sequential {
                 }
             }
         }
+        self.measure_weight_maxima();
     }
 }
 

@@ -18,7 +18,7 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, Blocking, CacheSizes, MAX_TILE};
+use super::blocking::{k_block_start, Blocking, CacheSizes, KC_MAX, MAX_TILE};
 use super::kernel::update::{TileUpdate, UpdateRule};
 use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
@@ -40,6 +40,8 @@ pub(crate) struct Plan {
     pub caches: CacheSizes,
     /// Measure the largest `|C|` stored (see `Tile::max`).
     pub track_max: bool,
+    /// Skip the k steps where A is ±0 (B is finite), in kernels that can.
+    pub skip_zero_a: bool,
 }
 
 mod split_k;
@@ -172,6 +174,8 @@ struct Job<'a> {
     update: Option<UpdateJob<'a>>,
     /// The largest `|C|` stored, as bits, when asked for (see `Tile::max`).
     c_max: Option<AtomicU32>,
+    /// Skip the k steps where A is ±0 (`Plan::skip_zero_a`), where the kernel can.
+    skip_zero_a: bool,
 }
 
 /// The parameters (`m × n`, row-major, contiguous) an update epilogue steps, the state
@@ -301,6 +305,7 @@ pub(crate) fn run<K: Kernel>(
             }
         }),
         c_max: plan.track_max.then(AtomicU32::default),
+        skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
     };
 
     let task = |t: usize| {
@@ -464,15 +469,34 @@ impl Job<'_> {
                     }
                     // LOOP 2: MR rows at a time.
                     for ir in (0..mc).step_by(K::MR) {
+                        let mut steps = [0u32; KC_MAX];
+                        // The k steps the tiles of this row panel run: all kc, or the listed ones.
+                        let mut tile_kc = kc;
                         let a_panel = if direct_a {
                             // Rows ic+ir.. from column p0; the kernel reads only rows
                             // below this tile's mr, all inside the A view. An empty k
                             // block reads nothing.
                             let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
                             let off = if kc == 0 { 0 } else { (ic + ir) * rsa + p0 * csa };
-                            APanel { ptr: self.a.as_slice()[off..].as_ptr(), rs: rsa, cs: csa }
+                            let mut panel = APanel {
+                                ptr: self.a.as_slice()[off..].as_ptr(),
+                                rs: rsa,
+                                cs: csa,
+                                steps: std::ptr::null(),
+                            };
+                            if self.skip_zero_a && direct_b {
+                                let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
+                                tile_kc = self.nonzero_steps(rows, p0, kc, &mut steps);
+                                panel.steps = steps.as_ptr();
+                            }
+                            panel
                         } else {
-                            APanel { ptr: a_packed[ir * kc..(ir + K::MR) * kc].as_ptr(), rs: 1, cs: K::MR }
+                            APanel {
+                                ptr: a_packed[ir * kc..(ir + K::MR) * kc].as_ptr(),
+                                rs: 1,
+                                cs: K::MR,
+                                steps: std::ptr::null(),
+                            }
                         };
                         // LOOP 1: NR columns at a time.
                         for jr in (0..nc).step_by(K::NR) {
@@ -490,13 +514,30 @@ impl Job<'_> {
                             };
                             let (i, j) = (ic + ir, jc + jr);
                             let (mr, nr) = (K::MR.min(rows.end - i), K::NR.min(cols.end - j));
-                            self.tile::<K>(kc, a_panel, b_panel, i, j, mr, nr, first, last, &mut maxima);
+                            self.tile::<K>(tile_kc, a_panel, b_panel, i, j, mr, nr, first, last, &mut maxima);
                         }
                     }
                 }
             }
         }
         self.merge_maxima(maxima);
+    }
+
+    /// The k steps `0..kc` of the block from `p0` at which some row of A in `rows` is
+    /// not ±0, into `steps`; returns how many.
+    fn nonzero_steps(&self, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        let mut count = 0;
+        let mut note = |p: usize, nonzero: bool| {
+            steps[count] = p as u32;
+            count += nonzero as usize;
+        };
+        if self.a.col_stride() == 1 && rows.len() == 1 {
+            let row = &self.a.row(rows.start)[p0..p0 + kc];
+            row.iter().enumerate().for_each(|(p, &x)| note(p, x != 0.0));
+        } else {
+            (0..kc).for_each(|p| note(p, rows.clone().any(|i| self.a.get(i, p0 + p) != 0.0)));
+        }
+        count
     }
 
     /// Raises the job's maxima to this task's.

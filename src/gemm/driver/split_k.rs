@@ -111,6 +111,7 @@ impl Split {
                     workspace,
                     update: None,
                     c_max: None,
+                    skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
                 };
                 with_buffers(|bufs| job.run_block::<K>(0..m, cols.clone(), bufs));
             }

@@ -50,6 +50,7 @@ impl Kernel for Avx2Rows {
     const MR: usize = 2;
     const NR: usize = 32;
     const READS_B_IN_PLACE: bool = true;
+    const SKIPS_ZERO_STEPS: bool = true;
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
@@ -68,6 +69,7 @@ impl Kernel for Avx2Row64 {
     const MR: usize = 1;
     const NR: usize = 64;
     const READS_B_IN_PLACE: bool = true;
+    const SKIPS_ZERO_STEPS: bool = true;
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
@@ -83,12 +85,14 @@ impl Kernel for Avx2Row64 {
 /// disassembly), which made the loop bound by stores at ≈ 40% of the FMA peak.
 /// 12 accumulators + 2 B vectors + 1 broadcast use 15 of the 16 ymm registers.
 ///
+/// Over the `kc` steps listed in `a.steps` when `LISTED`, else over `0..kc`.
+///
 /// # Safety
-/// The tile contract; when `!MASKED`, B rows must have `NV·8` readable columns; the
-/// CPU supports avx2 and fma.
+/// The tile contract; when `!MASKED`, B rows must have `NV·8` readable columns; when
+/// `LISTED`, `a.steps` holds `kc` steps of the panel; the CPU supports avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
+unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const LISTED: bool>(
     kc: usize,
     a: APanel,
     b: BPanel,
@@ -98,18 +102,25 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
     let mut acc = [[_mm256_setzero_ps(); NV]; MR];
     // Rows at or past mr re-read row mr - 1 (never stored): A is not read outside the tile.
     let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
-    for p in 0..kc {
-        // SAFETY: p < kc: B row p is read at columns the caller vouched for (all NV·8
-        // when unmasked; masked lanes j ≥ nr are neither read nor faulted on), and
-        // each row pointer addresses a row i < mr at step p, readable by contract.
+    for q in 0..kc {
+        // SAFETY: p is a step of the panel (q < kc, or the q-th listed one): B row p is
+        // read at columns the caller vouched for (all NV·8 when unmasked; masked lanes
+        // j ≥ nr are neither read nor faulted on), and each row pointer addresses a row
+        // i < mr at step p, readable by contract.
         unsafe {
+            let p = if LISTED { *a.steps.add(q) as usize } else { q };
             let bp = b.ptr.add(p * b.rs);
-            // Ask for B's row p + 2 now: read in place, its rows are a row stride
-            // apart and the hardware prefetcher alone left the loop waiting on them.
-            // A prefetch never faults, so the address may lie past the panel.
+            // Ask for B's row two steps ahead now: read in place, its rows are a row
+            // stride apart and the hardware prefetcher alone left the loop waiting on
+            // them. A prefetch never faults, so the address may lie past the panel.
             // Every cache line of it: a tile wider than 16 columns spans several.
+            let ahead = match LISTED {
+                true if q + 2 < kc => *a.steps.add(q + 2) as usize,
+                true => p,
+                false => p + 2,
+            };
             for line in (0..NV).step_by(2) {
-                _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(2 * b.rs + line * 8).cast());
+                _mm_prefetch::<_MM_HINT_T0>(b.ptr.wrapping_add(ahead * b.rs + line * 8).cast());
             }
             let bv: [__m256; NV] = std::array::from_fn(|v| {
                 if MASKED {
@@ -138,19 +149,31 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         // straight from the loop's registers to the epilogue's (when both paths share
         // one loop, LLVM stores them to the stack before the branch).
         // SAFETY: forwarded contract; every B row has NV·8 readable columns.
-        let acc = unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) };
+        let acc = unsafe {
+            if MR <= 2 && !a.steps.is_null() {
+                accumulate::<MR, NV, false, true>(kc, a, b, t.mr, &masks)
+            } else {
+                accumulate::<MR, NV, false, false>(kc, a, b, t.mr, &masks)
+            }
+        };
         // SAFETY: forwarded contract, for a whole tile.
         return unsafe { store::<MR, NV, true>(&acc, t, &masks) };
     }
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of a B read in place
     // needs its B loads masked.
-    let acc = if !b.padded && t.nr < NV * 8 {
-        // SAFETY: forwarded contract; masked loads stay within columns j < nr.
-        unsafe { accumulate::<MR, NV, true>(kc, a, b, t.mr, &masks) }
-    } else {
-        // SAFETY: forwarded contract; every B row has NV·8 readable columns here.
-        unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
+    // Listed k steps (`APanel::steps`) only reach the tiles of one or two rows.
+    let listed = MR <= 2 && !a.steps.is_null();
+    let masked = !b.padded && t.nr < NV * 8;
+    // SAFETY (all four): forwarded contract; masked loads stay within columns j < nr,
+    // and unmasked ones are taken only when every B row has NV·8 readable columns.
+    let acc = unsafe {
+        match (listed, masked) {
+            (false, true) => accumulate::<MR, NV, true, false>(kc, a, b, t.mr, &masks),
+            (false, false) => accumulate::<MR, NV, false, false>(kc, a, b, t.mr, &masks),
+            (true, true) => accumulate::<MR, NV, true, true>(kc, a, b, t.mr, &masks),
+            (true, false) => accumulate::<MR, NV, false, true>(kc, a, b, t.mr, &masks),
+        }
     };
     // SAFETY: forwarded contract.
     unsafe { store::<MR, NV, false>(&acc, t, &masks) }

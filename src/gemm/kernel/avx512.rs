@@ -88,6 +88,7 @@ macro_rules! avx512_tile_kernel {
             const MR: usize = $mr;
             const NR: usize = $nv * 16;
             const READS_B_IN_PLACE: bool = true;
+            const SKIPS_ZERO_STEPS: bool = $mr <= 2;
             #[inline(always)]
             unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
                 // SAFETY: the caller upholds the tile contract and has checked avx512f.
@@ -137,14 +138,15 @@ avx512_tile_kernel!(
     8
 );
 
-/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
+/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast;
+/// over the `kc` steps listed in `a.steps` when `LISTED`, else over `0..kc`.
 ///
 /// # Safety
-/// The tile contract; when `!MASKED`, B rows must have `NV·16` readable columns; the
-/// CPU supports avx512f.
+/// The tile contract; when `!MASKED`, B rows must have `NV·16` readable columns; when
+/// `LISTED`, `a.steps` holds `kc` steps of the panel; the CPU supports avx512f.
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
+unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const LISTED: bool>(
     kc: usize,
     a: APanel,
     b: BPanel,
@@ -155,11 +157,13 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool>(
     // Rows at or past mr read row mr - 1 instead (their results are never stored),
     // so no row of A outside the tile is touched.
     let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
-    for p in 0..kc {
-        // SAFETY: p < kc: B row p is read at columns the caller vouched for (all NV·16
-        // when unmasked, j < nr when masked), and every row pointer addresses a row
-        // i < mr at step p, readable by contract.
+    for q in 0..kc {
+        // SAFETY: p is a step of the panel (q < kc, or the q-th listed one): B row p is
+        // read at columns the caller vouched for (all NV·16 when unmasked, j < nr when
+        // masked), and every row pointer addresses a row i < mr at step p, readable by
+        // contract.
         unsafe {
+            let p = if LISTED { *a.steps.add(q) as usize } else { q };
             let bp = b.ptr.add(p * b.rs);
             let bv: [__m512; NV] = std::array::from_fn(|v| {
                 if MASKED {
@@ -186,12 +190,18 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of an unpacked B needs
     // its B loads masked (a masked load costs a little even with a full mask).
-    let acc = if !b.padded && t.nr < NV * 16 {
-        // SAFETY: forwarded contract; masked loads stay within columns j < nr.
-        unsafe { accumulate::<MR, NV, true>(kc, a, b, t.mr, &masks) }
-    } else {
-        // SAFETY: forwarded contract; every B row has NV·16 readable columns here.
-        unsafe { accumulate::<MR, NV, false>(kc, a, b, t.mr, &masks) }
+    // Listed k steps (`APanel::steps`) only reach the tiles of one or two rows.
+    let listed = MR <= 2 && !a.steps.is_null();
+    let masked = !b.padded && t.nr < NV * 16;
+    // SAFETY (all four): forwarded contract; masked loads stay within columns j < nr,
+    // and unmasked ones are taken only when every B row has NV·16 readable columns.
+    let acc = unsafe {
+        match (listed, masked) {
+            (false, true) => accumulate::<MR, NV, true, false>(kc, a, b, t.mr, &masks),
+            (false, false) => accumulate::<MR, NV, false, false>(kc, a, b, t.mr, &masks),
+            (true, true) => accumulate::<MR, NV, true, true>(kc, a, b, t.mr, &masks),
+            (true, false) => accumulate::<MR, NV, false, true>(kc, a, b, t.mr, &masks),
+        }
     };
 
     // SAFETY: forwarded contract.

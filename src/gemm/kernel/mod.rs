@@ -242,11 +242,16 @@ pub(crate) enum TileEpilogue {
 /// The A operand of one tile: element `(i, p)` (row i of the tile, step p of the k
 /// block) is at `ptr + i * rs + p * cs`. A packed panel has `rs = 1, cs = MR`; a
 /// row-major A read in place has `rs` = its row stride and `cs = 1`.
+///
+/// With `steps` not null (only for kernels with [`Kernel::SKIPS_ZERO_STEPS`]), the
+/// tile runs only the k steps listed there, `kc` of them, in increasing order: the
+/// others' A values are ±0 and B's rows finite, so they would add nothing.
 #[derive(Clone, Copy)]
 pub(crate) struct APanel {
     pub ptr: *const f32,
     pub rs: usize,
     pub cs: usize,
+    pub steps: *const u32,
 }
 
 /// The B operand of one tile: element `(p, j)` is at `ptr + p * rs + j`. A packed
@@ -323,4 +328,9 @@ pub(crate) trait Kernel {
     /// - the CPU supports the kernel's ISA;
     /// - the kernel touches no element outside those ranges.
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile);
+
+    /// Whether [`Kernel::tile`] takes a list of k steps (`APanel::steps`): the tiles of
+    /// one or two rows that read B in place, where a batch of one skips the inputs
+    /// that are 0 (four-fifths of an MNIST image) and the rows of B they would read.
+    const SKIPS_ZERO_STEPS: bool = false;
 }

@@ -114,7 +114,7 @@ impl ModelBuilder {
                 Spec::Dropout(rate) => layers.push(Layer::Dropout(Dropout::new(rate, rng.next_u64())?)),
             }
         }
-        Ok(Sequential {
+        let mut model = Sequential {
             layers,
             loss,
             optimizer,
@@ -131,6 +131,8 @@ impl ModelBuilder {
             batch_classes: Vec::new(),
             batch_values: Matrix::zeros(0, width),
             inference: Default::default(),
-        })
+        };
+        model.measure_weight_maxima();
+        Ok(model)
     }
 }

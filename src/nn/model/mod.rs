@@ -157,6 +157,16 @@ impl Sequential {
         &self.layers
     }
 
+    /// Measures the largest `|w|` of every Dense layer whose maxima are unknown, so
+    /// that inference knows the weights finite (`Dense::weights_known_finite`).
+    pub(crate) fn measure_weight_maxima(&mut self) {
+        for layer in &mut self.layers {
+            if let Layer::Dense(d) = layer {
+                d.weight_maxima();
+            }
+        }
+    }
+
     /// The layers, mutable (to inspect or set parameters).
     pub fn layers_mut(&mut self) -> &mut [Layer] {
         // The parameters may change: the magnitudes the next step is proved finite
@@ -353,7 +363,10 @@ impl Sequential {
             let (below, rest) = self.layers.split_at_mut(l);
             let input = if l == 0 { x } else { below[l - 1].output().view() };
             match &mut rest[0] {
-                Layer::Dense(d) => d.forward_on(input, threads)?,
+                Layer::Dense(d) => {
+                    let finite = d.weights_known_finite();
+                    d.forward_on(input, threads, finite)?
+                }
                 Layer::Activation(a) => a.forward(input)?,
                 Layer::Dropout(d) => d.forward(input, training)?,
             }
@@ -668,7 +681,7 @@ impl Sequential {
             let input = current.map_or(x, |i| done[i].view());
             match layer {
                 Layer::Dense(d) => {
-                    d.forward_into(input, &mut rest[0], threads)?;
+                    d.forward_into(input, &mut rest[0], threads, d.weights_known_finite())?;
                 }
                 Layer::Activation(a) => a.forward_into(input, &mut rest[0])?,
                 // Inference: dropout passes its input through.
