@@ -61,9 +61,10 @@ impl Split {
     }
 
     /// Computes `C (+)= A·B` with the epilogue: each task forms the products of its k
-    /// blocks over its columns into a scratch of `nkb × m × n` floats, then the calling
-    /// thread adds them up in block order and applies the epilogue. Returns the largest
-    /// `|C|` stored, as bits, when the plan asks for it.
+    /// blocks over its columns into a scratch of `nkb × m × n` floats, then they are
+    /// added up in block order and the epilogue applied (on the calling thread, or by
+    /// rows over the same threads from 16 K floats). Returns the largest `|C|` stored,
+    /// as bits, when the plan asks for it.
     pub(super) fn run<K: Kernel>(
         self,
         mut c: MatMut<'_>,
