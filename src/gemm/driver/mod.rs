@@ -426,6 +426,9 @@ impl Job<'_> {
         let direct_b = K::READS_B_IN_PLACE
             && self.b.col_stride() == 1
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
+        // The k steps a row panel runs when it skips zero inputs (once per task: zeroing
+        // it per row panel was a visible memset).
+        let mut steps = [0u32; KC_MAX];
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);
@@ -469,7 +472,6 @@ impl Job<'_> {
                     }
                     // LOOP 2: MR rows at a time.
                     for ir in (0..mc).step_by(K::MR) {
-                        let mut steps = [0u32; KC_MAX];
                         // The k steps the tiles of this row panel run: all kc, or the listed ones.
                         let mut tile_kc = kc;
                         let a_panel = if direct_a {
