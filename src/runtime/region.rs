@@ -350,6 +350,10 @@ fn serve(shared: Arc<Shared>, index: usize, mut seen: usize, parks: bool) {
         members.spawned[index] = false;
         return;
     }
+    // Size this thread's GEMM workspace before it counts as running: a helper that
+    // joins after the model's first step (it started late) would otherwise allocate in
+    // its first task, inside a step that must not.
+    crate::gemm::reserve_workspace_for(1);
     {
         let mut members = shared.members();
         if shared.retired.load(Ordering::Acquire) {
