@@ -426,9 +426,9 @@ impl Job<'_> {
         let direct_b = K::READS_B_IN_PLACE
             && self.b.col_stride() == 1
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
-        // The k steps a row panel runs when it skips zero inputs (once per task: zeroing
-        // it per row panel was a visible memset).
-        let mut steps = [0u32; KC_MAX];
+        // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
+        // and only by tasks that skip (a 2 KB memset per row panel was visible).
+        let mut steps = if self.skip_zero_a { Some([0u32; KC_MAX]) } else { None };
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);
@@ -486,9 +486,9 @@ impl Job<'_> {
                                 cs: csa,
                                 steps: std::ptr::null(),
                             };
-                            if self.skip_zero_a && direct_b {
+                            if let (Some(steps), true) = (steps.as_mut(), direct_b) {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
-                                tile_kc = self.nonzero_steps(rows, p0, kc, &mut steps);
+                                tile_kc = self.nonzero_steps(rows, p0, kc, steps);
                                 panel.steps = steps.as_ptr();
                             }
                             panel
