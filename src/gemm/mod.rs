@@ -48,7 +48,7 @@ mod update_tests;
 
 pub(crate) use blocking::MIN_WORK_PER_THREAD;
 pub use blocking::{Blocking, CacheSizes};
-pub(crate) use driver::WeightUpdate;
+pub(crate) use driver::{BiasUpdate, WeightUpdate};
 pub(crate) use kernel::update::{Step, UpdateRule};
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};
@@ -220,15 +220,17 @@ pub(crate) fn gemm_with_max(
     options: &GemmOptions,
 ) -> Result<u32> {
     check_args(&c, &a, &b, &epilogue)?;
-    dispatch(c, a, b, accum, epilogue, None, true, options).map(|m| m[0])
+    dispatch(c, a, b, accum, epilogue, None, true, options).map(|m| m[0][0])
 }
 
 /// `dW = Xᵀ·dZ` with the optimizer step applied in the epilogue instead of storing
 /// `dW`: `params ← step(params, dW)` (see `kernel/update.rs`), with the bias gradient
-/// `dbiases = colsum(dZ)` taken in the same pass (when `dbiases` is not empty).
+/// `dbiases = colsum(dZ)` taken in the same pass (when `dbiases` is not empty) and,
+/// with `update.biases`, the bias step applied from it as soon as it is complete.
 /// `scratch` (`m × n`, contiguous) receives the partial sums when k spans more than
 /// one k block, and is otherwise not touched. Returns the largest magnitudes stored
-/// into the parameters and the two state buffers, as bits.
+/// into the weights and their two state buffers, and into the biases and theirs (zeros
+/// without a bias step), as bits.
 ///
 /// # Errors
 /// As [`gemm_with`].
@@ -239,7 +241,7 @@ pub(crate) fn gemm_update(
     dbiases: &mut [f32],
     update: WeightUpdate<'_>,
     options: &GemmOptions,
-) -> Result<[u32; 3]> {
+) -> Result<[[u32; 3]; 2]> {
     let epilogue = if dbiases.is_empty() && b.cols() > 0 { Epilogue::None } else { Epilogue::BiasGradB(dbiases) };
     check_args(&scratch, &a, &b, &epilogue)?;
     dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), false, options)
@@ -256,7 +258,7 @@ fn dispatch(
     update: Option<WeightUpdate<'_>>,
     track_max: bool,
     options: &GemmOptions,
-) -> Result<[u32; 3]> {
+) -> Result<[[u32; 3]; 2]> {
     let isa = match options.isa {
         Some(isa) => isa.check_available()?,
         None => default_isa()?,

@@ -1,9 +1,11 @@
-//! The fused update epilogue against its twin, the separate passes (`dW` by the GEMM,
-//! the penalty added, then `Optimizer::update`): bit-identical parameters, state and
-//! bias gradients on every path, thread count and k split, and maxima equal to the
-//! largest stored magnitudes.
+//! The fused update epilogue against its twin, the separate passes (`dW` and `db` by
+//! the GEMM, the penalties added, then `Optimizer::update` of weights and biases):
+//! bit-identical weights, biases, state and bias gradients on every path, thread count
+//! and k split, and maxima equal to the largest stored magnitudes.
 
-use super::{gemm_update, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions, Isa, UpdateRule, WeightUpdate};
+use super::{
+    gemm_update, gemm_with, Accum, BiasUpdate, CacheSizes, Epilogue, GemmOptions, Isa, UpdateRule, WeightUpdate,
+};
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::Optimizer;
 use crate::ops::reduce::max_abs_bits;
@@ -41,8 +43,9 @@ fn check(case: &Case, opt: &Optimizer, penalty: Option<(f32, f32)>, opts: &GemmO
     compare(x, dz, opt, penalty, opts, rng, false, &format!("{what}: pad {pad}"));
 }
 
-/// The fused update from inputs `x` and gradient `dz` against the separate passes,
-/// three steps, bit for bit.
+/// The fused update from inputs `x` and gradient `dz`, biases included (with penalties
+/// of their own, half and 1.5 times the weights'), against the separate passes, three
+/// steps, bit for bit.
 #[allow(clippy::too_many_arguments)]
 fn compare(
     x: MatRef<'_>,
@@ -68,35 +71,52 @@ fn compare(
             };
         }
     }
+    let b0: Vec<f32> =
+        (0..n_out).map(|j| [-0.0, 0.0, 0.3, -1.5][j % 4] + (rng.next_f32() - 0.5) * 1e-3 * (j % 2) as f32).collect();
+    let bias_penalty = penalty.map(|(l1, two_l2)| (0.5 * l1, 1.5 * two_l2));
     let buffers = opt.state_buffers();
     // Three steps, so that the state is non-zero from the second on.
     let (mut wf, mut wt) = (w0.clone(), w0.clone());
-    let state = |i: usize| if i < buffers { vec![0.0f32; len] } else { Vec::new() };
-    let (mut f0, mut f1, mut t0, mut t1) = (state(0), state(1), state(0), state(1));
+    let (mut bf, mut bt) = (b0.clone(), b0);
+    let state = |i: usize, len: usize| if i < buffers { vec![0.0f32; len] } else { Vec::new() };
+    let (mut f0, mut f1, mut t0, mut t1) = (state(0, len), state(1, len), state(0, len), state(1, len));
+    let (mut fb0, mut fb1, mut tb0, mut tb1) = (state(0, n_out), state(1, n_out), state(0, n_out), state(1, n_out));
     for it in 0..3u64 {
         let rule = UpdateRule { step: opt.fused_step(it), penalty, skip_zero_rows: false };
+        let bias_rule = UpdateRule { penalty: bias_penalty, ..rule };
         let mut scratch = Matrix::zeros(n_in, n_out);
         let mut db_fused = vec![f32::NAN; n_out];
-        let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1 };
+        let biases = Some(BiasUpdate { rule: &bias_rule, params: &mut bf, s0: &mut fb0, s1: &mut fb1 });
+        let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1, biases };
         let maxima = gemm_update(scratch.view_mut(), x.t(), dz, &mut db_fused, update, opts).unwrap();
 
         let mut dw = Matrix::zeros(n_in, n_out);
         let mut db = vec![f32::NAN; n_out];
         gemm_with(dw.view_mut(), x.t(), dz, Accum::Overwrite, Epilogue::BiasGradB(&mut db), opts).unwrap();
-        if let Some((l1, two_l2)) = penalty {
+        let db_plain = db.clone();
+        let sign = |w: f32| if w < 0.0 { -1.0 } else { 1.0 };
+        if let (Some((l1, two_l2)), Some((bl1, two_bl2))) = (penalty, bias_penalty) {
             for (d, &w) in dw.as_mut_slice().iter_mut().zip(wt.as_slice()) {
-                *d += l1 * if w < 0.0 { -1.0 } else { 1.0 } + two_l2 * w;
+                *d += l1 * sign(w) + two_l2 * w;
+            }
+            for (d, &b) in db.iter_mut().zip(&bt) {
+                *d += bl1 * sign(b) + two_bl2 * b;
             }
         }
         opt.update(wt.as_mut_slice(), dw.as_slice(), &mut t0, &mut t1, it).unwrap();
+        opt.update(&mut bt, &db, &mut tb0, &mut tb1, it).unwrap();
 
         let ctx = format!("{what}: {n_in}×{batch}×{n_out}, {}, penalty {penalty:?}, step {it}", opt.name());
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {ctx}");
         assert_eq!(bits(&f0), bits(&t0), "state 0, {ctx}");
         assert_eq!(bits(&f1), bits(&t1), "state 1, {ctx}");
-        assert_eq!(bits(&db_fused), bits(&db), "dbiases, {ctx}");
-        assert_eq!(maxima, [max_abs_bits(wt.as_slice()), max_abs_bits(&t0), max_abs_bits(&t1)], "maxima, {ctx}");
+        assert_eq!(bits(&db_fused), bits(&db_plain), "dbiases, {ctx}");
+        assert_eq!(bits(&bf), bits(&bt), "biases, {ctx}");
+        assert_eq!(bits(&fb0), bits(&tb0), "bias state 0, {ctx}");
+        assert_eq!(bits(&fb1), bits(&tb1), "bias state 1, {ctx}");
+        let max = |p: &[f32], s0: &[f32], s1: &[f32]| [max_abs_bits(p), max_abs_bits(s0), max_abs_bits(s1)];
+        assert_eq!(maxima, [max(wt.as_slice(), &t0, &t1), max(&bt, &tb0, &tb1)], "maxima, {ctx}");
     }
 }
 
@@ -180,7 +200,8 @@ fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
                     assert!(rule.zero_rows_exact(dz.row(0)));
                     let (mut wf, mut wt) = (w0.clone(), w0.clone());
                     let mut db_fused = vec![f32::NAN; n_out];
-                    let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut [], s1: &mut [] };
+                    let update =
+                        WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut [], s1: &mut [], biases: None };
                     let mut scratch = Matrix::zeros(n_in, n_out);
                     let maxima = gemm_update(scratch.view_mut(), x.view().t(), dz.view(), &mut db_fused, update, &opts);
                     let mut dw = Matrix::zeros(n_in, n_out);
@@ -193,7 +214,7 @@ fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
                     assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {what}");
                     assert_eq!(bits(&db_fused), bits(&db), "dbiases, {what}");
                     let stepped = (0..n_in).filter(|&i| x[(0, i)] != 0.0).map(|i| max_abs_bits(wt.row(i))).max();
-                    assert_eq!(maxima.unwrap()[0], stepped.unwrap_or(0), "maxima of the stepped rows, {what}");
+                    assert_eq!(maxima.unwrap()[0][0], stepped.unwrap_or(0), "maxima of the stepped rows, {what}");
                 }
             }
         }
@@ -251,11 +272,11 @@ fn maxima_see_a_non_finite_result() {
     for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
         let mut w = Matrix::zeros(3, 2);
         let mut db = vec![0.0; 2];
-        let update = WeightUpdate { rule: &rule, params: w.as_mut_slice(), s0: &mut [], s1: &mut [] };
+        let update = WeightUpdate { rule: &rule, params: w.as_mut_slice(), s0: &mut [], s1: &mut [], biases: None };
         let opts = GemmOptions::default().with_isa(isa);
         let m = gemm_update(Matrix::zeros(3, 2).view_mut(), x.view().t(), dz.view(), &mut db, update, &opts).unwrap();
         assert!(w.as_slice().iter().all(|v| v.is_infinite()), "{}", isa.name());
-        assert_eq!(m[0], f32::INFINITY.to_bits(), "{}", isa.name());
+        assert_eq!(m[0][0], f32::INFINITY.to_bits(), "{}", isa.name());
     }
 }
 

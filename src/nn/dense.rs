@@ -14,7 +14,9 @@
 //! where `dz = ∂L/∂(X·W + b)`; with a fused ReLU, `dz = dvalues ⊙ 1[output > 0]`.
 
 use crate::error::{Error, Result};
-use crate::gemm::{gemm_update, gemm_with, gemm_with_max, Accum, Epilogue, GemmOptions, UpdateRule, WeightUpdate};
+use crate::gemm::{
+    gemm_update, gemm_with, gemm_with_max, Accum, BiasUpdate, Epilogue, GemmOptions, UpdateRule, WeightUpdate,
+};
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
 use crate::nn::optim::Optimizer;
@@ -488,10 +490,11 @@ impl Dense {
     /// [`Self::backward_dz`] computes it (from the weights before the step), then the
     /// weight gradient `Xᵀ·dz` is applied to the weights in the epilogue of the GEMM
     /// that computes it, tile by tile in registers, so that it is never stored; the
-    /// biases are stepped from `dbiases = colsum(dz)`, taken in the same GEMM. The
-    /// parameters and optimizer state come out bit-identical to [`Self::backward_dz`]
-    /// followed by [`Self::update_params`]; `dweights` is not filled (it holds partial
-    /// sums, or what it held before).
+    /// biases are stepped in the same GEMM, each from `dbiases = colsum(dz)` as soon
+    /// as its sum is complete. The parameters and optimizer state come out
+    /// bit-identical to [`Self::backward_dz`] followed by [`Self::update_params`];
+    /// `dweights` is not filled (it holds partial sums, or what it held before) and
+    /// `dbiases` holds `colsum(dz)` without the penalty terms.
     ///
     /// ```
     /// use fusegrad::nn::{Dense, Dinputs, Init, Optimizer};
@@ -528,8 +531,7 @@ impl Dense {
         self.check_backward(&inputs, &dz, &dinputs)?;
         self.dinputs_on(dz, dinputs, threads)?;
         let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads)?;
-        let biases_finite = crate::ops::reduce::all_finite(&self.biases);
-        if maxima.iter().any(|&m| m >= f32::INFINITY.to_bits()) || !biases_finite {
+        if maxima.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
             return Err(Error::NonFinite {
                 step: iterations,
                 layer: self.describe(),
@@ -539,9 +541,10 @@ impl Dense {
         Ok(())
     }
 
-    /// The fused weight-gradient GEMM and step of [`Self::backward_update`], and the
-    /// bias step; shapes checked by the caller. Returns the largest magnitudes stored
-    /// (weights, state 0, state 1) as bits, also kept in `self.maxima`.
+    /// The fused weight-gradient GEMM and step of [`Self::backward_update`], with the
+    /// bias step in the same GEMM; shapes checked by the caller. Returns the largest
+    /// magnitudes stored (weights, state 0, state 1; then the same of the biases) as
+    /// bits, the weights' also kept in `self.maxima`.
     pub(crate) fn update_fused_on(
         &mut self,
         inputs: MatRef<'_>,
@@ -549,7 +552,7 @@ impl Dense {
         optimizer: &Optimizer,
         iterations: u64,
         threads: usize,
-    ) -> Result<[u32; 3]> {
+    ) -> Result<[[u32; 3]; 2]> {
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
             self.prepare_optimizer(optimizer);
@@ -569,20 +572,28 @@ impl Dense {
         } else {
             None
         };
+        // The biases step in the same GEMM, from `dbiases` as soon as it is complete,
+        // with their own penalties folded in as the separate pass adds them.
+        let bias_rule =
+            UpdateRule { penalty: penalties.then_some((r.bias_l1, 2.0 * r.bias_l2)), skip_zero_rows: false, ..rule };
         let opts = self.gemm_on(threads);
+        let ParamState { first: b0, second: b1 } = &mut self.state.biases;
+        let biases = BiasUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0, s1: b1 };
         let ParamState { first, second } = &mut self.state.weights;
-        let update = WeightUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0: first, s1: second };
-        let mut maxima = gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
+        let update = WeightUpdate {
+            rule: &rule,
+            params: self.weights.as_mut_slice(),
+            s0: first,
+            s1: second,
+            biases: Some(biases),
+        };
+        let [mut maxima, bias_maxima] =
+            gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
         if let Some(before) = before {
             maxima[0] = maxima[0].max(before[0]);
         }
         self.maxima = Some(maxima);
-        if penalties {
-            self.add_bias_penalty_gradients();
-        }
-        let ParamState { first: b0, second: b1 } = &mut self.state.biases;
-        optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)?;
-        Ok(maxima)
+        Ok([maxima, bias_maxima])
     }
 
     /// The largest `|w|`, `|state 0|`, `|state 1|` of the weights, as bits: the ones

@@ -172,6 +172,8 @@ struct Job<'a> {
     workspace: (usize, usize),
     /// The optimizer update applied instead of storing C, if any.
     update: Option<UpdateJob<'a>>,
+    /// The bias step from `bgrad`, if any (`n` biases, column `j` by the task owning it).
+    bias_update: Option<UpdateJob<'a>>,
     /// The largest `|C|` stored, as bits, when asked for (see `Tile::max`).
     c_max: Option<AtomicU32>,
     /// Skip the k steps where A is ±0 (`Plan::skip_zero_a`), where the kernel can.
@@ -179,8 +181,22 @@ struct Job<'a> {
 }
 
 /// The parameters (`m × n`, row-major, contiguous) an update epilogue steps, the state
-/// buffers its rule uses (same shape, empty when unused) and the rule.
+/// buffers its rule uses (same shape, empty when unused) and the rule; and optionally
+/// the biases, stepped from `BiasGradB`'s gradient.
 pub(crate) struct WeightUpdate<'a> {
+    pub rule: &'a UpdateRule,
+    pub params: &'a mut [f32],
+    pub s0: &'a mut [f32],
+    pub s1: &'a mut [f32],
+    /// The `n` biases, their state and rule (the bias penalties), each stepped by the
+    /// task that owns its column as soon as its gradient `colsum(B)` is complete; or
+    /// `None` to leave the biases to the caller. Needs `Epilogue::BiasGradB`.
+    pub biases: Option<BiasUpdate<'a>>,
+}
+
+/// The bias part of a [`WeightUpdate`]: `n` biases and state buffers of `n` (empty when
+/// unused).
+pub(crate) struct BiasUpdate<'a> {
     pub rule: &'a UpdateRule,
     pub params: &'a mut [f32],
     pub s0: &'a mut [f32],
@@ -198,7 +214,30 @@ struct UpdateJob<'a> {
     maxima: [AtomicU32; 3],
 }
 
-impl UpdateJob<'_> {
+impl<'a> UpdateJob<'a> {
+    /// The job of a buffer of `len` parameters, its state checked against the rule's.
+    fn new(rule: &'a UpdateRule, params: &mut [f32], s0: &mut [f32], s1: &mut [f32], len: usize) -> Self {
+        assert!(params.len() == len, "parameters of {} floats, {len} expected", params.len());
+        let buffers = rule.step.state_buffers();
+        for (i, s) in [&s0, &s1].into_iter().enumerate() {
+            assert_eq!(s.len(), if i < buffers { len } else { 0 }, "optimizer state buffer {i}");
+        }
+        UpdateJob {
+            rule,
+            params: SharedMut(params.as_mut_ptr()),
+            s0: SharedMut(s0.as_mut_ptr()),
+            s1: SharedMut(s1.as_mut_ptr()),
+            maxima: Default::default(),
+        }
+    }
+
+    /// Raises the job's maxima to a task's.
+    fn merge(&self, maxima: [u32; 3]) {
+        for (shared, mine) in self.maxima.iter().zip(maxima) {
+            shared.fetch_max(mine, Ordering::Relaxed);
+        }
+    }
+
     /// Where the update of the tile or block at row `i`, column `j` of the `· × n`
     /// parameters reads and writes, raising `maxima`.
     fn at(&self, i: usize, j: usize, n: usize, maxima: *mut [u32; 3]) -> TileUpdate {
@@ -222,7 +261,7 @@ pub(crate) fn run<K: Kernel>(
     epilogue: Epilogue<'_>,
     update: Option<WeightUpdate<'_>>,
     plan: Plan,
-) -> [u32; 3] {
+) -> [[u32; 3]; 2] {
     let blk = Blocking::for_kernel(K::MR, K::NR, plan.caches);
     assert!(
         K::MR * K::NR <= MAX_TILE && blk.mc.is_multiple_of(K::MR) && blk.nc.is_multiple_of(K::NR),
@@ -233,27 +272,43 @@ pub(crate) fn run<K: Kernel>(
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let (rsc, csc) = (c.row_stride(), c.col_stride());
 
-    // An empty C has no tiles, but the bias gradients are still defined.
+    let (weights, biases) = match update {
+        Some(WeightUpdate { rule, params, s0, s1, biases }) => (Some((rule, params, s0, s1)), biases),
+        None => (None, None),
+    };
+    let bias_update = biases.map(|u| {
+        assert!(matches!(epilogue, Epilogue::BiasGradB(_)), "a bias step needs the BiasGradB epilogue");
+        UpdateJob::new(u.rule, u.params, u.s0, u.s1, n)
+    });
+
+    // An empty C has no tiles, but the bias gradients (and steps) are still defined.
     if m == 0 || n == 0 {
         match epilogue {
             Epilogue::BiasGradB(db) => {
                 for (j, d) in db.iter_mut().enumerate() {
                     *d = (0..k).fold(0.0, |s, p| s + b.get(p, j));
                 }
+                if let Some(bu) = &bias_update {
+                    let mut maxima = [0u32; 3];
+                    // SAFETY: `db` holds n floats, the biases and their state n each
+                    // (checked by `UpdateJob::new`), all owned by this call.
+                    unsafe { step_biases::<K>(bu, db.as_ptr(), 0..n, &mut maxima) };
+                    return [[0; 3], maxima];
+                }
             }
             Epilogue::ReluMaskBiasGrad { dbiases, .. } => dbiases.fill(0.0),
             _ => {}
         }
-        return [0; 3];
+        return [[0; 3]; 2];
     }
 
     let tiles_m = m.div_ceil(K::MR);
     let tiles_n = n.div_ceil(K::NR);
     let work = m.saturating_mul(n).saturating_mul(k.max(1));
     let tasks = plan.threads.min(work / plan.min_work_per_thread.max(1)).clamp(1, tiles_m * tiles_n);
-    if tasks > 1 && update.is_none() {
+    if tasks > 1 && weights.is_none() {
         if let Some(split) = split_k::Split::of::<K>(m, k, n, &epilogue, blk, tasks) {
-            return split.run::<K>(c, a, b, accum, epilogue, plan);
+            return [split.run::<K>(c, a, b, accum, epilogue, plan), [0; 3]];
         }
     }
     let (tm, tn) = partition(tasks, (m, K::MR), (n, K::NR));
@@ -288,22 +343,11 @@ pub(crate) fn run<K: Kernel>(
         bgrad,
         blk,
         workspace: workspace_floats(plan.caches),
-        update: update.map(|u| {
+        update: weights.map(|(rule, params, s0, s1)| {
             assert!(csc == 1 && rsc == n, "an update epilogue needs a contiguous row-major C");
-            let len = m * n;
-            assert!(u.params.len() == len, "parameters of {} floats for a {m}×{n} C", u.params.len());
-            let buffers = u.rule.step.state_buffers();
-            for (i, s) in [&u.s0, &u.s1].into_iter().enumerate() {
-                assert_eq!(s.len(), if i < buffers { len } else { 0 }, "optimizer state buffer {i}");
-            }
-            UpdateJob {
-                rule: u.rule,
-                params: SharedMut(u.params.as_mut_ptr()),
-                s0: SharedMut(u.s0.as_mut_ptr()),
-                s1: SharedMut(u.s1.as_mut_ptr()),
-                maxima: Default::default(),
-            }
+            UpdateJob::new(rule, params, s0, s1, m * n)
         }),
+        bias_update,
         c_max: plan.track_max.then(AtomicU32::default),
         skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
     };
@@ -328,11 +372,25 @@ pub(crate) fn run<K: Kernel>(
     if colsum_out.is_some() {
         with_buffers(|bufs| bufs.colsums = scratch_vec);
     }
-    match (job.update, job.c_max) {
+    let bias_maxima = job.bias_update.map_or([0; 3], |u| u.maxima.map(|m| m.into_inner()));
+    let maxima = match (job.update, job.c_max) {
         (Some(u), _) => u.maxima.map(|m| m.into_inner()),
         (None, Some(c)) => [c.into_inner(), 0, 0],
         (None, None) => [0; 3],
-    }
+    };
+    [maxima, bias_maxima]
+}
+
+/// The bias step of columns `cols` from their complete gradient at `db` (column
+/// `cols.start` first), raising `maxima`.
+///
+/// # Safety
+/// `db .. db + cols.len()` readable; columns `cols` of the job's biases and state owned
+/// by the caller; the CPU supports `K::ISA`.
+unsafe fn step_biases<K: Kernel>(bu: &UpdateJob<'_>, db: *const f32, cols: Range<usize>, maxima: &mut [u32; 3]) {
+    let tu = bu.at(0, cols.start, 0, maxima);
+    // SAFETY: forwarded; a null x makes `update_rank1` step one row from `db` itself.
+    unsafe { kernel::update_rank1(K::ISA, std::ptr::null(), 0, 1, db, cols.len(), &tu) }
 }
 
 /// Runs `task(0..tasks)`: inside a step's region (`runtime::region`) on its threads,
@@ -417,6 +475,7 @@ impl Job<'_> {
         // This task's maxima of the update epilogue (or of C), merged into the job's at the end.
         let mut maxima = [0u32; 3];
         if self.rank1_update::<K>(&rows, &cols, owns_bgrad, &mut maxima) {
+            self.step_own_biases::<K>(owns_bgrad, cols);
             self.merge_maxima(maxima);
             return;
         }
@@ -522,7 +581,20 @@ impl Job<'_> {
                 }
             }
         }
+        self.step_own_biases::<K>(owns_bgrad, cols);
         self.merge_maxima(maxima);
+    }
+
+    /// The bias step of this task's columns, once their gradient is complete (after
+    /// every k block), by the one task that formed it.
+    fn step_own_biases<K: Kernel>(&self, owns_bgrad: bool, cols: Range<usize>) {
+        if let (Some(bu), Some(SharedMut(db)), true) = (&self.bias_update, self.bgrad, owns_bgrad) {
+            let mut maxima = [0u32; 3];
+            // SAFETY: columns `cols` of the n-long bias gradient, biases and their state
+            // belong to this task alone (the only one with rows starting at 0 there).
+            unsafe { step_biases::<K>(bu, db.add(cols.start), cols, &mut maxima) };
+            bu.merge(maxima);
+        }
     }
 
     /// The k steps `0..kc` of the block from `p0` at which some row of A in `rows` is
@@ -545,9 +617,7 @@ impl Job<'_> {
     /// Raises the job's maxima to this task's.
     fn merge_maxima(&self, maxima: [u32; 3]) {
         if let Some(u) = &self.update {
-            for (shared, mine) in u.maxima.iter().zip(maxima) {
-                shared.fetch_max(mine, Ordering::Relaxed);
-            }
+            u.merge(maxima);
         }
         if let Some(c) = &self.c_max {
             c.fetch_max(maxima[0], Ordering::Relaxed);

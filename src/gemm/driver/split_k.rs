@@ -108,6 +108,7 @@ impl Split {
                     h: None,
                     colsums: None,
                     bgrad: None,
+                    bias_update: None,
                     blk: self.blk,
                     workspace,
                     update: None,

@@ -211,8 +211,12 @@ const RANK1_NV: usize = 4;
 /// `u.maxima` once, at the end. With [`UpdateRule::skip_zero_rows`], rows whose input
 /// is ±0 are not touched (four-fifths of an MNIST image's pixels are 0).
 ///
+/// With `x` null the gradient is `dz` itself, as loaded (one row, `rows` = 1): the bias
+/// step, `b ← step(b, db)`, with the bits of the separate pass over `db`.
+///
 /// # Safety
-/// `x + i·xs` readable for `i < rows`; `dz .. dz + n` readable; for `i < rows`, `j < n`:
+/// `x` null and `rows` ≤ 1, or `x + i·xs` readable for `i < rows`; `dz .. dz + n`
+/// readable; for `i < rows`, `j < n`:
 /// `u.p + i·u.rs + j` readable and writable, and so `u.s0`/`u.s1` when the step uses
 /// them, by this caller alone; `u.rule` and `u.maxima` valid; the CPU supports `L`'s ISA.
 #[inline(always)]
@@ -238,10 +242,11 @@ pub(crate) unsafe fn update_rank1<L: Lanes>(
         // instead of dispatching for every chunk.
         let rule = *u.rule;
         let u = &TileUpdate { rule: &rule, ..*u };
+        // `$direct`: the gradient is `dz` as loaded (x null), not `x_i·dz`.
         macro_rules! rows {
-            ($skip:expr) => {
+            ($skip:expr, $direct:expr) => {
                 for i in 0..rows {
-                    let x_i = *x.add(i * xs);
+                    let x_i = if $direct { 1.0 } else { *x.add(i * xs) };
                     if $skip && x_i == 0.0 {
                         continue;
                     }
@@ -270,12 +275,14 @@ pub(crate) unsafe fn update_rank1<L: Lanes>(
                         let mut acc = [[L::zero(); RANK1_NV]; 1];
                         let m = if nr == chunk {
                             for (v, g) in acc[0].iter_mut().enumerate() {
-                                *g = L::fma(xi, L::load(d.add(v * L::W)), L::zero());
+                                let dv = L::load(d.add(v * L::W));
+                                *g = if $direct { dv } else { L::fma(xi, dv, L::zero()) };
                             }
                             update_tile_vectors::<L, 1, RANK1_NV, true>(&acc, &t, &full_masks, &tu)
                         } else {
                             for (v, g) in acc[0].iter_mut().enumerate() {
-                                *g = L::fma(xi, L::load_masked(d.wrapping_add(v * L::W), tail_masks[v]), L::zero());
+                                let dv = L::load_masked(d.wrapping_add(v * L::W), tail_masks[v]);
+                                *g = if $direct { dv } else { L::fma(xi, dv, L::zero()) };
                             }
                             update_tile_vectors::<L, 1, RANK1_NV, false>(&acc, &t, &tail_masks, &tu)
                         };
@@ -287,12 +294,13 @@ pub(crate) unsafe fn update_rank1<L: Lanes>(
             };
         }
         match rule.step {
-            Step::Sgd { .. } if rule.skip_zero_rows => rows!(true),
-            Step::Sgd { .. } => rows!(false),
-            Step::Momentum { .. } => rows!(false),
-            Step::Adagrad { .. } => rows!(false),
-            Step::RmsProp { .. } => rows!(false),
-            Step::Adam { .. } => rows!(false),
+            _ if x.is_null() => rows!(false, true),
+            Step::Sgd { .. } if rule.skip_zero_rows => rows!(true, false),
+            Step::Sgd { .. } => rows!(false, false),
+            Step::Momentum { .. } => rows!(false, false),
+            Step::Adagrad { .. } => rows!(false, false),
+            Step::RmsProp { .. } => rows!(false, false),
+            Step::Adam { .. } => rows!(false, false),
         }
         let out = &mut *u.maxima;
         for (o, m) in out.iter_mut().zip(maxima) {
