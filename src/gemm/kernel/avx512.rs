@@ -165,6 +165,18 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const
         unsafe {
             let p = if LISTED { *a.steps.add(q) as usize } else { q };
             let bp = b.ptr.add(p * b.rs);
+            // B's row two steps ahead, each of its NV cache lines, as the AVX2 tile
+            // does: read in place its rows are a stride apart, and the hardware
+            // prefetcher alone left the loop waiting on L2. Never faults, so the
+            // address may lie past the panel.
+            let ahead = match LISTED {
+                true if q + 2 < kc => *a.steps.add(q + 2) as usize,
+                true => p,
+                false => p + 2,
+            };
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(b.ptr.wrapping_add(ahead * b.rs + v * 16).cast());
+            }
             let bv: [__m512; NV] = std::array::from_fn(|v| {
                 if MASKED {
                     _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16))
