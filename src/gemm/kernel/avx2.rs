@@ -77,19 +77,12 @@ impl Kernel for Avx2Row64 {
     }
 }
 
-/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast.
-///
-/// It lives in its own function, returning the accumulators by value, so that they
-/// stay in registers: with the loop written inside the epilogue's function LLVM kept
-/// the 12 accumulators in a stack array and stored each one after its FMA (seen in the
-/// disassembly), which made the loop bound by stores at ≈ 40% of the FMA peak.
-/// 12 accumulators + 2 B vectors + 1 broadcast use 15 of the 16 ymm registers.
-///
-/// Over the `kc` steps listed in `a.steps` when `LISTED`, else over `0..kc`.
+/// The shared k loop ([`k_loop::accumulate`](super::k_loop::accumulate)) on ymm lanes,
+/// in a function of its own so that the accumulators stay in registers. For the 6×16
+/// tile, 12 accumulators + 2 B vectors + 1 broadcast use 15 of the 16 ymm registers.
 ///
 /// # Safety
-/// The tile contract; when `!MASKED`, B rows must have `NV·8` readable columns; when
-/// `LISTED`, `a.steps` holds `kc` steps of the panel; the CPU supports avx2 and fma.
+/// The contract of `k_loop::accumulate`; the CPU supports avx2 and fma.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const LISTED: bool>(
@@ -99,45 +92,8 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const
     mr: usize,
     masks: &[__m256i; NV],
 ) -> [[__m256; NV]; MR] {
-    let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-    // Rows at or past mr re-read row mr - 1 (never stored): A is not read outside the tile.
-    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
-    for q in 0..kc {
-        // SAFETY: p is a step of the panel (q < kc, or the q-th listed one): B row p is
-        // read at columns the caller vouched for (all NV·8 when unmasked; masked lanes
-        // j ≥ nr are neither read nor faulted on), and each row pointer addresses a row
-        // i < mr at step p, readable by contract.
-        unsafe {
-            let p = if LISTED { *a.steps.add(q) as usize } else { q };
-            let bp = b.ptr.add(p * b.rs);
-            // Ask for B's row two steps ahead now: read in place, its rows are a row
-            // stride apart and the hardware prefetcher alone left the loop waiting on
-            // them. A prefetch never faults, so the address may lie past the panel.
-            // Every cache line of it: a tile wider than 16 columns spans several.
-            let ahead = match LISTED {
-                true if q + 2 < kc => *a.steps.add(q + 2) as usize,
-                true => p,
-                false => p + 2,
-            };
-            for line in (0..NV).step_by(2) {
-                _mm_prefetch::<_MM_HINT_T0>(b.ptr.wrapping_add(ahead * b.rs + line * 8).cast());
-            }
-            let bv: [__m256; NV] = std::array::from_fn(|v| {
-                if MASKED {
-                    _mm256_maskload_ps(bp.add(v * 8), masks[v])
-                } else {
-                    _mm256_loadu_ps(bp.add(v * 8))
-                }
-            });
-            for (row, ap) in acc.iter_mut().zip(rows.iter()) {
-                let ai = _mm256_broadcast_ss(&*ap.add(p * a.cs));
-                for (x, bv) in row.iter_mut().zip(bv.iter()) {
-                    *x = _mm256_fmadd_ps(ai, *bv, *x);
-                }
-            }
-        }
-    }
-    acc
+    // SAFETY: forwarded contract; this function is compiled for the lanes' ISA.
+    unsafe { super::k_loop::accumulate::<Ymm, MR, NV, MASKED, LISTED>(kc, a, b, mr, masks) }
 }
 
 #[target_feature(enable = "avx2,fma")]

@@ -138,12 +138,11 @@ avx512_tile_kernel!(
     8
 );
 
-/// The k loop: `MR × NV` accumulators, B rows loaded (masked or not), A broadcast;
-/// over the `kc` steps listed in `a.steps` when `LISTED`, else over `0..kc`.
+/// The shared k loop ([`k_loop::accumulate`](super::k_loop::accumulate)) on zmm lanes,
+/// in a function of its own so that the accumulators stay in registers.
 ///
 /// # Safety
-/// The tile contract; when `!MASKED`, B rows must have `NV·16` readable columns; when
-/// `LISTED`, `a.steps` holds `kc` steps of the panel; the CPU supports avx512f.
+/// The contract of `k_loop::accumulate`; the CPU supports avx512f.
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const LISTED: bool>(
@@ -153,46 +152,8 @@ unsafe fn accumulate<const MR: usize, const NV: usize, const MASKED: bool, const
     mr: usize,
     masks: &[__mmask16; NV],
 ) -> [[__m512; NV]; MR] {
-    let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-    // Rows at or past mr read row mr - 1 instead (their results are never stored),
-    // so no row of A outside the tile is touched.
-    let rows: [*const f32; MR] = std::array::from_fn(|i| a.ptr.wrapping_add(i.min(mr - 1) * a.rs));
-    for q in 0..kc {
-        // SAFETY: p is a step of the panel (q < kc, or the q-th listed one): B row p is
-        // read at columns the caller vouched for (all NV·16 when unmasked, j < nr when
-        // masked), and every row pointer addresses a row i < mr at step p, readable by
-        // contract.
-        unsafe {
-            let p = if LISTED { *a.steps.add(q) as usize } else { q };
-            let bp = b.ptr.add(p * b.rs);
-            // B's row two steps ahead, each of its NV cache lines, as the AVX2 tile
-            // does: read in place its rows are a stride apart, and the hardware
-            // prefetcher alone left the loop waiting on L2. Never faults, so the
-            // address may lie past the panel.
-            let ahead = match LISTED {
-                true if q + 2 < kc => *a.steps.add(q + 2) as usize,
-                true => p,
-                false => p + 2,
-            };
-            for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_T0>(b.ptr.wrapping_add(ahead * b.rs + v * 16).cast());
-            }
-            let bv: [__m512; NV] = std::array::from_fn(|v| {
-                if MASKED {
-                    _mm512_maskz_loadu_ps(masks[v], bp.add(v * 16))
-                } else {
-                    _mm512_loadu_ps(bp.add(v * 16))
-                }
-            });
-            for (row, ap) in acc.iter_mut().zip(rows.iter()) {
-                let ai = _mm512_set1_ps(*ap.add(p * a.cs));
-                for (x, bv) in row.iter_mut().zip(bv.iter()) {
-                    *x = _mm512_fmadd_ps(ai, *bv, *x);
-                }
-            }
-        }
-    }
-    acc
+    // SAFETY: forwarded contract; this function is compiled for the lanes' ISA.
+    unsafe { super::k_loop::accumulate::<Zmm, MR, NV, MASKED, LISTED>(kc, a, b, mr, masks) }
 }
 
 #[target_feature(enable = "avx512f")]
