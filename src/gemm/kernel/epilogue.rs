@@ -180,30 +180,21 @@ unsafe fn store_tile_as<L: Lanes, const MR: usize, const NV: usize, const WHOLE:
     masks: &[L::Mask; NV],
 ) {
     let rows = if WHOLE { MR } else { t.mr };
-    let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
-    let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
+    let cols = Columns::<L, NV, WHOLE>::new(t.nr, masks);
     // SAFETY (whole store phase): full vectors lie inside the tile's valid columns;
     // partial ones are read and written through masks of exactly the valid lanes (none
     // for a vector wholly past nr, whose address is only formed, with wrapping_add);
     // rows are limited to mr. Every offset touched is one the caller vouched for.
     unsafe {
         let zero = L::zero();
-        let load = |v: usize, p: *const f32| if full(v) { L::load(p) } else { L::load_masked(p, masks[v]) };
-        let store_at = |p: *mut f32, v: usize, x: L::V| {
-            if full(v) {
-                L::store(p, x)
-            } else {
-                L::store_masked(p, x, masks[v], valid(v))
-            }
-        };
         let at = |i: usize, v: usize| t.c.wrapping_add(i * t.rsc + v * L::W);
         let mut mx = zero;
         let mut seen = |v: usize, x: L::V| {
             if TRACK {
-                mx = L::max_abs_bits(mx, if full(v) { x } else { L::keep_valid(x, masks[v]) });
+                mx = L::max_abs_bits(mx, cols.keep(v, x));
             }
         };
-        let add_c = |i: usize, v: usize, x: L::V| if t.load_c { L::add(x, load(v, at(i, v))) } else { x };
+        let add_c = |i: usize, v: usize, x: L::V| if t.load_c { L::add(x, cols.load(v, at(i, v))) } else { x };
         match t.epilogue {
             TileEpilogue::Update(u) => L::update::<MR, NV, WHOLE>(acc, t, masks, &u),
             TileEpilogue::None => {
@@ -211,13 +202,13 @@ unsafe fn store_tile_as<L: Lanes, const MR: usize, const NV: usize, const WHOLE:
                     for (v, &x) in row.iter().enumerate() {
                         let x = add_c(i, v, x);
                         seen(v, x);
-                        store_at(at(i, v), v, x);
+                        cols.store(at(i, v), v, x);
                     }
                 }
             }
             TileEpilogue::Bias(bias) | TileEpilogue::BiasRelu(bias) => {
                 let relu = matches!(t.epilogue, TileEpilogue::BiasRelu(_));
-                let bv: [L::V; NV] = std::array::from_fn(|v| load(v, bias.wrapping_add(v * L::W)));
+                let bv: [L::V; NV] = std::array::from_fn(|v| cols.load(v, bias.wrapping_add(v * L::W)));
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
                         let mut x = L::add(add_c(i, v, x), bv[v]);
@@ -225,7 +216,7 @@ unsafe fn store_tile_as<L: Lanes, const MR: usize, const NV: usize, const WHOLE:
                             x = L::relu(x);
                         }
                         seen(v, x);
-                        store_at(at(i, v), v, x);
+                        cols.store(at(i, v), v, x);
                     }
                 }
             }
@@ -233,22 +224,98 @@ unsafe fn store_tile_as<L: Lanes, const MR: usize, const NV: usize, const WHOLE:
                 let mut sums = [zero; NV];
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
-                        let hv = load(v, h.wrapping_add(i * rsh + v * L::W));
+                        let hv = cols.load(v, h.wrapping_add(i * rsh + v * L::W));
                         let x = L::keep_where_positive(hv, add_c(i, v, x));
                         sums[v] = L::add(sums[v], x);
                         seen(v, x);
-                        store_at(at(i, v), v, x);
+                        cols.store(at(i, v), v, x);
                     }
                 }
                 if !colsum.is_null() {
                     for (v, &s) in sums.iter().enumerate() {
-                        store_at(colsum.wrapping_add(v * L::W), v, s);
+                        cols.store(colsum.wrapping_add(v * L::W), v, s);
                     }
                 }
             }
         }
         if TRACK {
             *t.max = (*t.max).max(L::reduce_max_bits(mx));
+        }
+    }
+}
+
+/// The valid columns of a tile row, vector by vector, as the store and update
+/// epilogues read and write them: a whole vector with plain loads and stores, a
+/// partial one (or any, where masking costs nothing) through the mask of its valid
+/// lanes. `WHOLE`: every vector is whole.
+pub(crate) struct Columns<'m, L: Lanes, const NV: usize, const WHOLE: bool> {
+    nr: usize,
+    masks: &'m [L::Mask; NV],
+}
+
+impl<'m, L: Lanes, const NV: usize, const WHOLE: bool> Columns<'m, L, NV, WHOLE> {
+    /// `nr` valid columns, with `masks` from [`masks`]`(nr)`.
+    #[inline(always)]
+    pub(crate) fn new(nr: usize, masks: &'m [L::Mask; NV]) -> Self {
+        Columns { nr, masks }
+    }
+    /// Valid lanes of vector `v`.
+    #[inline(always)]
+    fn valid(&self, v: usize) -> usize {
+        if WHOLE {
+            L::W
+        } else {
+            self.nr.saturating_sub(v * L::W).min(L::W)
+        }
+    }
+    /// Whether vector `v` takes plain loads and stores.
+    #[inline(always)]
+    fn full(&self, v: usize) -> bool {
+        WHOLE || (!L::MASKING_IS_FREE && self.nr >= (v + 1) * L::W)
+    }
+    /// Vector `v` of a row at `p` (lanes past the valid ones read as 0 or not at all).
+    ///
+    /// # Safety
+    /// The valid lanes of vector `v` at `p` are readable; the CPU supports `L`'s ISA.
+    #[inline(always)]
+    pub(crate) unsafe fn load(&self, v: usize, p: *const f32) -> L::V {
+        // SAFETY: forwarded; a partial vector reads only its masked lanes.
+        unsafe {
+            if self.full(v) {
+                L::load(p)
+            } else {
+                L::load_masked(p, self.masks[v])
+            }
+        }
+    }
+    /// Stores the valid lanes of `x` as vector `v` of a row at `p`.
+    ///
+    /// # Safety
+    /// The valid lanes of vector `v` at `p` are writable; the CPU supports `L`'s ISA.
+    #[inline(always)]
+    pub(crate) unsafe fn store(&self, p: *mut f32, v: usize, x: L::V) {
+        // SAFETY: forwarded; a partial vector writes only its masked lanes.
+        unsafe {
+            if self.full(v) {
+                L::store(p, x)
+            } else {
+                L::store_masked(p, x, self.masks[v], self.valid(v))
+            }
+        }
+    }
+    /// `x` with the lanes past vector `v`'s valid ones cleared (for the maxima).
+    ///
+    /// # Safety
+    /// The CPU supports `L`'s ISA.
+    #[inline(always)]
+    pub(crate) unsafe fn keep(&self, v: usize, x: L::V) -> L::V {
+        // SAFETY: lane operations only.
+        unsafe {
+            if self.full(v) {
+                x
+            } else {
+                L::keep_valid(x, self.masks[v])
+            }
         }
     }
 }

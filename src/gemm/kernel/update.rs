@@ -9,7 +9,7 @@
 //! a non-finite value shows up there, and the model uses the maxima to prove the next
 //! step free of overflow before it runs it.
 
-use super::epilogue::{masks, Lanes};
+use super::epilogue::{masks, Columns, Lanes};
 use super::{Tile, TileEpilogue};
 
 /// One optimizer step as the epilogue applies it, with the current learning rate and
@@ -118,8 +118,7 @@ unsafe fn update_tile_vectors<L: Lanes, const MR: usize, const NV: usize, const 
     u: &TileUpdate,
 ) -> [L::V; 3] {
     let rows = if WHOLE { MR } else { t.mr };
-    let valid = |v: usize| if WHOLE { L::W } else { t.nr.saturating_sub(v * L::W).min(L::W) };
-    let full = |v: usize| WHOLE || (!L::MASKING_IS_FREE && t.nr >= (v + 1) * L::W);
+    let cols = Columns::<L, NV, WHOLE>::new(t.nr, masks);
     // SAFETY (whole function): as in `store_tile`: full vectors lie inside the valid
     // columns, partial ones go through masks of exactly the valid lanes, rows stop at
     // mr; the parameter and state tiles have the same valid region, vouched for by the
@@ -128,15 +127,6 @@ unsafe fn update_tile_vectors<L: Lanes, const MR: usize, const NV: usize, const 
         // A copy: the stores below go through raw pointers, so a rule behind one would
         // be read again (and its match taken) for every vector.
         let rule = *u.rule;
-        let load = |v: usize, p: *const f32| if full(v) { L::load(p) } else { L::load_masked(p, masks[v]) };
-        let store_at = |p: *mut f32, v: usize, x: L::V| {
-            if full(v) {
-                L::store(p, x)
-            } else {
-                L::store_masked(p, x, masks[v], valid(v))
-            }
-        };
-        let keep = |v: usize, x: L::V| if full(v) { x } else { L::keep_valid(x, masks[v]) };
         let s = L::splat;
         let mut maxima = [L::zero(); 3];
         // The loops over the tile's vectors, with `$body` computing the new parameter
@@ -148,18 +138,18 @@ unsafe fn update_tile_vectors<L: Lanes, const MR: usize, const NV: usize, const 
                 for (i, row) in acc.iter().enumerate().take(rows) {
                     for (v, &x) in row.iter().enumerate() {
                         let c_at = t.c.wrapping_add(i * t.rsc + v * L::W);
-                        let mut g = if t.load_c { L::add(x, load(v, c_at)) } else { x };
+                        let mut g = if t.load_c { L::add(x, cols.load(v, c_at)) } else { x };
                         let off = i * u.rs + v * L::W;
                         let pp = u.p.wrapping_add(off);
-                        let p = load(v, pp);
+                        let p = cols.load(v, pp);
                         if let Some((l1, two_l2)) = rule.penalty {
                             g = L::add(g, L::add(L::mul(s(l1), L::sign(p)), L::mul(s(two_l2), p)));
                         }
                         let ($v, $g, $p, $s0p, $s1p) = (v, g, p, u.s0.wrapping_add(off), u.s1.wrapping_add(off));
                         let _ = ($v, $s0p, $s1p);
                         let p = $body;
-                        store_at(pp, v, p);
-                        maxima[0] = L::max_abs_bits(maxima[0], keep(v, p));
+                        cols.store(pp, v, p);
+                        maxima[0] = L::max_abs_bits(maxima[0], cols.keep(v, p));
                     }
                 }
             };
@@ -167,30 +157,30 @@ unsafe fn update_tile_vectors<L: Lanes, const MR: usize, const NV: usize, const 
         match rule.step {
             Step::Sgd { lr } => sweep!(|v, g, p, s0p, s1p| L::sub(p, L::mul(s(lr), g))),
             Step::Momentum { lr, momentum } => sweep!(|v, g, p, s0p, s1p| {
-                let m = L::sub(L::mul(s(momentum), load(v, s0p)), L::mul(s(lr), g));
-                store_at(s0p, v, m);
-                maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
+                let m = L::sub(L::mul(s(momentum), cols.load(v, s0p)), L::mul(s(lr), g));
+                cols.store(s0p, v, m);
+                maxima[1] = L::max_abs_bits(maxima[1], cols.keep(v, m));
                 L::add(p, m)
             }),
             Step::Adagrad { lr, epsilon } => sweep!(|v, g, p, s0p, s1p| {
-                let c = L::add(load(v, s0p), L::mul(g, g));
-                store_at(s0p, v, c);
-                maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                let c = L::add(cols.load(v, s0p), L::mul(g, g));
+                cols.store(s0p, v, c);
+                maxima[1] = L::max_abs_bits(maxima[1], cols.keep(v, c));
                 L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))))
             }),
             Step::RmsProp { lr, rho, epsilon } => sweep!(|v, g, p, s0p, s1p| {
-                let c = L::add(L::mul(s(rho), load(v, s0p)), L::mul(L::mul(s(1.0 - rho), g), g));
-                store_at(s0p, v, c);
-                maxima[1] = L::max_abs_bits(maxima[1], keep(v, c));
+                let c = L::add(L::mul(s(rho), cols.load(v, s0p)), L::mul(L::mul(s(1.0 - rho), g), g));
+                cols.store(s0p, v, c);
+                maxima[1] = L::max_abs_bits(maxima[1], cols.keep(v, c));
                 L::sub(p, L::div(L::mul(s(lr), g), L::add(L::sqrt(c), s(epsilon))))
             }),
             Step::Adam { lr, beta1, beta2, epsilon, corr1, corr2 } => sweep!(|v, g, p, s0p, s1p| {
-                let m = L::add(L::mul(s(beta1), load(v, s0p)), L::mul(s(1.0 - beta1), g));
-                let w = L::add(L::mul(s(beta2), load(v, s1p)), L::mul(L::mul(s(1.0 - beta2), g), g));
-                store_at(s0p, v, m);
-                store_at(s1p, v, w);
-                maxima[1] = L::max_abs_bits(maxima[1], keep(v, m));
-                maxima[2] = L::max_abs_bits(maxima[2], keep(v, w));
+                let m = L::add(L::mul(s(beta1), cols.load(v, s0p)), L::mul(s(1.0 - beta1), g));
+                let w = L::add(L::mul(s(beta2), cols.load(v, s1p)), L::mul(L::mul(s(1.0 - beta2), g), g));
+                cols.store(s0p, v, m);
+                cols.store(s1p, v, w);
+                maxima[1] = L::max_abs_bits(maxima[1], cols.keep(v, m));
+                maxima[2] = L::max_abs_bits(maxima[2], cols.keep(v, w));
                 let step = L::div(L::mul(s(lr), L::mul(m, s(corr1))), L::add(L::sqrt(L::mul(w, s(corr2))), s(epsilon)));
                 L::sub(p, step)
             }),
