@@ -48,7 +48,7 @@ mod update_tests;
 
 pub(crate) use blocking::MIN_WORK_PER_THREAD;
 pub use blocking::{Blocking, CacheSizes};
-pub(crate) use driver::{BiasUpdate, WeightUpdate};
+pub(crate) use driver::{ParamUpdate, WeightUpdate};
 pub(crate) use kernel::update::{Step, UpdateRule};
 pub use kernel::{default_isa, Isa};
 pub use naive::{gemm_naive, gemm_naive_f64, matmul_naive};

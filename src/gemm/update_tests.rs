@@ -4,7 +4,7 @@
 //! and k split, and maxima equal to the largest stored magnitudes.
 
 use super::{
-    gemm_update, gemm_with, Accum, BiasUpdate, CacheSizes, Epilogue, GemmOptions, Isa, UpdateRule, WeightUpdate,
+    gemm_update, gemm_with, Accum, CacheSizes, Epilogue, GemmOptions, Isa, ParamUpdate, UpdateRule, WeightUpdate,
 };
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::Optimizer;
@@ -86,8 +86,9 @@ fn compare(
         let bias_rule = UpdateRule { penalty: bias_penalty, ..rule };
         let mut scratch = Matrix::zeros(n_in, n_out);
         let mut db_fused = vec![f32::NAN; n_out];
-        let biases = Some(BiasUpdate { rule: &bias_rule, params: &mut bf, s0: &mut fb0, s1: &mut fb1 });
-        let update = WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1, biases };
+        let biases = Some(ParamUpdate { rule: &bias_rule, params: &mut bf, s0: &mut fb0, s1: &mut fb1 });
+        let weights = ParamUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1 };
+        let update = WeightUpdate { weights, biases };
         let maxima = gemm_update(scratch.view_mut(), x.t(), dz, &mut db_fused, update, opts).unwrap();
 
         let mut dw = Matrix::zeros(n_in, n_out);
@@ -200,8 +201,10 @@ fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
                     assert!(rule.zero_rows_exact(dz.row(0)));
                     let (mut wf, mut wt) = (w0.clone(), w0.clone());
                     let mut db_fused = vec![f32::NAN; n_out];
-                    let update =
-                        WeightUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut [], s1: &mut [], biases: None };
+                    let update = WeightUpdate {
+                        weights: ParamUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut [], s1: &mut [] },
+                        biases: None,
+                    };
                     let mut scratch = Matrix::zeros(n_in, n_out);
                     let maxima = gemm_update(scratch.view_mut(), x.view().t(), dz.view(), &mut db_fused, update, &opts);
                     let mut dw = Matrix::zeros(n_in, n_out);
@@ -272,7 +275,10 @@ fn maxima_see_a_non_finite_result() {
     for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
         let mut w = Matrix::zeros(3, 2);
         let mut db = vec![0.0; 2];
-        let update = WeightUpdate { rule: &rule, params: w.as_mut_slice(), s0: &mut [], s1: &mut [], biases: None };
+        let update = WeightUpdate {
+            weights: ParamUpdate { rule: &rule, params: w.as_mut_slice(), s0: &mut [], s1: &mut [] },
+            biases: None,
+        };
         let opts = GemmOptions::default().with_isa(isa);
         let m = gemm_update(Matrix::zeros(3, 2).view_mut(), x.view().t(), dz.view(), &mut db, update, &opts).unwrap();
         assert!(w.as_slice().iter().all(|v| v.is_infinite()), "{}", isa.name());

@@ -15,7 +15,7 @@
 
 use crate::error::{Error, Result};
 use crate::gemm::{
-    gemm_update, gemm_with, gemm_with_max, Accum, BiasUpdate, Epilogue, GemmOptions, UpdateRule, WeightUpdate,
+    gemm_update, gemm_with, gemm_with_max, Accum, Epilogue, GemmOptions, ParamUpdate, UpdateRule, WeightUpdate,
 };
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::init::{init_weights, Init};
@@ -578,15 +578,10 @@ impl Dense {
             UpdateRule { penalty: penalties.then_some((r.bias_l1, 2.0 * r.bias_l2)), skip_zero_rows: false, ..rule };
         let opts = self.gemm_on(threads);
         let ParamState { first: b0, second: b1 } = &mut self.state.biases;
-        let biases = BiasUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0, s1: b1 };
+        let biases = ParamUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0, s1: b1 };
         let ParamState { first, second } = &mut self.state.weights;
-        let update = WeightUpdate {
-            rule: &rule,
-            params: self.weights.as_mut_slice(),
-            s0: first,
-            s1: second,
-            biases: Some(biases),
-        };
+        let weights = ParamUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0: first, s1: second };
+        let update = WeightUpdate { weights, biases: Some(biases) };
         let [mut maxima, bias_maxima] =
             gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
         if let Some(before) = before {

@@ -180,30 +180,25 @@ struct Job<'a> {
     skip_zero_a: bool,
 }
 
-/// The parameters (`m × n`, row-major, contiguous) an update epilogue steps, the state
-/// buffers its rule uses (same shape, empty when unused) and the rule; and optionally
-/// the biases, stepped from `BiasGradB`'s gradient.
+/// One buffer of parameters an update steps, the state buffers its rule uses (same
+/// length, empty when unused) and the rule.
+pub(crate) struct ParamUpdate<'a> {
+    pub rule: &'a UpdateRule,
+    pub params: &'a mut [f32],
+    pub s0: &'a mut [f32],
+    pub s1: &'a mut [f32],
+}
+
+/// What an update epilogue steps: the weights (`m × n`, row-major, contiguous), and
+/// optionally the `n` biases, each stepped by the task that owns its column as soon as
+/// its gradient `colsum(B)` is complete (`None`: left to the caller; needs
+/// `Epilogue::BiasGradB`).
 pub(crate) struct WeightUpdate<'a> {
-    pub rule: &'a UpdateRule,
-    pub params: &'a mut [f32],
-    pub s0: &'a mut [f32],
-    pub s1: &'a mut [f32],
-    /// The `n` biases, their state and rule (the bias penalties), each stepped by the
-    /// task that owns its column as soon as its gradient `colsum(B)` is complete; or
-    /// `None` to leave the biases to the caller. Needs `Epilogue::BiasGradB`.
-    pub biases: Option<BiasUpdate<'a>>,
+    pub weights: ParamUpdate<'a>,
+    pub biases: Option<ParamUpdate<'a>>,
 }
 
-/// The bias part of a [`WeightUpdate`]: `n` biases and state buffers of `n` (empty when
-/// unused).
-pub(crate) struct BiasUpdate<'a> {
-    pub rule: &'a UpdateRule,
-    pub params: &'a mut [f32],
-    pub s0: &'a mut [f32],
-    pub s1: &'a mut [f32],
-}
-
-/// [`WeightUpdate`] as the tasks share it, with the maxima they combine.
+/// A [`ParamUpdate`] as the tasks share it, with the maxima they combine.
 struct UpdateJob<'a> {
     rule: &'a UpdateRule,
     params: SharedMut,
@@ -216,7 +211,8 @@ struct UpdateJob<'a> {
 
 impl<'a> UpdateJob<'a> {
     /// The job of a buffer of `len` parameters, its state checked against the rule's.
-    fn new(rule: &'a UpdateRule, params: &mut [f32], s0: &mut [f32], s1: &mut [f32], len: usize) -> Self {
+    fn new(u: ParamUpdate<'a>, len: usize) -> Self {
+        let ParamUpdate { rule, params, s0, s1 } = u;
         assert!(params.len() == len, "parameters of {} floats, {len} expected", params.len());
         let buffers = rule.step.state_buffers();
         for (i, s) in [&s0, &s1].into_iter().enumerate() {
@@ -273,12 +269,12 @@ pub(crate) fn run<K: Kernel>(
     let (rsc, csc) = (c.row_stride(), c.col_stride());
 
     let (weights, biases) = match update {
-        Some(WeightUpdate { rule, params, s0, s1, biases }) => (Some((rule, params, s0, s1)), biases),
+        Some(WeightUpdate { weights, biases }) => (Some(weights), biases),
         None => (None, None),
     };
     let bias_update = biases.map(|u| {
         assert!(matches!(epilogue, Epilogue::BiasGradB(_)), "a bias step needs the BiasGradB epilogue");
-        UpdateJob::new(u.rule, u.params, u.s0, u.s1, n)
+        UpdateJob::new(u, n)
     });
 
     // An empty C has no tiles, but the bias gradients (and steps) are still defined.
@@ -343,9 +339,9 @@ pub(crate) fn run<K: Kernel>(
         bgrad,
         blk,
         workspace: workspace_floats(plan.caches),
-        update: weights.map(|(rule, params, s0, s1)| {
+        update: weights.map(|u| {
             assert!(csc == 1 && rsc == n, "an update epilogue needs a contiguous row-major C");
-            UpdateJob::new(rule, params, s0, s1, m * n)
+            UpdateJob::new(u, m * n)
         }),
         bias_update,
         c_max: plan.track_max.then(AtomicU32::default),
