@@ -452,6 +452,34 @@ fn training_from_scaled_bytes_equals_training_from_the_f32_matrix() {
     assert!(matches!(err, Error::ShapeMismatch { .. }), "{err}");
 }
 
+/// `fit` gathers each batch in parts, part `t` by thread `t` of the step's region,
+/// which also prefetches part `t` of the next batch: on 2 and 3 threads (parts of 18/19
+/// and 12/12/13 rows of a batch of 37, a last batch of 15 in one part), from bytes and
+/// from f32, the run has the bits of one thread.
+#[test]
+fn batches_gathered_in_parts_over_the_region_train_as_on_one_thread() {
+    let mut rng = Rng::new(31);
+    let bytes: Vec<u8> = (0..200 * 784).map(|_| if rng.below(3) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let x = Matrix::from_fn(200, 784, |i, j| bytes[i * 784 + j] as f32 * (1.0 / 255.0));
+    let y: Vec<usize> = (0..200).map(|_| rng.below(10)).collect();
+    let opts = FitOptions::default().with_epochs(2).with_batch_size(37).with_seed(8);
+    let run = |threads: usize, from_bytes: bool| {
+        let mut m = mnist_model(7, Optimizer::sgd_momentum(0.05, 0.9));
+        m.set_threads(Some(threads)).unwrap();
+        m.set_adaptive_threads(false);
+        let reports = if from_bytes {
+            m.fit(ScaledBytes::new(&bytes, 784, 1.0 / 255.0).unwrap(), Targets::Classes(&y), &opts).unwrap()
+        } else {
+            m.fit(x.view(), Targets::Classes(&y), &opts).unwrap()
+        };
+        (params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>())
+    };
+    let one = run(1, false);
+    for (threads, from_bytes) in [(1, true), (2, true), (2, false), (3, true), (3, false)] {
+        assert!(run(threads, from_bytes) == one, "{threads} threads, from bytes {from_bytes}: the bits differ");
+    }
+}
+
 #[test]
 fn inference_names_the_input_row_with_nan_or_infinity() {
     let (x, y) = spiral(20, 3, 11);

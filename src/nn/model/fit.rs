@@ -9,6 +9,7 @@ use crate::nn::loss::Targets;
 use crate::rng::Rng;
 use crate::runtime::governor::{Governor, Mode};
 use crate::runtime::region::Region;
+use std::sync::Mutex;
 use std::time::Instant;
 
 /// What one epoch of [`Sequential::fit`] did (a report: `#[non_exhaustive]`, so that
@@ -465,11 +466,9 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
             let chunk = &order[step * batch..((step + 1) * batch).min(n)];
             let start = Instant::now();
             let (bx, bc, bv) = (&mut *bufs.0, &mut *bufs.1, &mut *bufs.2);
-            let t = gather(x, targets, chunk, bx, bc, bv, threads);
             // The next batch's rows load while this step computes.
-            if let Some(next) = order.get((step + 1) * batch..((step + 2) * batch).min(n)) {
-                x.prefetch(next);
-            }
+            let next = order.get((step + 1) * batch..((step + 2) * batch).min(n)).unwrap_or(&[]);
+            let t = gather(x, targets, chunk, next, bx, bc, bv, threads);
             let b = model.step_prechecked(bx.view(), t, threads, x.max_abs_bound()).map_err(|e| match e {
                 // In `fit` the sample is known: name it.
                 Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
@@ -493,31 +492,22 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
     }
 }
 
-/// Copies the samples `rows` of `x` (and their targets) into the batch buffers, on
-/// `threads` threads of the current pool.
+/// Copies the samples `rows` of `x` (and their targets) into the batch buffers, and
+/// starts loading the samples `next` (the next step's) into cache, on `threads`
+/// threads of the current region.
+#[allow(clippy::too_many_arguments)]
 fn gather<'b>(
     x: impl Inputs,
     targets: Targets<'_>,
     rows: &[usize],
+    next: &[usize],
     bx: &mut Matrix,
     bc: &'b mut Vec<usize>,
     bv: &'b mut Matrix,
     threads: usize,
 ) -> Targets<'b> {
     bx.resize(rows.len(), x.cols());
-    // Rows in fixed groups, spread over the pool: the gather is latency-bound on
-    // random rows, and the other workers are idle at this point of the step.
-    const GROUP: usize = 32;
-    let cols = x.cols().max(1);
-    if threads > 1 && rows.len() > GROUP {
-        use rayon::prelude::*;
-        bx.as_mut_slice()
-            .par_chunks_mut(GROUP * cols)
-            .zip(rows.par_chunks(GROUP))
-            .for_each(|(out, group)| x.gather(group, out));
-    } else {
-        x.gather(rows, bx.as_mut_slice());
-    }
+    gather_rows(x, rows, next, bx.as_mut_slice(), threads);
     match targets {
         Targets::Classes(c) => {
             bc.clear();
@@ -532,4 +522,54 @@ fn gather<'b>(
             Targets::Values(bv.view())
         }
     }
+}
+
+/// The most parts a batch is gathered in (their slices live in an array on the stack:
+/// no allocation per step).
+const GATHER_PARTS: usize = 8;
+/// The fewest rows worth a part of their own.
+const GATHER_ROWS_PER_PART: usize = 8;
+
+/// Writes the samples `rows` of `x` into `out` and prefetches the samples `next`.
+///
+/// Inside a region, part `t` of the rows (whole rows, contiguous) is gathered by
+/// region thread `t`, which then prefetches part `t` of `next`: the thread that
+/// will gather a row next step is the one that loaded it, so the prefetch lands in
+/// the cache that uses it and the prefetch misses are split over the cores like the
+/// gather's (a prefetch of the whole next batch by one thread measured slower on two
+/// threads than none at all). Outside a region, one thread does both.
+fn gather_rows(x: impl Inputs, rows: &[usize], next: &[usize], out: &mut [f32], threads: usize) {
+    let cols = x.cols();
+    let parts = threads.min(GATHER_PARTS).min(rows.len() / GATHER_ROWS_PER_PART).max(1);
+    let part = |len: usize, t: usize| t * len / parts..(t + 1) * len / parts;
+    if parts > 1 && cols > 0 {
+        // One lock per part, never contended: how a `Fn + Sync` task gets its own
+        // disjoint piece of `out` without unsafe code or an allocation.
+        let mut slices: [Mutex<&mut [f32]>; GATHER_PARTS] = std::array::from_fn(|_| Mutex::new(&mut [][..]));
+        let mut remaining = out;
+        for (t, slot) in slices.iter_mut().enumerate().take(parts) {
+            let (mine, tail) = std::mem::take(&mut remaining).split_at_mut(part(rows.len(), t).len() * cols);
+            *slot.get_mut().unwrap_or_else(|e| e.into_inner()) = mine;
+            remaining = tail;
+        }
+        let task = |t: usize| {
+            let mut mine = slices[t].lock().unwrap_or_else(|e| e.into_inner());
+            x.gather(&rows[part(rows.len(), t)], &mut mine);
+            x.prefetch(&next[part(next.len(), t)]);
+        };
+        if crate::runtime::region::share(parts, &task) {
+            return;
+        }
+        // Not in a region: over the pool, and one thread prefetches (no thread would
+        // gather what it prefetched).
+        use rayon::prelude::*;
+        (0..parts).into_par_iter().for_each(|t| {
+            let mut mine = slices[t].lock().unwrap_or_else(|e| e.into_inner());
+            x.gather(&rows[part(rows.len(), t)], &mut mine);
+        });
+        x.prefetch(next);
+        return;
+    }
+    x.gather(rows, out);
+    x.prefetch(next);
 }
