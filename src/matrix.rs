@@ -13,32 +13,81 @@
 use crate::error::{Error, Result};
 
 /// An owned, row-major, contiguous f32 matrix. `Default` is the empty 0 × 0 matrix.
-#[derive(Clone, Debug, Default, PartialEq)]
+///
+/// The matrices fusegrad makes ([`zeros`](Self::zeros), [`from_fn`](Self::from_fn),
+/// [`resize`](Self::resize) when it reallocates, `clone`) start on a 64-byte
+/// boundary, the size of a cache line and of an AVX-512 vector: a kernel that reads a
+/// row of B in place loads whole vectors from it, and each vector that straddles two
+/// cache lines costs two loads. [`from_vec`](Self::from_vec) keeps the caller's
+/// allocation as it is.
+#[derive(Default)]
 pub struct Matrix {
+    /// The elements live at `data[off..off + rows * cols]`.
     data: Vec<f32>,
+    off: usize,
     rows: usize,
     cols: usize,
+}
+
+/// Elements of padding that let a fresh allocation start its matrix on a 64-byte
+/// boundary (an f32 allocation is 4-byte aligned at least).
+const ALIGN_PAD: usize = 64 / std::mem::size_of::<f32>() - 1;
+
+/// `len` zeros, from a 64-byte boundary: the vector and the offset of element 0.
+fn aligned_zeros(len: usize) -> (Vec<f32>, usize) {
+    if len == 0 {
+        return (Vec::new(), 0);
+    }
+    let data = vec![0.0; len + ALIGN_PAD];
+    let off = data.as_ptr().align_offset(64).min(ALIGN_PAD);
+    (data, off)
+}
+
+impl Clone for Matrix {
+    fn clone(&self) -> Self {
+        let (mut data, off) = aligned_zeros(self.as_slice().len());
+        data[off..off + self.as_slice().len()].copy_from_slice(self.as_slice());
+        Matrix { data, off, rows: self.rows, cols: self.cols }
+    }
+}
+
+impl PartialEq for Matrix {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rows, self.cols) == (other.rows, other.cols) && self.as_slice() == other.as_slice()
+    }
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Matrix")
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .field("data", &self.as_slice())
+            .finish()
+    }
 }
 
 impl Matrix {
     /// A `rows × cols` matrix of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
         let len = rows.checked_mul(cols).expect("matrix size overflows usize");
-        Matrix { data: vec![0.0; len], rows, cols }
+        let (data, off) = aligned_zeros(len);
+        Matrix { data, off, rows, cols }
     }
 
     /// A `rows × cols` matrix whose element `(i, j)` is `f(i, j)`.
     pub fn from_fn(rows: usize, cols: usize, mut f: impl FnMut(usize, usize) -> f32) -> Self {
         let mut m = Matrix::zeros(rows, cols);
-        for i in 0..rows {
-            for j in 0..cols {
-                m.data[i * cols + j] = f(i, j);
+        for (i, row) in m.as_mut_slice().chunks_exact_mut(cols.max(1)).enumerate().take(rows) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = f(i, j);
             }
         }
         m
     }
 
-    /// Wraps row-major `data` as a `rows × cols` matrix.
+    /// Wraps row-major `data` as a `rows × cols` matrix (no copy: the matrix starts
+    /// where the vector does, on whatever boundary its allocation has).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`] when `data.len() != rows * cols`.
@@ -50,7 +99,7 @@ impl Matrix {
                 got: format!("{} elements", data.len()),
             });
         }
-        Ok(Matrix { data, rows, cols })
+        Ok(Matrix { data, off: 0, rows, cols })
     }
 
     /// Number of rows.
@@ -65,17 +114,22 @@ impl Matrix {
 
     /// The row-major data.
     pub fn as_slice(&self) -> &[f32] {
-        &self.data
+        &self.data[self.off..self.off + self.rows * self.cols]
     }
 
     /// The row-major data, mutable.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.data
+        let len = self.rows * self.cols;
+        &mut self.data[self.off..self.off + len]
     }
 
-    /// Gives back the row-major data.
+    /// Gives back the row-major data (moved to the front of the allocation when the
+    /// matrix started past it).
     pub fn into_vec(self) -> Vec<f32> {
-        self.data
+        let (mut data, off, len) = (self.data, self.off, self.rows * self.cols);
+        data.truncate(off + len);
+        data.drain(..off);
+        data
     }
 
     /// Row `i` as a slice.
@@ -84,7 +138,7 @@ impl Matrix {
     /// If `i >= rows`.
     pub fn row(&self, i: usize) -> &[f32] {
         assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
-        &self.data[i * self.cols..(i + 1) * self.cols]
+        &self.as_slice()[i * self.cols..(i + 1) * self.cols]
     }
 
     /// Row `i` as a mutable slice.
@@ -93,26 +147,40 @@ impl Matrix {
     /// If `i >= rows`.
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         assert!(i < self.rows, "row {i} out of range for {} rows", self.rows);
-        &mut self.data[i * self.cols..(i + 1) * self.cols]
+        let cols = self.cols;
+        &mut self.as_mut_slice()[i * cols..(i + 1) * cols]
     }
 
     /// Makes the matrix `rows × cols`, reusing its allocation when it is large
     /// enough; contents are unspecified afterwards (zeros where it grew).
     pub fn resize(&mut self, rows: usize, cols: usize) {
         let len = rows.checked_mul(cols).expect("matrix size overflows usize");
-        self.data.resize(len, 0.0);
+        let old = self.rows * self.cols;
+        if self.off + len <= self.data.len() {
+            if len > old {
+                self.data[self.off + old..self.off + len].fill(0.0);
+            }
+        } else {
+            // A new allocation, on a 64-byte boundary; the old elements kept in front
+            // (as `Vec::resize` keeps them).
+            let (mut data, off) = aligned_zeros(len);
+            data[off..off + old].copy_from_slice(self.as_slice());
+            (self.data, self.off) = (data, off);
+        }
         self.rows = rows;
         self.cols = cols;
     }
 
     /// A borrowed view of the whole matrix.
     pub fn view(&self) -> MatRef<'_> {
-        MatRef { data: &self.data, rows: self.rows, cols: self.cols, rs: self.cols, cs: 1 }
+        let (rows, cols) = (self.rows, self.cols);
+        MatRef { data: self.as_slice(), rows, cols, rs: cols, cs: 1 }
     }
 
     /// A mutable view of the whole matrix.
     pub fn view_mut(&mut self) -> MatMut<'_> {
-        MatMut { data: &mut self.data, rows: self.rows, cols: self.cols, rs: self.cols, cs: 1 }
+        let (rows, cols) = (self.rows, self.cols);
+        MatMut { data: self.as_mut_slice(), rows, cols, rs: cols, cs: 1 }
     }
 
     /// The transpose, as a view (no copy).
@@ -125,14 +193,15 @@ impl std::ops::Index<(usize, usize)> for Matrix {
     type Output = f32;
     fn index(&self, (i, j): (usize, usize)) -> &f32 {
         assert!(i < self.rows && j < self.cols, "index ({i}, {j}) out of range for {}×{}", self.rows, self.cols);
-        &self.data[i * self.cols + j]
+        &self.as_slice()[i * self.cols + j]
     }
 }
 
 impl std::ops::IndexMut<(usize, usize)> for Matrix {
     fn index_mut(&mut self, (i, j): (usize, usize)) -> &mut f32 {
         assert!(i < self.rows && j < self.cols, "index ({i}, {j}) out of range for {}×{}", self.rows, self.cols);
-        &mut self.data[i * self.cols + j]
+        let cols = self.cols;
+        &mut self.as_mut_slice()[i * cols + j]
     }
 }
 
@@ -453,6 +522,46 @@ mod tests {
         assert_eq!(s.get(1, 2), m[(2, 4)]);
         assert!(m.view().submatrix(3, 0, 2, 1).is_err());
         assert!(m.view().submatrix(0, 4, 1, 2).is_err());
+    }
+
+    fn starts_on_a_cache_line(m: &Matrix) -> bool {
+        (m.as_slice().as_ptr() as usize).is_multiple_of(64)
+    }
+
+    #[test]
+    fn matrices_fusegrad_makes_start_on_64_bytes_and_keep_their_values() {
+        // Many sizes, so that the allocator hands out blocks on every 16-byte offset.
+        let mut kept = Vec::new();
+        for len in 1..200 {
+            let m = Matrix::from_fn(len, 3, |i, j| (i * 3 + j) as f32);
+            assert!(starts_on_a_cache_line(&m), "from_fn {len}×3");
+            let c = m.clone();
+            assert!(starts_on_a_cache_line(&c) && c == m, "clone {len}×3");
+            assert!(starts_on_a_cache_line(&Matrix::zeros(3, len)), "zeros 3×{len}");
+            kept.push(c);
+        }
+        // From an unaligned vector: kept as it is; a resize that reallocates aligns it
+        // and keeps the elements in front, zeros where it grew.
+        let v: Vec<f32> = (0..37).map(|i| i as f32).collect();
+        let mut m = Matrix::from_vec(37, 1, v.clone()).unwrap();
+        assert_eq!(m.as_slice(), &v[..]);
+        m.resize(10, 10);
+        assert!(starts_on_a_cache_line(&m));
+        assert_eq!(&m.as_slice()[..37], &v[..]);
+        assert!(m.as_slice()[37..].iter().all(|&x| x == 0.0));
+        // Shrunk then grown in place: zeros where it grew, as documented.
+        m.resize(2, 3);
+        assert_eq!(m.as_slice(), &v[..6]);
+        m.resize(3, 3);
+        assert_eq!(&m.as_slice()[6..], &[0.0; 3]);
+        // into_vec gives back exactly the elements, whatever the offset inside.
+        assert_eq!(m.clone().into_vec(), m.as_slice().to_vec());
+        let e = Matrix::default();
+        assert_eq!((e.rows(), e.cols(), e.as_slice().len()), (0, 0, 0));
+        assert_eq!(e.clone(), e);
+        // Equality looks at the shape and the elements only (not at the padding).
+        assert_ne!(Matrix::zeros(2, 3), Matrix::zeros(3, 2));
+        assert_eq!(format!("{:?}", Matrix::zeros(1, 2)), "Matrix { rows: 1, cols: 2, data: [0.0, 0.0] }");
     }
 
     #[test]

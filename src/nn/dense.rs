@@ -578,9 +578,11 @@ impl Dense {
             UpdateRule { penalty: penalties.then_some((r.bias_l1, 2.0 * r.bias_l2)), skip_zero_rows: false, ..rule };
         let opts = self.gemm_on(threads);
         let ParamState { first: b0, second: b1 } = &mut self.state.biases;
-        let biases = ParamUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0, s1: b1 };
+        let biases =
+            ParamUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0.as_mut_slice(), s1: b1.as_mut_slice() };
         let ParamState { first, second } = &mut self.state.weights;
-        let weights = ParamUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0: first, s1: second };
+        let (s0, s1) = (first.as_mut_slice(), second.as_mut_slice());
+        let weights = ParamUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0, s1 };
         let update = WeightUpdate { weights, biases: Some(biases) };
         let [mut maxima, bias_maxima] =
             gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
@@ -598,7 +600,8 @@ impl Dense {
             return m;
         }
         let w = &self.state.weights;
-        let m = [self.weights.as_slice(), &w.first, &w.second].map(crate::ops::reduce::max_abs_bits);
+        let m =
+            [self.weights.as_slice(), w.first.as_slice(), w.second.as_slice()].map(crate::ops::reduce::max_abs_bits);
         self.maxima = Some(m);
         m
     }
@@ -606,7 +609,7 @@ impl Dense {
     /// The largest `|b|`, `|state 0|`, `|state 1|` of the biases, as bits.
     pub(crate) fn bias_maxima(&self) -> [u32; 3] {
         let b = &self.state.biases;
-        [self.biases.as_slice(), &b.first, &b.second].map(crate::ops::reduce::max_abs_bits)
+        [self.biases.as_slice(), b.first.as_slice(), b.second.as_slice()].map(crate::ops::reduce::max_abs_bits)
     }
 
     fn add_weight_penalty_gradients(&mut self) {
@@ -662,17 +665,18 @@ impl Dense {
             self.prepare_optimizer(optimizer);
         }
         let ParamState { first: w0, second: w1 } = &mut self.state.weights;
+        let (w0, w1) = (w0.as_mut_slice(), w1.as_mut_slice());
         par_update(optimizer, self.weights.as_mut_slice(), self.dweights.as_slice(), w0, w1, iterations, threads)?;
         let ParamState { first: b0, second: b1 } = &mut self.state.biases;
-        optimizer.update(&mut self.biases, &self.dbiases, b0, b1, iterations)
+        optimizer.update(&mut self.biases, &self.dbiases, b0.as_mut_slice(), b1.as_mut_slice(), iterations)
     }
 
     /// The optimizer state buffers, mutable, for loading a checkpoint: weights'
     /// first and second, biases' first and second.
-    pub(crate) fn optimizer_state_mut(&mut self) -> [&mut Vec<f32>; 4] {
+    pub(crate) fn optimizer_state_mut(&mut self) -> [&mut [f32]; 4] {
         self.maxima = None;
         let (w, b) = (&mut self.state.weights, &mut self.state.biases);
-        [&mut w.first, &mut w.second, &mut b.first, &mut b.second]
+        [w.first.as_mut_slice(), w.second.as_mut_slice(), b.first.as_mut_slice(), b.second.as_mut_slice()]
     }
 
     /// The optimizer state for tests and inspection: the weights' first and second
@@ -680,7 +684,7 @@ impl Dense {
     #[doc(hidden)]
     pub fn optimizer_state(&self) -> [&[f32]; 4] {
         let (w, b) = (&self.state.weights, &self.state.biases);
-        [&w.first, &w.second, &b.first, &b.second]
+        [w.first.as_slice(), w.second.as_slice(), b.first.as_slice(), b.second.as_slice()]
     }
 }
 
@@ -705,21 +709,22 @@ struct OptimizerState {
 /// the optimizer does not use is empty.
 #[derive(Clone, Debug, Default)]
 struct ParamState {
-    first: Vec<f32>,
-    second: Vec<f32>,
+    // Matrices (1 × len) for their 64-byte alignment: the fused update loads and
+    // stores the weights' state tile by tile, like the weights themselves.
+    first: Matrix,
+    second: Matrix,
 }
 
 impl ParamState {
     /// Zeros for an optimizer with `buffers` state buffers over `len` parameters.
     fn prepare(&mut self, buffers: usize, len: usize) {
         for (i, s) in [&mut self.first, &mut self.second].into_iter().enumerate() {
-            s.clear();
-            s.resize(if i < buffers { len } else { 0 }, 0.0);
+            *s = Matrix::zeros(1, if i < buffers { len } else { 0 });
         }
     }
 
     fn is_prepared(&self, buffers: usize, len: usize) -> bool {
         let want = |i: usize| if i < buffers { len } else { 0 };
-        self.first.len() == want(0) && self.second.len() == want(1)
+        self.first.as_slice().len() == want(0) && self.second.as_slice().len() == want(1)
     }
 }
