@@ -537,7 +537,8 @@ const GATHER_ROWS_PER_PART: usize = 8;
 /// will gather a row next step is the one that loaded it, so the prefetch lands in
 /// the cache that uses it and the prefetch misses are split over the cores like the
 /// gather's (a prefetch of the whole next batch by one thread measured slower on two
-/// threads than none at all). Outside a region, one thread does both.
+/// threads than none at all). Outside a region the parts go over the pool and the
+/// calling thread prefetches.
 fn gather_rows(x: impl Inputs, rows: &[usize], next: &[usize], out: &mut [f32], threads: usize) {
     let cols = x.cols();
     let parts = threads.min(GATHER_PARTS).min(rows.len() / GATHER_ROWS_PER_PART).max(1);
