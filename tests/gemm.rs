@@ -491,6 +491,47 @@ fn bit_identical_for_any_thread_count() {
     }
 }
 
+/// A row-major B whose rows could start on cache lines (row stride a multiple of 16)
+/// but start 4 or 8 floats past one is packed rather than read in place (for tiles of
+/// more than two rows); B on a cache line is read in place. Both give the bits of each
+/// other, with the bias-gradient and ReLU-mask epilogues, on every path, and match the
+/// f64 twin.
+#[test]
+fn b_off_its_cache_lines_gives_the_bits_of_b_on_them() {
+    let mut rng = Rng::new(12);
+    for (m, k, n) in [(128, 784, 128), (784, 128, 128), (40, 100, 64), (7, 33, 32), (2, 50, 128)] {
+        let a = Matrix::from_fn(m, k, |_, _| rng.uniform(-1.0, 1.0));
+        let b = Matrix::from_fn(k, n, |_, _| rng.uniform(-1.0, 1.0));
+        let h = Matrix::from_fn(m, n, |_, _| rng.uniform(-1.0, 1.0).max(0.0));
+        assert!((b.as_slice().as_ptr() as usize).is_multiple_of(64));
+        let (want, scale) = gemm_naive_f64(a.view(), b.view());
+        for shift in [4, 8] {
+            // The same B, `shift` floats past a cache line.
+            let mut buf = Matrix::zeros(1, k * n + shift);
+            buf.as_mut_slice()[shift..].copy_from_slice(b.as_slice());
+            let b_off = MatRef::new(&buf.as_slice()[shift..], k, n).unwrap();
+            for isa in isas() {
+                let opts = GemmOptions::default().with_isa(isa).with_threads(1);
+                let run = |bv: MatRef<'_>| {
+                    let (mut c, mut db) = (Matrix::zeros(m, n), vec![0.0; n]);
+                    let epi = Epilogue::ReluMaskBiasGrad { h: h.view(), dbiases: &mut db };
+                    gemm_with(c.view_mut(), a.view(), bv, Accum::Overwrite, epi, &opts).unwrap();
+                    let mut plain = Matrix::zeros(m, n);
+                    gemm_with(plain.view_mut(), a.view(), bv, Accum::Overwrite, Epilogue::None, &opts).unwrap();
+                    (bits(&c), db.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), plain)
+                };
+                let (on, off) = (run(b.view()), run(b_off));
+                assert!(on.0 == off.0 && on.1 == off.1, "{isa:?} {m}×{k}×{n}, B {shift} floats off: the bits differ");
+                assert_eq!(bits(&on.2), bits(&off.2), "{isa:?} {m}×{k}×{n}");
+                for ((&g, &w), &s) in on.2.as_slice().iter().zip(&want).zip(&scale) {
+                    let bound = (k as f64 + 4.0) * U * s;
+                    assert!((g as f64 - w).abs() <= bound, "{isa:?} {m}×{k}×{n}: {g} vs {w} (bound {bound:e})");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn few_rows_split_along_k_give_the_bits_of_one_thread() {
     // Products of two or more k blocks and few rows (rows × blocks ≤ k / 2) split along

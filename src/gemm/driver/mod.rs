@@ -478,8 +478,17 @@ impl Job<'_> {
         // A row-major B is read in place by kernels that mask their B loads (no copy at
         // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
         // otherwise it is packed. Fixed for the task.
+        // Rows whose stride would keep them on cache lines but which start off one (a
+        // caller's vector, a column-offset view) are packed for wider tiles than two
+        // rows: each vector load of such a row straddles two lines, 15–25% slower
+        // (docs/perf/sweep-2026-12-02-xeon167.md).
+        let straddles = K::NR >= 16
+            && rows.len() > 2
+            && self.b.row_stride().is_multiple_of(16)
+            && !(self.b.as_slice().as_ptr() as usize).is_multiple_of(64);
         let direct_b = K::READS_B_IN_PLACE
             && self.b.col_stride() == 1
+            && !straddles
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
         // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
         // and only by tasks that skip (a 2 KB memset per row panel was visible).
