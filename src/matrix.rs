@@ -29,9 +29,15 @@ pub struct Matrix {
     cols: usize,
 }
 
-/// Elements of padding that let a fresh allocation start its matrix on a 64-byte
+/// Elements of padding that let an allocation hold `len` floats from a 64-byte
 /// boundary (an f32 allocation is 4-byte aligned at least).
-const ALIGN_PAD: usize = 64 / std::mem::size_of::<f32>() - 1;
+pub(crate) const ALIGN_PAD: usize = 64 / std::mem::size_of::<f32>() - 1;
+
+/// The index of the first element of `v` on a 64-byte boundary (at most
+/// [`ALIGN_PAD`], so `len + ALIGN_PAD` floats hold `len` from there).
+pub(crate) fn cache_line_offset(v: &[f32]) -> usize {
+    v.as_ptr().align_offset(64).min(ALIGN_PAD)
+}
 
 /// `len` zeros, from a 64-byte boundary: the vector and the offset of element 0.
 fn aligned_zeros(len: usize) -> (Vec<f32>, usize) {
@@ -39,7 +45,7 @@ fn aligned_zeros(len: usize) -> (Vec<f32>, usize) {
         return (Vec::new(), 0);
     }
     let data = vec![0.0; len + ALIGN_PAD];
-    let off = data.as_ptr().align_offset(64).min(ALIGN_PAD);
+    let off = cache_line_offset(&data);
     (data, off)
 }
 

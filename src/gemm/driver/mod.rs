@@ -24,7 +24,7 @@ use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
-use crate::matrix::{MatMut, MatRef};
+use crate::matrix::{cache_line_offset, MatMut, MatRef, ALIGN_PAD};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::ops::Range;
@@ -139,12 +139,12 @@ fn take_colsum_scratch() -> Vec<f32> {
 
 /// A 64-byte-aligned window of `len` floats inside `v`, growing `v` if needed.
 fn aligned(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if v.len() < len + 16 {
+    if v.len() < len + ALIGN_PAD {
         // A scratch buffer: the old contents are not kept, and a zeroed allocation is
         // one call (under miri, a resize's element-by-element fill took 17 s).
-        *v = vec![0.0; len + 16];
+        *v = vec![0.0; len + ALIGN_PAD];
     }
-    let off = v.as_ptr().align_offset(64).min(16);
+    let off = cache_line_offset(v);
     &mut v[off..off + len]
 }
 
@@ -475,17 +475,18 @@ impl Job<'_> {
             self.merge_maxima(maxima);
             return;
         }
-        // A row-major B is read in place by kernels that mask their B loads (no copy at
-        // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`);
-        // otherwise it is packed. Fixed for the task.
         // Rows whose stride would keep them on cache lines but which start off one (a
-        // caller's vector, a column-offset view) are packed for wider tiles than two
-        // rows: each vector load of such a row straddles two lines, 15–25% slower
-        // (docs/perf/sweep-2026-12-02-xeon167.md).
+        // caller's vector, a column-offset view): each vector load of such a row
+        // straddles two lines, 15–25% slower (docs/perf/sweep-2026-12-02-xeon167.md).
+        // Only tiles that load vectors of B's rows care (the column tiles, NR 5 and 10,
+        // broadcast its elements), and only with more than two rows to reuse a packed B.
         let straddles = K::NR >= 16
             && rows.len() > 2
             && self.b.row_stride().is_multiple_of(16)
             && !(self.b.as_slice().as_ptr() as usize).is_multiple_of(64);
+        // A row-major B is read in place by kernels that mask their B loads (no copy at
+        // all for NN and TN) when the kernel's rule says it pays (`Kernel::b_in_place`)
+        // and its rows do not straddle; otherwise it is packed. Fixed for the task.
         let direct_b = K::READS_B_IN_PLACE
             && self.b.col_stride() == 1
             && !straddles
