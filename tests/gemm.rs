@@ -619,12 +619,13 @@ fn check_split_k(shapes: &[(usize, usize, usize, Option<CacheSizes>)]) {
 }
 
 #[test]
-fn finite_b_lets_one_row_products_skip_zero_inputs_with_the_same_result() {
-    // `with_finite_b`: a product of one or two rows skips the k steps where A is ±0
-    // (AVX-512 and AVX2 row tiles). Against the full product: the same bits (a zero
-    // may change sign only where a sum underflowed; compared as +0), for A four-fifths
-    // zeros of either sign, with denormals, every epilogue, across k blocks, on 1 and 2
-    // threads, with A and C in every layout.
+fn finite_b_lets_products_skip_zero_inputs_with_the_same_result() {
+    // `with_finite_b`: a tile skips the k steps where all its rows of A are ±0 (the
+    // AVX-512 tiles of one or two rows, every AVX2 row tile). Against the full product:
+    // the same bits (a zero may change sign only where a sum underflowed; compared as
+    // +0), for A four-fifths zeros of either sign, with denormals, every epilogue, across
+    // k blocks, on 1 and 2 threads, with A and C in every layout (A read in place
+    // row-major and transposed, and packed), tiles of 1, 2 and 6 rows, partial ones too.
     let mut rng = Rng::new(37);
     let small = Some(CacheSizes::new(8 << 10, 64 << 10));
     let canon = |x: f32| if x == 0.0 { 0 } else { x.to_bits() };
@@ -637,6 +638,10 @@ fn finite_b_lets_one_row_products_skip_zero_inputs_with_the_same_result() {
         (1, 1, 17, None),
         (2, 700, 10, small),
         (1, 999, 64, small),
+        (6, 1100, 64, None),
+        (7, 300, 70, None),
+        (40, 784, 128, None),
+        (13, 520, 100, None),
     ];
     for (s, (m, k, n, caches)) in shapes.into_iter().enumerate() {
         // Every other shape without normal inputs: its outputs are sums of denormal
@@ -692,21 +697,35 @@ fn finite_b_lets_one_row_products_skip_zero_inputs_with_the_same_result() {
 #[test]
 fn finite_b_skips_the_rows_of_b_at_zero_inputs() {
     // The promise is what makes skipping exact: break it (NaN in B's rows at A's
-    // zeros) and the row tiles that skip show it by a finite product, where the full
-    // product is NaN. This checks that the steps really are skipped.
-    let (m, k, n) = (1, 784, 128);
-    let a = Matrix::from_fn(m, k, |_, p| if p % 5 == 0 { 1.0 } else { 0.0 });
-    let b = Matrix::from_fn(k, n, |p, j| if p % 5 == 0 { (j as f32).sin() } else { f32::NAN });
-    for isa in isas() {
-        for finite in [false, true] {
-            let mut c = Matrix::zeros(m, n);
-            let mut opts = GemmOptions::default().with_isa(isa).with_threads(1);
-            if finite {
-                opts = opts.with_finite_b();
+    // zeros) and the tiles that skip show it by a finite product, where the full
+    // product is NaN. This checks that the steps really are skipped: by the AVX-512
+    // tiles of one or two rows and by every AVX2 tile, with A row-major (X·W) and
+    // transposed (Xᵀ·dZ), and not by tiles of more rows than two serving fewer than four
+    // column tiles (n = 48 on AVX2), whose list would cost more than it saves.
+    let k = 784;
+    for (m, n) in [(1, 128), (8, 128), (128, 128), (8, 48)] {
+        let x = Matrix::from_fn(m, k, |_, p| if p % 5 == 0 { 1.0 } else { 0.0 });
+        let xt = Matrix::from_fn(k, m, |p, _| if p % 5 == 0 { 1.0 } else { 0.0 });
+        let b = Matrix::from_fn(k, n, |p, j| if p % 5 == 0 { (j as f32).sin() } else { f32::NAN });
+        for isa in isas() {
+            for (layout, a) in [("row-major", x.view()), ("transposed", xt.t())] {
+                for finite in [false, true] {
+                    let mut c = Matrix::zeros(m, n);
+                    let mut opts = GemmOptions::default().with_isa(isa).with_threads(1);
+                    if finite {
+                        opts = opts.with_finite_b();
+                    }
+                    gemm_with(c.view_mut(), a, b.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+                    let skips = finite
+                        && match isa {
+                            Isa::Avx512 => m <= 2,
+                            Isa::Avx2 => m <= 2 || n >= 64,
+                            _ => false,
+                        };
+                    let finite_out = c.as_slice().iter().all(|x| x.is_finite());
+                    assert_eq!(finite_out, skips, "{isa:?} {m}×{k}×{n}, A {layout}, finite B promised: {finite}");
+                }
             }
-            gemm_with(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
-            let skips = finite && matches!(isa, Isa::Avx512 | Isa::Avx2);
-            assert_eq!(c.as_slice().iter().all(|x| x.is_finite()), skips, "{isa:?}, finite B promised: {finite}");
         }
     }
 }

@@ -107,32 +107,36 @@ fn steps_split_in_a_region_equal_one_thread_bit_for_bit() {
 }
 
 #[test]
-fn a_batch_of_one_skipping_zero_inputs_trains_and_predicts_as_the_full_products() {
+fn batches_skipping_zero_inputs_train_and_predict_as_the_full_products() {
     // A model knows its weights finite (measured at build and load, kept by each fused
-    // step), so the forward of one sample skips its zero inputs (GemmOptions::
-    // b_is_finite). Handing the layers out mutably forgets that: a twin model whose
-    // layers are touched before every step and prediction runs the full products. Both
-    // must end with the same bits, with SGD and Adam, on 1 and 2 threads.
+    // step), so its forward skips the zero inputs (GemmOptions::b_is_finite). Handing
+    // the layers out mutably forgets that: a twin model whose layers are touched before
+    // every step and prediction runs the full products. Both must end with the same
+    // bits, with SGD and Adam, batches of 1, 8 and 40, on 1 and 2 threads.
     let (x, y) = mnist_like(40, 21);
     for optimizer in [Optimizer::sgd(0.05), Optimizer::adam(0.01)] {
-        for threads in [1, 2] {
+        for (threads, batch) in [(1, 1), (2, 1), (1, 8), (2, 8), (1, 40), (2, 40)] {
             let (mut skipping, mut full) = (mnist_model(5, optimizer), mnist_model(5, optimizer));
             for m in [&mut skipping, &mut full] {
                 m.set_threads(Some(threads)).unwrap();
             }
-            for i in 0..40 {
-                let xi = x.view().submatrix(i, 0, 1, 784).unwrap();
-                skipping.train_step(xi, Targets::Classes(&y[i..i + 1])).unwrap();
+            for i in (0..40).step_by(batch) {
+                let xi = x.view().submatrix(i, 0, batch, 784).unwrap();
+                skipping.train_step(xi, Targets::Classes(&y[i..i + batch])).unwrap();
                 full.layers_mut();
-                full.train_step(xi, Targets::Classes(&y[i..i + 1])).unwrap();
+                full.train_step(xi, Targets::Classes(&y[i..i + batch])).unwrap();
             }
-            assert!(params(&skipping) == params(&full), "{optimizer:?} on {threads} threads: parameters differ");
+            let what = format!("{optimizer:?}, batch {batch}, {threads} threads");
+            assert!(params(&skipping) == params(&full), "{what}: parameters differ");
             for i in 0..10 {
                 let xi = x.view().submatrix(i, 0, 1, 784).unwrap();
                 full.layers_mut();
                 let (a, b) = (skipping.predict(xi).unwrap(), full.predict(xi).unwrap());
                 assert!(a.as_slice().iter().zip(b.as_slice()).all(|(p, q)| p.to_bits() == q.to_bits()), "predict {i}");
             }
+            full.layers_mut();
+            let (a, b) = (skipping.predict(x.view()).unwrap(), full.predict(x.view()).unwrap());
+            assert!(a.as_slice().iter().zip(b.as_slice()).all(|(p, q)| p.to_bits() == q.to_bits()), "{what}: predict");
         }
     }
 }

@@ -294,7 +294,8 @@ impl Dense {
     /// largest `|value|` stored, as bits (measured in the epilogue).
     ///
     /// `finite_weights`: the caller knows the weights finite (a model, from
-    /// [`Self::weights_known_finite`]): a batch of one then skips its zero inputs.
+    /// [`Self::weights_known_finite`]): the product then skips the zero inputs
+    /// ([`GemmOptions::b_is_finite`]).
     pub(crate) fn forward_into(
         &self,
         inputs: MatRef<'_>,
@@ -530,7 +531,7 @@ impl Dense {
         let threads = self.threads();
         self.check_backward(&inputs, &dz, &dinputs)?;
         self.dinputs_on(dz, dinputs, threads)?;
-        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads)?;
+        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads, false)?;
         if maxima.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
             return Err(Error::NonFinite {
                 step: iterations,
@@ -544,7 +545,9 @@ impl Dense {
     /// The fused weight-gradient GEMM and step of [`Self::backward_update`], with the
     /// bias step in the same GEMM; shapes checked by the caller. Returns the largest
     /// magnitudes stored (weights, state 0, state 1; then the same of the biases) as
-    /// bits, the weights' also kept in `self.maxima`.
+    /// bits, the weights' also kept in `self.maxima`. `dz_finite`: the caller has proved
+    /// `dz` finite (a model's guard), so the GEMM may skip the k steps where the inputs
+    /// are ±0.
     pub(crate) fn update_fused_on(
         &mut self,
         inputs: MatRef<'_>,
@@ -552,6 +555,7 @@ impl Dense {
         optimizer: &Optimizer,
         iterations: u64,
         threads: usize,
+        dz_finite: bool,
     ) -> Result<[[u32; 3]; 2]> {
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
@@ -576,7 +580,8 @@ impl Dense {
         // with their own penalties folded in as the separate pass adds them.
         let bias_rule =
             UpdateRule { penalty: penalties.then_some((r.bias_l1, 2.0 * r.bias_l2)), skip_zero_rows: false, ..rule };
-        let opts = self.gemm_on(threads);
+        let mut opts = self.gemm_on(threads);
+        opts.b_is_finite = dz_finite;
         let ParamState { first: b0, second: b1 } = &mut self.state.biases;
         let biases =
             ParamUpdate { rule: &bias_rule, params: &mut self.biases, s0: b0.as_mut_slice(), s1: b1.as_mut_slice() };

@@ -493,7 +493,11 @@ impl Job<'_> {
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
         // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
         // and only by tasks that skip (a 2 KB memset per row panel was visible).
-        let mut steps = if self.skip_zero_a { Some([0u32; KC_MAX]) } else { None };
+        // Tiles of more than two rows list their steps only when the list serves four
+        // column tiles or more: it costs about a tile's own k loop to build
+        // (docs/perf/zero-steps-2026-12-03.md).
+        let lists = self.skip_zero_a && (K::MR <= 2 || cols.len().min(nc_max) >= 4 * K::NR);
+        let mut steps = if lists { Some([0u32; KC_MAX]) } else { None };
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);
@@ -551,10 +555,14 @@ impl Job<'_> {
                                 cs: csa,
                                 steps: std::ptr::null(),
                             };
-                            if let (Some(steps), true) = (steps.as_mut(), direct_b) {
+                            if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
-                                tile_kc = self.nonzero_steps(rows, p0, kc, steps);
-                                panel.steps = steps.as_ptr();
+                                let listed = self.nonzero_steps(rows, p0, kc, steps);
+                                // A nearly dense list saves less than its indirection costs.
+                                if listed * 8 <= kc * 7 {
+                                    tile_kc = listed;
+                                    panel.steps = steps.as_ptr();
+                                }
                             }
                             panel
                         } else {
@@ -611,16 +619,34 @@ impl Job<'_> {
             steps[count] = p as u32;
             count += nonzero as usize;
         };
-        if self.a.col_stride() == 1 && rows.len() == 1 {
-            // A mask of 32 steps at a time (compared in vectors), then its set bits:
-            // a step at a time cost 20 instructions each.
-            let row = &self.a.row(rows.start)[p0..p0 + kc];
-            for (c, chunk) in row.chunks(32).enumerate() {
-                let mut bits = chunk.iter().enumerate().fold(0u32, |m, (i, &x)| m | (u32::from(x != 0.0) << i));
+        // ±0 are the floats whose bits are 0 but for the sign: OR the others' bits over
+        // the rows, then test the sum (one pass over the panel, in vectors).
+        const MAG: u32 = 0x7fff_ffff;
+        let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
+        let data = self.a.as_slice();
+        if csa == 1 {
+            // Row-major A: a mask of 32 steps at a time, then its set bits (a step at a
+            // time cost 20 instructions each).
+            for c in (0..kc).step_by(32) {
+                let len = 32.min(kc - c);
+                let mut or = [0u32; 32];
+                for i in rows.clone() {
+                    let run = &data[i * rsa + p0 + c..][..len];
+                    for (o, &x) in or.iter_mut().zip(run) {
+                        *o |= x.to_bits() & MAG;
+                    }
+                }
+                let mut bits = or.iter().enumerate().fold(0u32, |m, (i, &o)| m | (u32::from(o != 0) << i));
                 while bits != 0 {
-                    note(c * 32 + bits.trailing_zeros() as usize, true);
+                    note(c + bits.trailing_zeros() as usize, true);
                     bits &= bits - 1;
                 }
+            }
+        } else if rsa == 1 {
+            // Aᵀ read in place (dW = Xᵀ·dZ): the tile's rows at one step are adjacent.
+            for p in 0..kc {
+                let run = &data[rows.start + (p0 + p) * csa..][..rows.len()];
+                note(p, run.iter().fold(0, |o, &x| o | (x.to_bits() & MAG)) != 0);
             }
         } else {
             (0..kc).for_each(|p| note(p, rows.clone().any(|i| self.a.get(i, p0 + p) != 0.0)));

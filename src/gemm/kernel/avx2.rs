@@ -25,6 +25,7 @@ impl Kernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
     const READS_B_IN_PLACE: bool = true;
+    const SKIPS_ZERO_STEPS: bool = true;
 
     /// In place only when few row panels reuse B, n is wider than a tile and B's rows
     /// are at most 1 KiB apart. Unlike the 64-wide AVX-512 tile, whose B rows are 4
@@ -106,7 +107,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
         // one loop, LLVM stores them to the stack before the branch).
         // SAFETY: forwarded contract; every B row has NV·8 readable columns.
         let acc = unsafe {
-            if MR <= 2 && !a.steps.is_null() {
+            if !a.steps.is_null() {
                 accumulate::<MR, NV, false, true>(kc, a, b, t.mr, &masks)
             } else {
                 accumulate::<MR, NV, false, false>(kc, a, b, t.mr, &masks)
@@ -118,8 +119,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of a B read in place
     // needs its B loads masked.
-    // Listed k steps (`APanel::steps`) only reach the tiles of one or two rows.
-    let listed = MR <= 2 && !a.steps.is_null();
+    let listed = !a.steps.is_null();
     let masked = !b.padded && t.nr < NV * 8;
     // SAFETY (all four): forwarded contract; masked loads stay within columns j < nr,
     // and unmasked ones are taken only when every B row has NV·8 readable columns.

@@ -334,8 +334,9 @@ pub(crate) trait Kernel {
     /// - the kernel touches no element outside those ranges.
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile);
 
-    /// Whether [`Kernel::tile`] takes a list of k steps (`APanel::steps`): the tiles of
-    /// one or two rows that read B in place, where a batch of one skips the inputs
-    /// that are 0 (four-fifths of an MNIST image) and the rows of B they would read.
+    /// Whether [`Kernel::tile`] takes a list of k steps (`APanel::steps`): the tiles
+    /// that skip the steps where all their rows of A are 0 (four-fifths of an MNIST
+    /// image, over half of the pixels of six) and the rows of B they would read: every
+    /// AVX2 row tile, the AVX-512 tiles of one or two rows.
     const SKIPS_ZERO_STEPS: bool = false;
 }

@@ -576,7 +576,8 @@ impl Sequential {
         if self.fused_update && self.fused_step_stays_finite(x, x_bound) {
             let it = self.iterations;
             self.for_each_dense(x, |_, d, input, grad, own_relu| {
-                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads)).map(|_| ())
+                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads, true))
+                    .map(|_| ())
             })?;
             self.iterations += 1;
             return Ok(batch);
