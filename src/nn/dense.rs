@@ -568,9 +568,17 @@ impl Dense {
             penalty: penalties.then_some((r.weight_l1, 2.0 * r.weight_l2)),
             skip_zero_rows: false,
         };
-        // A batch of one leaves the rows of zero inputs alone where that is exact; their
-        // weights are then bounded by the maxima from before the step.
-        let before = if inputs.rows() == 1 && dz.col_stride() == 1 && rule.zero_rows_exact(dz.row(0)) {
+        // The rows of inputs that are ±0 in the whole batch are left alone where that is
+        // exact (a batch of one: in its own pass; larger ones: the GEMM skips the row
+        // panels whose inputs are all ±0 when dz is known finite); their weights are then
+        // bounded by the maxima from before the step.
+        let one = inputs.rows() == 1 && dz.col_stride() == 1;
+        let skips = match (one, dz_finite) {
+            (true, _) => rule.zero_rows_exact(dz.row(0)),
+            (false, true) => rule.zero_rows_exact(&[]),
+            (false, false) => false,
+        };
+        let before = if skips {
             rule.skip_zero_rows = true;
             Some(self.weight_maxima())
         } else {

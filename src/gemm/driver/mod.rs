@@ -558,6 +558,14 @@ impl Job<'_> {
                             if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
                                 let listed = self.nonzero_steps(rows, p0, kc, steps);
+                                // A panel whose inputs are all ±0 has a zero gradient: an
+                                // update that leaves such rows alone is done with it.
+                                if listed == 0
+                                    && nkb == 1
+                                    && self.update.as_ref().is_some_and(|u| u.rule.skip_zero_rows)
+                                {
+                                    continue;
+                                }
                                 // A nearly dense list saves less than its indirection costs.
                                 if listed * 8 <= kc * 7 {
                                     tile_kc = listed;
