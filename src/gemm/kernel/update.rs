@@ -50,11 +50,11 @@ pub(crate) struct UpdateRule {
     /// Leave the rows of W whose input is ±0 as they are instead of stepping them: in a
     /// batch of one ([`update_rank1`]) every such row; in a larger batch, the tiled
     /// update's row panels whose inputs are ±0 in the whole batch, where the tiles list
-    /// their k steps (B promised finite) and k is one block. Exact only for plain SGD without a penalty, a
-    /// finite learning rate with its sign bit clear and every `dz` finite: such a row's
-    /// gradient is `fma(±0, dz, +0) = +0` in every lane, and `p − lr·(+0) = p` for every
-    /// `p`, −0.0 included; set it only then (see [`UpdateRule::zero_rows_exact`]). The
-    /// maxima then cover the stepped rows only.
+    /// their k steps (B promised finite) and k is one block. Exact only for plain SGD
+    /// without a penalty, a finite learning rate with its sign bit clear and every `dz`
+    /// finite: such a row's gradient is `fma(±0, dz, +0) = +0` in every lane, and
+    /// `p − lr·(+0) = p` for every `p`, −0.0 included; set it only then (see
+    /// [`UpdateRule::zero_rows_exact`]). The maxima then cover the stepped rows only.
     pub skip_zero_rows: bool,
 }
 
