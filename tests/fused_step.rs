@@ -83,11 +83,12 @@ fn fused_steps_skipping_zero_inputs_equal_unfused_steps_bit_for_bit() {
     // Inputs zero outside a window of 6 features per sample (as an image is black around
     // its digit): the fused step's dW = Xᵀ·dZ skips the samples where a tile's features
     // are all ±0 (dZ is proved finite first), and plain SGD the row panels of W whose
-    // features are ±0 in the whole batch; the unfused twin's weight gradients do not. The same bits, with SGD and Adam, penalties too, on 1 and 2 threads.
+    // features are ±0 in the whole batch; the unfused twin's weight gradients do not.
+    // The same bits, with SGD and Adam, penalties too, on 1 and 2 threads.
     let mut rng = Rng::new(11);
     let mut x = Matrix::zeros(384, 20);
     for i in 0..x.rows() {
-        // Features 0..6 are ±0 in every sample: a row panel of W the SGD step skips.
+        // Features 0–5 are ±0 in every sample: a row panel of W the SGD step skips.
         let w = 6 + rng.below(9);
         for j in 0..20 {
             x[(i, j)] = match j >= w && j < w + 6 {

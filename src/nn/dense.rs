@@ -572,11 +572,10 @@ impl Dense {
         // exact (a batch of one: in its own pass; larger ones: the GEMM skips the row
         // panels whose inputs are all ±0 when dz is known finite); their weights are then
         // bounded by the maxima from before the step.
-        let one = inputs.rows() == 1 && dz.col_stride() == 1;
-        let skips = match (one, dz_finite) {
-            (true, _) => rule.zero_rows_exact(dz.row(0)),
-            (false, true) => rule.zero_rows_exact(&[]),
-            (false, false) => false,
+        let skips = if dz_finite {
+            rule.zero_rows_exact_for_finite_dz()
+        } else {
+            inputs.rows() == 1 && dz.col_stride() == 1 && rule.zero_rows_exact(dz.row(0))
         };
         let before = if skips {
             rule.skip_zero_rows = true;

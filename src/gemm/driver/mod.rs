@@ -498,6 +498,9 @@ impl Job<'_> {
         // (docs/perf/zero-steps-2026-12-03.md).
         let lists = self.skip_zero_a && (K::MR <= 2 || cols.len().min(nc_max) >= 4 * K::NR);
         let mut steps = if lists { Some([0u32; KC_MAX]) } else { None };
+        // A row panel whose inputs are all ±0 has a zero gradient: an update that leaves
+        // such rows alone is done with it (when its gradient is complete in one k block).
+        let skips_empty_panels = nkb == 1 && self.update.as_ref().is_some_and(|u| u.rule.skip_zero_rows);
         // LOOP 5: n in NC-wide blocks.
         for jc in cols.clone().step_by(nc_max) {
             let nc = nc_max.min(cols.end - jc);
@@ -558,12 +561,7 @@ impl Job<'_> {
                             if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
                                 let listed = self.nonzero_steps(rows, p0, kc, steps);
-                                // A panel whose inputs are all ±0 has a zero gradient: an
-                                // update that leaves such rows alone is done with it.
-                                if listed == 0
-                                    && nkb == 1
-                                    && self.update.as_ref().is_some_and(|u| u.rule.skip_zero_rows)
-                                {
+                                if listed == 0 && skips_empty_panels {
                                     continue;
                                 }
                                 // A nearly dense list saves less than its indirection costs.

@@ -62,9 +62,12 @@ impl UpdateRule {
     /// Whether [`UpdateRule::skip_zero_rows`] is exact for this rule and a gradient row
     /// `dz`: plain SGD, no penalty, `lr` finite with its sign bit clear, `dz` finite.
     pub(crate) fn zero_rows_exact(&self, dz: &[f32]) -> bool {
-        matches!(self.step, Step::Sgd { lr } if lr.is_finite() && lr.is_sign_positive())
-            && self.penalty.is_none()
-            && crate::ops::reduce::all_finite(dz)
+        self.zero_rows_exact_for_finite_dz() && crate::ops::reduce::all_finite(dz)
+    }
+
+    /// [`UpdateRule::zero_rows_exact`] for a `dz` the caller has proved finite.
+    pub(crate) fn zero_rows_exact_for_finite_dz(&self) -> bool {
+        matches!(self.step, Step::Sgd { lr } if lr.is_finite() && lr.is_sign_positive()) && self.penalty.is_none()
     }
 }
 
