@@ -78,7 +78,8 @@ enum Phase {
 /// the mode of the next step with [`Governor::mode`].
 #[derive(Clone, Debug)]
 pub(crate) struct Governor {
-    modes: Vec<Mode>,
+    /// The modes it chooses from (static: a governor allocates only its window).
+    modes: &'static [Mode],
     phase: Phase,
     /// Seconds per sample of the current window's counted steps.
     window: Vec<f64>,
@@ -96,7 +97,7 @@ impl Governor {
             return Governor::fixed(Mode::SerialHere);
         }
         Governor {
-            modes: vec![Mode::Parallel, Mode::SerialHere, Mode::SerialThere],
+            modes: &[Mode::Parallel, Mode::SerialHere, Mode::SerialThere],
             // The serial modes first: on a busy machine the parallel window can then be
             // cut short as hopeless instead of running in full.
             phase: Phase::Probe { next: 0, order: [1, 2, 0], figures: [f64::INFINITY; 3] },
@@ -116,7 +117,12 @@ impl Governor {
             slow: false,
             runner_up: f64::INFINITY,
         };
-        Governor { modes: vec![mode], phase, window: Vec::new(), seen: 0, last_choice: None, keep_windows: usize::MAX }
+        let modes: &'static [Mode] = match mode {
+            Mode::Parallel => &[Mode::Parallel],
+            Mode::SerialHere => &[Mode::SerialHere],
+            Mode::SerialThere => &[Mode::SerialThere],
+        };
+        Governor { modes, phase, window: Vec::new(), seen: 0, last_choice: None, keep_windows: usize::MAX }
     }
 
     /// The mode the next step should run in.

@@ -12,3 +12,12 @@ mod workers;
 pub(crate) use pool::ModelPool;
 pub use workers::with_hot_workers;
 pub(crate) use workers::{parts_for, split_point};
+
+/// Helper jobs the regions of every model have spawned so far in this process (each a
+/// small allocation of rayon's). The allocation tests use it to tell helpers coming
+/// back to a shared pool they left idle from an allocation of the step itself; not
+/// part of the API.
+#[doc(hidden)]
+pub fn helper_spawns() -> usize {
+    region::spawns()
+}

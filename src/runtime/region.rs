@@ -10,8 +10,9 @@
 //! that the next step of a loop calling `train_step` per batch finds them awake; then
 //! they park (in a pool of the team's own, woken by the next region without a spawn,
 //! which would allocate) or leave (a shared pool). While
-//! they wait they also run any rayon work of their pool (the passes that still use
-//! `rayon::join`). Results never depend on any of this: the GEMM tiles are computed
+//! they wait inside a region they also run any rayon work of their pool (the passes
+//! that still use `rayon::join`); between regions they leave it to the pool's other
+//! workers. Results never depend on any of this: the GEMM tiles are computed
 //! alike on any thread (see `gemm::driver`).
 
 use std::any::Any;
@@ -28,6 +29,16 @@ pub(crate) const LINGER: Duration = Duration::from_millis(2);
 /// pool's workers are busy with other work), and while they have still not started,
 /// regions run on the leader alone.
 const START_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Helpers spawned so far, by every team (see [`spawns`]).
+static SPAWNS: AtomicUsize = AtomicUsize::new(0);
+
+/// Helpers spawned so far by every team of the process: each spawn is a rayon job, one
+/// small allocation. Teams of a pool of their own spawn once; teams of a shared pool
+/// again each time their helpers left it idle.
+pub(crate) fn spawns() -> usize {
+    SPAWNS.load(Ordering::Relaxed)
+}
 
 /// A job as the helpers see it: a closure of the thread index (1..threads), borrowed
 /// from the leader's stack, its lifetime erased (see [`Shared::run`]).
@@ -57,7 +68,9 @@ struct Shared {
     job: UnsafeCell<Option<JobRef>>,
     /// Helpers that have not finished the posted job.
     remaining: AtomicUsize,
-    /// Bumped when a region opens: a lingering helper starts its linger over.
+    /// Bumped when a region opens and when it closes (odd while one is open): a
+    /// helper's linger starts over (so it counts from the region's end, not from its
+    /// last job, which a long serial stretch of the step may have left far behind).
     regions: AtomicUsize,
     /// Spin while waiting (else sleep a millisecond at a time: the governor's serial mode).
     hot: AtomicBool,
@@ -220,6 +233,7 @@ impl Team {
             for index in 1..shared.threads {
                 if !members.spawned[index] {
                     members.spawned[index] = true;
+                    SPAWNS.fetch_add(1, Ordering::Relaxed);
                     let s = Arc::clone(&self.shared);
                     let helper = move || serve(s, index, epoch, parks);
                     match spawn {
@@ -255,6 +269,7 @@ impl Drop for Close<'_> {
         // Lingering helpers spin (and leave after LINGER), whatever the region left:
         // parked ones would look for the next region only every millisecond.
         self.0.hot.store(true, Ordering::Release);
+        self.0.regions.fetch_add(1, Ordering::Relaxed);
         self.0.members().open = false;
     }
 }
@@ -383,9 +398,14 @@ fn serve(shared: Arc<Shared>, index: usize, mut seen: usize, parks: bool) {
             continue;
         }
         idle = idle.saturating_add(1);
-        // Other rayon work only now and then: looking for it takes longer than a
-        // posted job should wait to be seen.
-        if idle.is_multiple_of(32) && rayon::yield_now() == Some(rayon::Yield::Executed) {
+        // Other rayon work only now and then (looking for it takes longer than a posted
+        // job should wait to be seen), and only inside a region (`regions` odd: the
+        // passes of the step that still fork): between regions a job of the pool may be
+        // the next call's, which this helper would then run alone.
+        if idle.is_multiple_of(32)
+            && shared.regions.load(Ordering::Relaxed) % 2 == 1
+            && rayon::yield_now() == Some(rayon::Yield::Executed)
+        {
             (idle, last_work) = (0, Instant::now());
             continue;
         }
@@ -586,6 +606,52 @@ mod tests {
                 }
                 eventually(&team, "the helper never left", |m| m.running == 0 && !m.spawned[1]);
             }
+        });
+    }
+
+    #[test]
+    fn helpers_linger_from_the_regions_end_not_from_their_last_job() {
+        let pool = pool(2);
+        pool.install(|| {
+            let team = Team::new(2);
+            // A region whose last job is long past when it closes (a serial stretch of a
+            // step); a short while after it, the helper is still there. Tried a few
+            // times: a busy machine may oversleep the short while past LINGER.
+            let stayed = (0..5).any(|_| {
+                let start = Instant::now();
+                while !team.lead(Spawn::Current, |region| {
+                    region
+                        .map(|_| {
+                            share(2, &|_| {});
+                            std::thread::sleep(3 * LINGER);
+                        })
+                        .is_some()
+                }) {
+                    assert!(start.elapsed() < Duration::from_secs(20), "the helper never started");
+                }
+                std::thread::sleep(LINGER / 4);
+                team.shared.members().spawned[1]
+            });
+            assert!(stayed, "the helper left as soon as the region closed");
+        });
+    }
+
+    #[test]
+    fn between_regions_a_lingering_helper_leaves_the_pools_jobs_to_the_pool() {
+        let pool = pool(2);
+        pool.install(|| {
+            let team = Team::new(2);
+            let start = Instant::now();
+            while team.lead(Spawn::Current, |region| region.map(|_| share(2, &|_| {}))).is_none() {
+                assert!(start.elapsed() < Duration::from_secs(20), "the helper never started");
+            }
+            // This worker blocks below, so only the other one, the lingering helper, can
+            // run the job: once it has left its loop, not from inside it (where a job
+            // leading a region of its own, the next call, would have to run alone).
+            let (tx, rx) = std::sync::mpsc::channel();
+            rayon::spawn(move || tx.send(SERVING.get()).expect("the test waits"));
+            let in_helper_loop = rx.recv_timeout(Duration::from_secs(5)).expect("the job ran");
+            assert!(!in_helper_loop, "the job ran inside the helper's loop");
         });
     }
 

@@ -306,7 +306,10 @@ impl Sequential {
         let mut epochs = Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv) };
         // One region for the whole loop: the helpers stay with this thread between
         // steps, and every step's products share their tiles among the same threads.
-        let result = self.pool.clone().lead_here(threads, |region, threads| {
+        // (Through a clone of the pool, written back after: the team it starts is kept
+        // for the next call, whose helpers may still be waiting.)
+        let pool = self.pool.clone();
+        let result = pool.lead_here(threads, |region, threads| {
             // No helpers to be had (another call holds them): the loop runs alone.
             if region.is_none() {
                 epochs.governor = Governor::fixed(Mode::SerialHere);
@@ -330,6 +333,7 @@ impl Sequential {
             Ok(reports)
         });
         (self.batch_x, self.batch_classes, self.batch_values) = (bx, bc, bv);
+        self.pool = pool;
         result
     }
 

@@ -91,6 +91,10 @@ pub struct Evaluation {
 ///
 /// Every buffer (activations, gradients, optimizer state, GEMM packing buffers) is
 /// sized by the first step and reused: after it, a training step allocates nothing.
+/// (Called inside a rayon pool of the caller's, the step's helpers are jobs of that
+/// pool, which leave it after 2 ms without a step so as not to hold its workers; the
+/// next step spawns them again, a small allocation of rayon's each. A model in a pool
+/// of its own — [`Sequential::set_threads`] called from outside any pool — keeps them.)
 #[derive(Clone, Debug)]
 pub struct Sequential {
     layers: Vec<Layer>,
