@@ -68,10 +68,16 @@ struct Shared {
     job: UnsafeCell<Option<JobRef>>,
     /// Helpers that have not finished the posted job.
     remaining: AtomicUsize,
-    /// Bumped when a region opens and when it closes (odd while one is open): a
-    /// helper's linger starts over (so it counts from the region's end, not from its
-    /// last job, which a long serial stretch of the step may have left far behind).
+    /// Bumped when a region opens and when it closes: a helper's linger starts over
+    /// (so it counts from the region's end, not from its last job, which a long
+    /// serial stretch of the step may have left far behind).
     regions: AtomicUsize,
+    /// A region is open and all its helpers have started: only then do waiting helpers
+    /// run other rayon work of the pool (the passes of the step that still fork).
+    /// Between regions a job of the pool may be the next call's, which a helper would
+    /// then run alone; while the leader waits for helpers to start, the job may be a
+    /// sibling's helper loop, which would leave at once (see `serve`).
+    started: AtomicBool,
     /// Spin while waiting (else sleep a millisecond at a time: the governor's serial mode).
     hot: AtomicBool,
     /// The team was dropped: helpers leave.
@@ -192,6 +198,7 @@ impl Team {
                 job: UnsafeCell::new(None),
                 remaining: AtomicUsize::new(0),
                 regions: AtomicUsize::new(0),
+                started: AtomicBool::new(false),
                 hot: AtomicBool::new(true),
                 retired: AtomicBool::new(false),
                 panic: Mutex::new(None),
@@ -254,6 +261,7 @@ impl Team {
             }
             std::thread::yield_now();
         }
+        shared.started.store(true, Ordering::Relaxed);
         CURRENT.set(Some(NonNull::from(shared)));
         let region = Region { shared };
         f(Some(&region))
@@ -269,6 +277,7 @@ impl Drop for Close<'_> {
         // Lingering helpers spin (and leave after LINGER), whatever the region left:
         // parked ones would look for the next region only every millisecond.
         self.0.hot.store(true, Ordering::Release);
+        self.0.started.store(false, Ordering::Relaxed);
         self.0.regions.fetch_add(1, Ordering::Relaxed);
         self.0.members().open = false;
     }
@@ -399,11 +408,9 @@ fn serve(shared: Arc<Shared>, index: usize, mut seen: usize, parks: bool) {
         }
         idle = idle.saturating_add(1);
         // Other rayon work only now and then (looking for it takes longer than a posted
-        // job should wait to be seen), and only inside a region (`regions` odd: the
-        // passes of the step that still fork): between regions a job of the pool may be
-        // the next call's, which this helper would then run alone.
+        // job should wait to be seen), and only inside a started region (see `started`).
         if idle.is_multiple_of(32)
-            && shared.regions.load(Ordering::Relaxed) % 2 == 1
+            && shared.started.load(Ordering::Relaxed)
             && rayon::yield_now() == Some(rayon::Yield::Executed)
         {
             (idle, last_work) = (0, Instant::now());
