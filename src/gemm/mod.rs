@@ -133,7 +133,7 @@ pub struct GemmOptions {
     /// A promise that B holds no ∞ or NaN. A tile of C then skips the k steps where
     /// all its rows of A are ±0 and the rows of B they would read, where A is read in
     /// place (row-major, or transposed as in `Xᵀ·dZ`): on the AVX2 path every product
-    /// whose tiles the list serves, four column tiles (64 columns) or more, or of one or
+    /// whose tiles the list serves, two column tiles (32 columns) or more, or of one or
     /// two rows; on the AVX-512 path products of one or two rows. Each skipped step adds
     /// `±0·b = ±0`, which changes no sum (`0·∞` would be NaN, hence the promise). The
     /// result is the full product's, except that a sum that underflowed to −0 may come

@@ -493,10 +493,10 @@ impl Job<'_> {
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
         // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
         // and only by tasks that skip (a 2 KB memset per row panel was visible).
-        // Tiles of more than two rows list their steps only when the list serves four
-        // column tiles or more: it costs about a tile's own k loop to build
-        // (docs/perf/zero-steps-2026-12-03.md).
-        let lists = self.skip_zero_a && (K::MR <= 2 || cols.len().min(nc_max) >= 4 * K::NR);
+        // Tiles of more than two rows list their steps only when the list serves two
+        // column tiles or more: a listed step costs about 1.5 dense ones, and the
+        // list a fraction of a tile's k loop to build (docs/perf/zero-steps-2026-12-03.md).
+        let lists = self.skip_zero_a && (K::MR <= 2 || cols.len().min(nc_max) >= 2 * K::NR);
         let mut steps = if lists { Some([0u32; KC_MAX]) } else { None };
         // A row panel whose inputs are all ±0 has a zero gradient: an update that leaves
         // such rows alone is done with it (when its gradient is complete in one k block).
@@ -560,7 +560,7 @@ impl Job<'_> {
                             };
                             if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
-                                let listed = self.nonzero_steps(rows, p0, kc, steps);
+                                let listed = K::nonzero_steps(self.a, rows, p0, kc, steps);
                                 if listed == 0 && skips_empty_panels {
                                     continue;
                                 }
@@ -615,49 +615,6 @@ impl Job<'_> {
             unsafe { step_biases::<K>(bu, db.add(cols.start), cols, &mut maxima) };
             bu.merge(maxima);
         }
-    }
-
-    /// The k steps `0..kc` of the block from `p0` at which some row of A in `rows` is
-    /// not ±0, into `steps`; returns how many.
-    fn nonzero_steps(&self, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        let mut count = 0;
-        let mut note = |p: usize, nonzero: bool| {
-            steps[count] = p as u32;
-            count += nonzero as usize;
-        };
-        // ±0 are the floats whose bits are 0 but for the sign: OR the others' bits over
-        // the rows, then test the sum (one pass over the panel, in vectors).
-        const MAG: u32 = 0x7fff_ffff;
-        let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
-        let data = self.a.as_slice();
-        if csa == 1 {
-            // Row-major A: a mask of 32 steps at a time, then its set bits (a step at a
-            // time cost 20 instructions each).
-            for c in (0..kc).step_by(32) {
-                let len = 32.min(kc - c);
-                let mut or = [0u32; 32];
-                for i in rows.clone() {
-                    let run = &data[i * rsa + p0 + c..][..len];
-                    for (o, &x) in or.iter_mut().zip(run) {
-                        *o |= x.to_bits() & MAG;
-                    }
-                }
-                let mut bits = or.iter().enumerate().fold(0u32, |m, (i, &o)| m | (u32::from(o != 0) << i));
-                while bits != 0 {
-                    note(c + bits.trailing_zeros() as usize, true);
-                    bits &= bits - 1;
-                }
-            }
-        } else if rsa == 1 {
-            // Aᵀ read in place (dW = Xᵀ·dZ): the tile's rows at one step are adjacent.
-            for p in 0..kc {
-                let run = &data[rows.start + (p0 + p) * csa..][..rows.len()];
-                note(p, run.iter().fold(0, |o, &x| o | (x.to_bits() & MAG)) != 0);
-            }
-        } else {
-            (0..kc).for_each(|p| note(p, rows.clone().any(|i| self.a.get(i, p0 + p) != 0.0)));
-        }
-        count
     }
 
     /// Raises the job's maxima to this task's.

@@ -15,8 +15,11 @@
 
 use super::epilogue::{masks, store_tile, Lanes};
 use super::update::{update_tile, TileUpdate};
-use super::{APanel, BPanel, Isa, Kernel, Tile};
+use super::{steps, APanel, BPanel, Isa, Kernel, Tile};
+use crate::gemm::blocking::KC_MAX;
+use crate::matrix::MatRef;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 pub(crate) struct Avx2;
 
@@ -40,6 +43,9 @@ impl Kernel for Avx2 {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<6, 2>(kc, a, b, t) }
     }
+    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        nonzero_steps(a, rows, p0, kc, steps)
+    }
 }
 
 /// 2 × 32 tile (8 accumulators): products of one or two rows (a batch of 1 or 2),
@@ -56,6 +62,9 @@ impl Kernel for Avx2Rows {
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<2, 4>(kc, a, b, t) }
+    }
+    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        nonzero_steps(a, rows, p0, kc, steps)
     }
 }
 
@@ -75,6 +84,9 @@ impl Kernel for Avx2Row64 {
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<1, 8>(kc, a, b, t) }
+    }
+    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        nonzero_steps(a, rows, p0, kc, steps)
     }
 }
 
@@ -482,6 +494,114 @@ pub(crate) unsafe fn update_rank1(
     unsafe { super::update::update_rank1::<Ymm>(x, xs, rows, dz, n, u) }
 }
 
+/// [`steps::nonzero_steps`] in ymm vectors, for the AVX2 tiles: row-major A (the
+/// forward `X·W`) ORs eight steps of every row per instruction and takes the nonzero
+/// steps from a movemask; Aᵀ in place (`Xᵀ·dZ`, a tile's rows adjacent at each step)
+/// tests each step's rows with one masked load. Other layouts, more than 8 rows, or no
+/// avx2: the portable builder.
+pub(crate) fn nonzero_steps(
+    a: MatRef<'_>,
+    rows: Range<usize>,
+    p0: usize,
+    kc: usize,
+    steps: &mut [u32; KC_MAX],
+) -> usize {
+    let (rs, cs) = (a.row_stride(), a.col_stride());
+    let n = rows.len();
+    if n == 0 || n > 8 || kc == 0 || kc > KC_MAX || !Isa::Avx2.is_available() {
+        return steps::nonzero_steps(a, rows, p0, kc, steps);
+    }
+    let data = a.as_slice();
+    if cs == 1 {
+        let mut runs: [&[f32]; 8] = [&[]; 8];
+        for (run, i) in runs.iter_mut().zip(rows) {
+            *run = &data[i * rs + p0..][..kc];
+        }
+        // SAFETY: avx2 was checked; every run has kc floats.
+        unsafe { row_runs_nonzero(&runs[..n], kc, steps) }
+    } else if rs == 1 {
+        // The last step's rows end inside the view (checked once here; the loop reads
+        // each step's n floats at a stride of cs).
+        assert!(rows.start + (p0 + kc - 1) * cs + n <= data.len(), "nonzero_steps: A too short");
+        // SAFETY: avx2 was checked; the assert covers every step's n floats.
+        unsafe { adjacent_rows_nonzero(&data[rows.start + p0 * cs..], n, cs, kc, steps) }
+    } else {
+        steps::nonzero_steps(a, rows, p0, kc, steps)
+    }
+}
+
+/// The steps `p < kc` at which some `runs[r][p]` is not ±0.
+///
+/// # Safety
+/// avx2 available; every run has at least `kc` floats; `kc <= KC_MAX`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_runs_nonzero(runs: &[&[f32]], kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let mag = _mm256_set1_epi32(steps::MAG as i32);
+    let zero = _mm256_setzero_si256();
+    // Eight nonzero bits of one vector of OR-ed magnitudes.
+    let nonzero8 = |v: __m256i| {
+        !_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(v, mag), zero))) as u32 & 0xff
+    };
+    let mut count = 0;
+    let mut c = 0;
+    while c < kc {
+        let mut bits = 0u32;
+        let width = if c + 32 <= kc {
+            let mut or = [zero; 4];
+            for run in runs {
+                for (v, o) in or.iter_mut().enumerate() {
+                    // SAFETY: c + 32 <= kc floats of the run.
+                    *o = _mm256_or_si256(*o, unsafe { _mm256_loadu_si256(run.as_ptr().add(c + 8 * v).cast()) });
+                }
+            }
+            for (v, &o) in or.iter().enumerate() {
+                bits |= nonzero8(o) << (8 * v);
+            }
+            32
+        } else if c + 8 <= kc {
+            let mut or = zero;
+            for run in runs {
+                // SAFETY: c + 8 <= kc floats of the run.
+                or = _mm256_or_si256(or, unsafe { _mm256_loadu_si256(run.as_ptr().add(c).cast()) });
+            }
+            bits = nonzero8(or);
+            8
+        } else {
+            for p in 0..kc - c {
+                let or = runs.iter().fold(0, |o, run| o | (run[c + p].to_bits() & steps::MAG));
+                bits |= u32::from(or != 0) << p;
+            }
+            kc - c
+        };
+        while bits != 0 {
+            steps[count] = (c + bits.trailing_zeros() as usize) as u32;
+            count += 1;
+            bits &= bits - 1;
+        }
+        c += width;
+    }
+    count
+}
+
+/// The steps `p < kc` at which some of `a[p * cs..][..n]` is not ±0 (`n <= 8`).
+///
+/// # Safety
+/// avx2 available; `(kc - 1) * cs + n <= a.len()`, `1 <= n <= 8`, `kc <= KC_MAX`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adjacent_rows_nonzero(a: &[f32], n: usize, cs: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let mag = _mm256_set1_epi32(steps::MAG as i32);
+    let mut count = 0;
+    for p in 0..kc {
+        // SAFETY: the masked load reads the n floats at p * cs, inside `a` by the
+        // contract; the lanes past n are neither read nor able to fault.
+        let v = unsafe { _mm256_maskload_ps(a.as_ptr().add(p * cs), lanes) };
+        steps[count] = p as u32;
+        count += (_mm256_testz_si256(_mm256_castps_si256(v), mag) == 0) as usize;
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -525,5 +645,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn nonzero_step_lists_match_the_portable_builder_and_the_definition() {
+        use crate::gemm::blocking::KC_MAX;
+        use crate::matrix::{MatRef, Matrix};
+        if !super::super::Isa::Avx2.is_available() {
+            eprintln!("skipping: no avx2");
+            return;
+        }
+        // -0 is skipped; denormals, NaN and ∞ are not.
+        let values = [0.0, -0.0, 0.0, -0.0, 1.5, -2.0, f32::MIN_POSITIVE / 4.0, f32::NAN, f32::INFINITY];
+        let mut rng = crate::rng::Rng::new(17);
+        let (m, k) = (13, KC_MAX + 9);
+        let mut cases = 0;
+        for density in [0.0, 0.03, 0.3, 1.0] {
+            let mut pick = |_: usize, _: usize| {
+                if rng.next_f32() < density {
+                    values[4 + rng.below(values.len() - 4)]
+                } else {
+                    values[rng.below(4)]
+                }
+            };
+            // Row-major, its transpose stored row-major and read as Aᵀ, and a strided
+            // layout (portable in both); each view ends at its buffer's last float.
+            let rm = Matrix::from_fn(m, k, &mut pick);
+            let tr = Matrix::from_fn(k, m, &mut pick);
+            let st: Vec<f32> = (0..2 * m * k).map(|i| if i % 2 == 0 { pick(0, 0) } else { f32::NAN }).collect();
+            let views = [rm.view(), tr.view().t(), MatRef::from_strides(&st[..2 * m * k - 1], m, k, 2, 2 * m).unwrap()];
+            for a in views {
+                for (p0, kc) in
+                    [(0, 1), (0, 7), (0, 8), (3, 9), (1, 31), (0, 32), (5, 33), (2, 100), (9, KC_MAX), (0, 0)]
+                {
+                    for n in 1..=9usize {
+                        for start in [0, m - n] {
+                            let rows = start..start + n;
+                            let want: Vec<u32> = (0..kc)
+                                .filter(|&p| rows.clone().any(|i| a.get(i, p0 + p) != 0.0))
+                                .map(|p| p as u32)
+                                .collect();
+                            let (mut fast, mut twin) = ([0u32; KC_MAX], [0u32; KC_MAX]);
+                            let nf = super::nonzero_steps(a, rows.clone(), p0, kc, &mut fast);
+                            let nt = super::steps::nonzero_steps(a, rows.clone(), p0, kc, &mut twin);
+                            let what = format!(
+                                "strides {:?}, rows {rows:?}, p0 {p0}, kc {kc}, density {density}",
+                                (a.row_stride(), a.col_stride())
+                            );
+                            assert_eq!(&twin[..nt], &want[..], "portable: {what}");
+                            assert_eq!(&fast[..nf], &want[..], "avx2: {what}");
+                            cases += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 3 * 10 * 9 * 2);
     }
 }

@@ -26,6 +26,7 @@ mod k_loop;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 pub(crate) mod portable;
+pub(crate) mod steps;
 pub(crate) mod update;
 
 /// An instruction-set path for the GEMM microkernels.
@@ -339,4 +340,17 @@ pub(crate) trait Kernel {
     /// image, over half of the pixels of six) and the rows of B they would read: every
     /// AVX2 row tile, the AVX-512 tiles of one or two rows.
     const SKIPS_ZERO_STEPS: bool = false;
+
+    /// The list of k steps for a tile of rows `rows` of `a` that skips zero inputs
+    /// ([`steps::nonzero_steps`], which this defaults to).
+    #[inline]
+    fn nonzero_steps(
+        a: crate::matrix::MatRef<'_>,
+        rows: std::ops::Range<usize>,
+        p0: usize,
+        kc: usize,
+        steps: &mut [u32; super::blocking::KC_MAX],
+    ) -> usize {
+        steps::nonzero_steps(a, rows, p0, kc, steps)
+    }
 }

@@ -1,0 +1,60 @@
+//! The k steps a tile that skips zero inputs runs ([`Kernel::SKIPS_ZERO_STEPS`]): those
+//! at which some of its rows of A is not ±0. The portable builder here is the naive
+//! twin of the AVX2 one (`avx2::nonzero_steps`), and the builder of every other kernel.
+//!
+//! [`Kernel::SKIPS_ZERO_STEPS`]: super::Kernel::SKIPS_ZERO_STEPS
+
+use crate::gemm::blocking::KC_MAX;
+use crate::matrix::MatRef;
+use std::ops::Range;
+
+/// The magnitude bits of an f32: ±0 are the floats with none set (NaN and denormals
+/// have some, so they are listed and reach the tile).
+pub(crate) const MAG: u32 = 0x7fff_ffff;
+
+/// The k steps `0..kc` of the block from column `p0` of `a` at which some row of `a` in
+/// `rows` is not ±0, in order, into `steps`; returns how many.
+pub(crate) fn nonzero_steps(
+    a: MatRef<'_>,
+    rows: Range<usize>,
+    p0: usize,
+    kc: usize,
+    steps: &mut [u32; KC_MAX],
+) -> usize {
+    let mut count = 0;
+    let mut note = |p: usize, nonzero: bool| {
+        steps[count] = p as u32;
+        count += nonzero as usize;
+    };
+    // OR the magnitude bits over the rows, then test the sum.
+    let (rsa, csa) = (a.row_stride(), a.col_stride());
+    let data = a.as_slice();
+    if csa == 1 {
+        // Row-major A: a mask of 32 steps at a time, then its set bits (a step at a
+        // time cost 20 instructions each).
+        for c in (0..kc).step_by(32) {
+            let len = 32.min(kc - c);
+            let mut or = [0u32; 32];
+            for i in rows.clone() {
+                let run = &data[i * rsa + p0 + c..][..len];
+                for (o, &x) in or.iter_mut().zip(run) {
+                    *o |= x.to_bits() & MAG;
+                }
+            }
+            let mut bits = or.iter().enumerate().fold(0u32, |m, (i, &o)| m | (u32::from(o != 0) << i));
+            while bits != 0 {
+                note(c + bits.trailing_zeros() as usize, true);
+                bits &= bits - 1;
+            }
+        }
+    } else if rsa == 1 {
+        // Aᵀ read in place (dW = Xᵀ·dZ): the tile's rows at one step are adjacent.
+        for p in 0..kc {
+            let run = &data[rows.start + (p0 + p) * csa..][..rows.len()];
+            note(p, run.iter().fold(0, |o, &x| o | (x.to_bits() & MAG)) != 0);
+        }
+    } else {
+        (0..kc).for_each(|p| note(p, rows.clone().any(|i| a.get(i, p0 + p) != 0.0)));
+    }
+    count
+}
