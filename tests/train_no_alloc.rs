@@ -19,6 +19,22 @@ use std::sync::atomic::Ordering;
 #[global_allocator]
 static GLOBAL: common::Counting = common::Counting;
 
+/// 784-128-64-10 with dropout, on `threads` threads.
+fn mnist_model(optimizer: Optimizer, threads: usize) -> Sequential {
+    let mut m = Sequential::builder(784)
+        .seed(1)
+        .dense(128)
+        .relu()
+        .dense(64)
+        .relu()
+        .dropout(0.1)
+        .dense(10)
+        .build(Loss::SoftmaxCrossEntropy, optimizer)
+        .unwrap();
+    m.set_threads(Some(threads)).unwrap();
+    m
+}
+
 #[test]
 fn training_steps_do_not_allocate() {
     let optimizers =
@@ -27,17 +43,7 @@ fn training_steps_do_not_allocate() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     for optimizer in optimizers {
         for threads in [1, 2] {
-            let mut m = Sequential::builder(784)
-                .seed(1)
-                .dense(128)
-                .relu()
-                .dense(64)
-                .relu()
-                .dropout(0.1)
-                .dense(10)
-                .build(Loss::SoftmaxCrossEntropy, optimizer)
-                .unwrap();
-            m.set_threads(Some(threads)).unwrap();
+            let mut m = mnist_model(optimizer, threads);
             pool.install(|| {
                 for _ in 0..3 {
                     m.train_step(x.view(), Targets::Classes(&y)).unwrap();
@@ -59,16 +65,7 @@ fn training_steps_do_not_allocate() {
     // A model in a pool of its own (called from outside any pool): its helpers park
     // between steps, even across pauses longer than they wait awake, and nothing is
     // spawned again.
-    let mut m = Sequential::builder(784)
-        .seed(1)
-        .dense(128)
-        .relu()
-        .dense(64)
-        .relu()
-        .dense(10)
-        .build(Loss::SoftmaxCrossEntropy, Optimizer::adam(1e-3))
-        .unwrap();
-    m.set_threads(Some(2)).unwrap();
+    let mut m = mnist_model(Optimizer::adam(1e-3), 2);
     for _ in 0..3 {
         m.train_step(x.view(), Targets::Classes(&y)).unwrap();
     }
