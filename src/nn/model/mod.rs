@@ -91,10 +91,12 @@ pub struct Evaluation {
 ///
 /// Every buffer (activations, gradients, optimizer state, GEMM packing buffers) is
 /// sized by the first step and reused: after it, a training step allocates nothing.
-/// (Called inside a rayon pool of the caller's, the step's helpers are jobs of that
-/// pool, which leave it after 2 ms without a step so as not to hold its workers; the
-/// next step spawns them again, a small allocation of rayon's each. A model in a pool
-/// of its own — [`Sequential::set_threads`] called from outside any pool — keeps them.)
+/// (In a pool it shares — the caller's rayon pool, or rayon's global one when no
+/// thread count is set — the step's helpers are jobs of that pool, which leave it
+/// after 2 ms without a step so as not to hold its workers; the next step spawns them
+/// again, a small allocation of rayon's each. A model given a thread count with
+/// [`Sequential::set_threads`] and called from outside any pool has helpers of its own,
+/// which wait for the next step without allocating.)
 #[derive(Clone, Debug)]
 pub struct Sequential {
     layers: Vec<Layer>,
