@@ -655,6 +655,10 @@ mod tests {
             // This worker blocks below, so only the other one, the lingering helper, can
             // run the job: once it has left its loop, not from inside it (where a job
             // leading a region of its own, the next call, would have to run alone).
+            // Spawned a while after the close (the helper still lingers): a helper that
+            // saw the region started just before it closed may still look for work
+            // once (under qemu that window is wide), a race that costs only speed.
+            std::thread::sleep(LINGER / 4);
             let (tx, rx) = std::sync::mpsc::channel();
             rayon::spawn(move || tx.send(SERVING.get()).expect("the test waits"));
             let in_helper_loop = rx.recv_timeout(Duration::from_secs(5)).expect("the job ran");
