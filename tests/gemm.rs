@@ -620,12 +620,13 @@ fn check_split_k(shapes: &[(usize, usize, usize, Option<CacheSizes>)]) {
 
 #[test]
 fn finite_b_lets_products_skip_zero_inputs_with_the_same_result() {
-    // `with_finite_b`: a tile skips the k steps where all its rows of A are ±0 (the
-    // AVX-512 tiles of one or two rows, every AVX2 row tile). Against the full product:
+    // `with_finite_b`: a tile skips the k steps where all its rows of A are ±0 (every
+    // AVX2 and AVX-512 row tile, where its list pays). Against the full product:
     // the same bits (a zero may change sign only where a sum underflowed; compared as
     // +0), for A four-fifths zeros of either sign, with denormals, every epilogue, across
     // k blocks, on 1 and 2 threads, with A and C in every layout (A read in place
-    // row-major and transposed, and packed), tiles of 1, 2 and 6 rows, partial ones too.
+    // row-major and transposed, and packed), tiles of 1, 2 and 6 rows and the AVX-512
+    // tiles of 16, 12 and 8 rows (n ≤ 16, 32, 48), partial ones too.
     let mut rng = Rng::new(37);
     let small = Some(CacheSizes::new(8 << 10, 64 << 10));
     let canon = |x: f32| if x == 0.0 { 0 } else { x.to_bits() };
@@ -642,6 +643,9 @@ fn finite_b_lets_products_skip_zero_inputs_with_the_same_result() {
         (7, 300, 70, None),
         (40, 784, 128, None),
         (13, 520, 100, None),
+        (20, 600, 16, None),
+        (30, 784, 32, None),
+        (17, 530, 45, small),
     ];
     for (s, (m, k, n, caches)) in shapes.into_iter().enumerate() {
         // Every other shape without normal inputs: its outputs are sums of denormal
@@ -698,10 +702,11 @@ fn finite_b_lets_products_skip_zero_inputs_with_the_same_result() {
 fn finite_b_skips_the_rows_of_b_at_zero_inputs() {
     // The promise is what makes skipping exact: break it (NaN in B's rows at A's
     // zeros) and the tiles that skip show it by a finite product, where the full
-    // product is NaN. This checks that the steps really are skipped: by the AVX-512
-    // tiles of one or two rows and by every AVX2 tile, with A row-major (X·W) and
-    // transposed (Xᵀ·dZ), and not by tiles of more rows than two serving fewer than two
-    // column tiles (n = 24 on AVX2), whose list would cost more than it saves.
+    // product is NaN. This checks that the steps really are skipped, with A row-major
+    // (X·W) and transposed (Xᵀ·dZ): by the tiles of one or two rows; by the AVX2 tiles
+    // serving two column tiles or more (n ≥ 32); by the AVX-512 6 × 64 tile always, and
+    // by its taller tiles (n ≤ 48) when A is transposed; and not where a list would cost
+    // more than it saves (n = 24 on AVX2, row-major A in the tall AVX-512 tiles).
     let k = 784;
     for (m, n) in [(1, 128), (8, 128), (128, 128), (8, 48), (8, 32), (8, 24)] {
         let x = Matrix::from_fn(m, k, |_, p| if p % 5 == 0 { 1.0 } else { 0.0 });
@@ -718,7 +723,7 @@ fn finite_b_skips_the_rows_of_b_at_zero_inputs() {
                     gemm_with(c.view_mut(), a, b.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
                     let skips = finite
                         && match isa {
-                            Isa::Avx512 => m <= 2,
+                            Isa::Avx512 => m <= 2 || n > 48 || layout == "transposed",
                             Isa::Avx2 => m <= 2 || n >= 32,
                             _ => false,
                         };

@@ -227,23 +227,26 @@ fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
 #[test]
 fn a_batch_skips_the_row_panels_whose_inputs_are_all_zero_with_the_same_bits() {
     // dW = Xᵀ·dZ with dZ promised finite and plain SGD: the row panels of W whose inputs
-    // are ±0 in the whole batch (features 0–7 and 30–37 here) are not touched, where the
+    // are ±0 in the whole batch (features 0–7 and 16–37 here) are not touched, where the
     // tiles list their steps (AVX2, 32 columns or more a task: 128 and 130 here, so that
-    // two threads' column halves list too). The weights end as the twin's
+    // two threads' column halves list too; AVX-512, every width its row tiles serve,
+    // 16 here). The weights end as the twin's
     // (dW, then the update pass) on every path, and there the maxima leave out the
-    // skipped rows (the largest weight, 7.0, sits in one of them).
+    // skipped rows (the largest weights, 7.0 and 8.0, sit in rows 1 and 20: the
+    // second in a skipped panel of either height, the first only of six rows).
     let mut rng = Rng::new(17);
     for &isa in Isa::ALL.iter().filter(|i| i.is_available()) {
         for threads in [1, 2] {
             let opts = GemmOptions::default().with_isa(isa).with_threads(threads).with_min_work_per_thread(0);
             for (batch, n_in, n_out) in [(8, 40, 128), (37, 48, 130), (128, 40, 16)] {
                 let x = Matrix::from_fn(batch, n_in, |_, i| match i {
-                    0..8 | 30..38 => [0.0, -0.0][rng.below(2)],
+                    0..8 | 16..38 => [0.0, -0.0][rng.below(2)],
                     _ => rng.next_f32() - 0.5,
                 });
                 let dz = random(batch, n_out, &mut rng, 0.01);
                 let mut w0 = random(n_in, n_out, &mut rng, 0.5);
                 w0[(1, 3)] = 7.0;
+                w0[(20, 3)] = 8.0;
                 let opt = Optimizer::sgd(0.3);
                 let rule = UpdateRule { step: opt.fused_step(0), penalty: None, skip_zero_rows: true };
                 let mut wf = w0.clone();
@@ -268,9 +271,17 @@ fn a_batch_skips_the_row_panels_whose_inputs_are_all_zero_with_the_same_bits() {
                 let what = format!("{} {threads}t {n_in}×{batch}×{n_out}", isa.name());
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(wf.as_slice()), bits(wt.as_slice()), "weights, {what}");
-                let skips = isa == Isa::Avx2 && n_out >= 32;
+                let skips = match isa {
+                    Isa::Avx2 => n_out >= 32,
+                    Isa::Avx512 => true,
+                    _ => false,
+                };
                 let all = max_abs_bits(wt.as_slice());
-                let stepped = (0..n_in).filter(|&i| !(i < 6 || (30..36).contains(&i))).map(|i| max_abs_bits(wt.row(i)));
+                // A panel is the tile's rows: 16 in the AVX-512 16 × 16 tile, else 6.
+                let panel = if isa == Isa::Avx512 && n_out <= 16 { 16 } else { 6 };
+                let zero = |i: usize| i < 8 || (16..38).contains(&i);
+                let skipped = |i: usize| (i / panel * panel..((i / panel + 1) * panel).min(n_in)).all(zero);
+                let stepped = (0..n_in).filter(|&i| !skipped(i)).map(|i| max_abs_bits(wt.row(i)));
                 let expected = if skips { stepped.max().unwrap() } else { all };
                 assert_eq!(maxima.unwrap()[0][0], expected, "maxima, {what}");
             }

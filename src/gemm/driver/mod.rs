@@ -493,10 +493,10 @@ impl Job<'_> {
             && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
         // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
         // and only by tasks that skip (a 2 KB memset per row panel was visible).
-        // Tiles of more than two rows list their steps only when the list serves two
-        // column tiles or more: a listed step costs about 1.5 dense ones, and the
-        // list a fraction of a tile's k loop to build (docs/perf/zero-steps-2026-12-03.md).
-        let lists = self.skip_zero_a && (K::MR <= 2 || cols.len().min(nc_max) >= 2 * K::NR);
+        // Whether a list pays depends on the tile and on how many column tiles it
+        // serves (`Kernel::lists_steps`).
+        let a_transposed = self.a.row_stride() == 1 && self.a.col_stride() != 1;
+        let lists = self.skip_zero_a && K::lists_steps(cols.len().min(nc_max), a_transposed);
         let mut steps = if lists { Some([0u32; KC_MAX]) } else { None };
         // A row panel whose inputs are all ±0 has a zero gradient: an update that leaves
         // such rows alone is done with it (when its gradient is complete in one k block).

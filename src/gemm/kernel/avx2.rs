@@ -497,8 +497,9 @@ pub(crate) unsafe fn update_rank1(
 /// [`steps::nonzero_steps`] in ymm vectors, for the AVX2 tiles: row-major A (the
 /// forward `X·W`) ORs eight steps of every row per instruction and takes the nonzero
 /// steps from a movemask; Aᵀ in place (`Xᵀ·dZ`, a tile's rows adjacent at each step)
-/// tests each step's rows with one masked load. Other layouts, more than 8 rows, or no
-/// avx2: the portable builder.
+/// tests each step's rows with one or two masked loads. It serves the AVX-512 tiles too
+/// (every AVX-512 CPU has AVX2), up to their 16 rows. Other layouts, more than 16 rows,
+/// or no avx2: the portable builder.
 pub(crate) fn nonzero_steps(
     a: MatRef<'_>,
     rows: Range<usize>,
@@ -508,12 +509,12 @@ pub(crate) fn nonzero_steps(
 ) -> usize {
     let (rs, cs) = (a.row_stride(), a.col_stride());
     let n = rows.len();
-    if n == 0 || n > 8 || kc == 0 || kc > KC_MAX || !Isa::Avx2.is_available() {
+    if n == 0 || n > 16 || kc == 0 || kc > KC_MAX || !Isa::Avx2.is_available() {
         return steps::nonzero_steps(a, rows, p0, kc, steps);
     }
     let data = a.as_slice();
     if cs == 1 {
-        let mut runs: [&[f32]; 8] = [&[]; 8];
+        let mut runs: [&[f32]; 16] = [&[]; 16];
         for (run, i) in runs.iter_mut().zip(rows) {
             *run = &data[i * rs + p0..][..kc];
         }
@@ -583,21 +584,36 @@ unsafe fn row_runs_nonzero(runs: &[&[f32]], kc: usize, steps: &mut [u32; KC_MAX]
     count
 }
 
-/// The steps `p < kc` at which some of `a[p * cs..][..n]` is not ±0 (`n <= 8`).
+/// The steps `p < kc` at which some of `a[p * cs..][..n]` is not ±0 (`n <= 16`).
 ///
 /// # Safety
-/// avx2 available; `(kc - 1) * cs + n <= a.len()`, `1 <= n <= 8`, `kc <= KC_MAX`.
+/// avx2 available; `(kc - 1) * cs + n <= a.len()`, `1 <= n <= 16`, `kc <= KC_MAX`.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn adjacent_rows_nonzero(a: &[f32], n: usize, cs: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-    let lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    let index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let low = _mm256_cmpgt_epi32(_mm256_set1_epi32(n.min(8) as i32), index);
     let mag = _mm256_set1_epi32(steps::MAG as i32);
     let mut count = 0;
-    for p in 0..kc {
-        // SAFETY: the masked load reads the n floats at p * cs, inside `a` by the
-        // contract; the lanes past n are neither read nor able to fault.
-        let v = unsafe { _mm256_maskload_ps(a.as_ptr().add(p * cs), lanes) };
-        steps[count] = p as u32;
-        count += (_mm256_testz_si256(_mm256_castps_si256(v), mag) == 0) as usize;
+    if n <= 8 {
+        for p in 0..kc {
+            // SAFETY: the masked load reads the n floats at p * cs, inside `a` by the
+            // contract; the lanes past n are neither read nor able to fault.
+            let v = unsafe { _mm256_maskload_ps(a.as_ptr().add(p * cs), low) };
+            steps[count] = p as u32;
+            count += (_mm256_testz_si256(_mm256_castps_si256(v), mag) == 0) as usize;
+        }
+    } else {
+        let high = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32 - 8), index);
+        for p in 0..kc {
+            // SAFETY: as above: floats p·cs .. p·cs + 8 and the n − 8 after them, all
+            // among the n inside `a`; masked-off lanes are neither read nor faulted on.
+            let v = unsafe {
+                let row = a.as_ptr().add(p * cs);
+                _mm256_or_ps(_mm256_maskload_ps(row, low), _mm256_maskload_ps(row.add(8), high))
+            };
+            steps[count] = p as u32;
+            count += (_mm256_testz_si256(_mm256_castps_si256(v), mag) == 0) as usize;
+        }
     }
     count
 }
@@ -658,7 +674,7 @@ mod tests {
         // -0 is skipped; denormals, NaN and ∞ are not.
         let values = [0.0, -0.0, 0.0, -0.0, 1.5, -2.0, f32::MIN_POSITIVE / 4.0, f32::NAN, f32::INFINITY];
         let mut rng = crate::rng::Rng::new(17);
-        let (m, k) = (13, KC_MAX + 9);
+        let (m, k) = (19, KC_MAX + 9);
         let mut cases = 0;
         for density in [0.0, 0.03, 0.3, 1.0] {
             let mut pick = |_: usize, _: usize| {
@@ -678,7 +694,7 @@ mod tests {
                 for (p0, kc) in
                     [(0, 1), (0, 7), (0, 8), (3, 9), (1, 31), (0, 32), (5, 33), (2, 100), (9, KC_MAX), (0, 0)]
                 {
-                    for n in 1..=9usize {
+                    for n in [1, 2, 5, 6, 7, 8, 9, 12, 13, 16, 17] {
                         for start in [0, m - n] {
                             let rows = start..start + n;
                             let want: Vec<u32> = (0..kc)
@@ -700,6 +716,6 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 4 * 3 * 10 * 9 * 2);
+        assert_eq!(cases, 4 * 3 * 10 * 11 * 2);
     }
 }

@@ -23,7 +23,10 @@
 use super::epilogue::{masks, store_tile, Lanes};
 use super::update::{update_tile, TileUpdate};
 use super::{APanel, BPanel, Isa, Kernel, Tile};
+use crate::gemm::blocking::KC_MAX;
+use crate::matrix::MatRef;
 use std::arch::x86_64::*;
+use std::ops::Range;
 
 /// 6 × 64 tile: the main AVX-512 kernel.
 pub(crate) struct Avx512Wide;
@@ -37,6 +40,15 @@ impl Kernel for Avx512Wide {
     const MR: usize = 6;
     const NR: usize = 64;
     const READS_B_IN_PLACE: bool = true;
+    const SKIPS_ZERO_STEPS: bool = true;
+    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+    }
+    /// From one column tile: a listed step of the 6 × 64 tile saves 24 FMAs, and six
+    /// rows are zero together often enough in either layout.
+    fn lists_steps(_cols: usize, _a_transposed: bool) -> bool {
+        true
+    }
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx512f.
@@ -49,6 +61,13 @@ impl Kernel for Avx512Narrow {
     const MR: usize = 16;
     const NR: usize = 16;
     const READS_B_IN_PLACE: bool = true;
+    const SKIPS_ZERO_STEPS: bool = true;
+    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+    }
+    fn lists_steps(cols: usize, a_transposed: bool) -> bool {
+        lists_tall_tile(cols, a_transposed, Self::NR)
+    }
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: as above.
@@ -88,7 +107,19 @@ macro_rules! avx512_tile_kernel {
             const MR: usize = $mr;
             const NR: usize = $nv * 16;
             const READS_B_IN_PLACE: bool = true;
-            const SKIPS_ZERO_STEPS: bool = $mr <= 2;
+            const SKIPS_ZERO_STEPS: bool = true;
+            fn lists_steps(cols: usize, a_transposed: bool) -> bool {
+                $mr <= 2 || lists_tall_tile(cols, a_transposed, Self::NR)
+            }
+            fn nonzero_steps(
+                a: MatRef<'_>,
+                rows: Range<usize>,
+                p0: usize,
+                kc: usize,
+                steps: &mut [u32; KC_MAX],
+            ) -> usize {
+                super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+            }
             #[inline(always)]
             unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
                 // SAFETY: the caller upholds the tile contract and has checked avx512f.
@@ -138,6 +169,14 @@ avx512_tile_kernel!(
     8
 );
 
+/// Whether a tile of 8 to 16 rows lists its k steps ([`Kernel::lists_steps`]): for Aᵀ
+/// in place from one column tile (a step's rows are adjacent pixels, often zero
+/// together, and one masked load tests them), for row-major A from two (the rows are
+/// different samples, rarely all zero at a step).
+fn lists_tall_tile(cols: usize, a_transposed: bool, nr: usize) -> bool {
+    a_transposed || cols >= 2 * nr
+}
+
 /// The shared k loop ([`k_loop::accumulate`](super::k_loop::accumulate)) on zmm lanes,
 /// in a function of its own so that the accumulators stay in registers.
 ///
@@ -163,8 +202,7 @@ unsafe fn tile_generic<const MR: usize, const NV: usize>(kc: usize, a: APanel, b
     // A packed panel is zero-padded to NR columns and a full tile reads only valid
     // columns, so both take plain loads; only a partial tile of an unpacked B needs
     // its B loads masked (a masked load costs a little even with a full mask).
-    // Listed k steps (`APanel::steps`) only reach the tiles of one or two rows.
-    let listed = MR <= 2 && !a.steps.is_null();
+    let listed = !a.steps.is_null();
     let masked = !b.padded && t.nr < NV * 16;
     // SAFETY (all four): forwarded contract; masked loads stay within columns j < nr,
     // and unmasked ones are taken only when every B row has NV·16 readable columns.

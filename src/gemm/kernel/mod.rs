@@ -338,8 +338,19 @@ pub(crate) trait Kernel {
     /// Whether [`Kernel::tile`] takes a list of k steps (`APanel::steps`): the tiles
     /// that skip the steps where all their rows of A are 0 (four-fifths of an MNIST
     /// image, over half of the pixels of six) and the rows of B they would read: every
-    /// AVX2 row tile, the AVX-512 tiles of one or two rows.
+    /// AVX2 and AVX-512 row tile.
     const SKIPS_ZERO_STEPS: bool = false;
+
+    /// Whether a row panel of a tile that skips zero inputs lists its k steps, when its
+    /// list serves `cols` columns of tiles and A is row-major (`a_transposed` false:
+    /// the forward `X·W`) or Aᵀ read in place (true: `Xᵀ·dZ`). A listed step costs
+    /// more than a dense one and the list a fraction of a tile's k loop to build, so
+    /// the default, the AVX2 rule, lists for one- and two-row tiles and otherwise from
+    /// two column tiles (docs/perf/zero-steps-2026-12-03.md).
+    fn lists_steps(cols: usize, a_transposed: bool) -> bool {
+        let _ = a_transposed;
+        Self::MR <= 2 || cols >= 2 * Self::NR
+    }
 
     /// The list of k steps for a tile of rows `rows` of `a` that skips zero inputs
     /// ([`steps::nonzero_steps`], which this defaults to).
