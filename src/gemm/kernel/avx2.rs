@@ -664,7 +664,7 @@ mod tests {
     }
 
     #[test]
-    fn nonzero_step_lists_match_the_portable_builder_and_the_definition() {
+    fn nonzero_step_lists_of_every_builder_match_the_definition() {
         use crate::gemm::blocking::KC_MAX;
         use crate::matrix::{MatRef, Matrix};
         if !super::super::Isa::Avx2.is_available() {
@@ -710,6 +710,11 @@ mod tests {
                             );
                             assert_eq!(&twin[..nt], &want[..], "portable: {what}");
                             assert_eq!(&fast[..nf], &want[..], "avx2: {what}");
+                            if super::super::Isa::Avx512.is_available() {
+                                let mut wide = [u32::MAX; KC_MAX];
+                                let nw = super::super::avx512::nonzero_steps(a, rows.clone(), p0, kc, &mut wide);
+                                assert_eq!(&wide[..nw], &want[..], "avx512: {what}");
+                            }
                             cases += 1;
                         }
                     }

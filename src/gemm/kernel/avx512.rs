@@ -42,7 +42,7 @@ impl Kernel for Avx512Wide {
     const READS_B_IN_PLACE: bool = true;
     const SKIPS_ZERO_STEPS: bool = true;
     fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+        nonzero_steps(a, rows, p0, kc, steps)
     }
     /// From one column tile: a listed step of the 6 × 64 tile saves 24 FMAs, and six
     /// rows are zero together often enough in either layout.
@@ -63,10 +63,12 @@ impl Kernel for Avx512Narrow {
     const READS_B_IN_PLACE: bool = true;
     const SKIPS_ZERO_STEPS: bool = true;
     fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+        nonzero_steps(a, rows, p0, kc, steps)
     }
+    /// For Aᵀ in place (a step's rows are adjacent pixels, often zero together); for
+    /// row-major A (sixteen samples, rarely all zero at a step) not at one column tile.
     fn lists_steps(cols: usize, a_transposed: bool) -> bool {
-        lists_tall_tile(cols, a_transposed, Self::NR)
+        a_transposed || cols >= 2 * Self::NR
     }
     #[inline(always)]
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
@@ -108,8 +110,9 @@ macro_rules! avx512_tile_kernel {
             const NR: usize = $nv * 16;
             const READS_B_IN_PLACE: bool = true;
             const SKIPS_ZERO_STEPS: bool = true;
-            fn lists_steps(cols: usize, a_transposed: bool) -> bool {
-                $mr <= 2 || lists_tall_tile(cols, a_transposed, Self::NR)
+            /// From one column tile, in either layout.
+            fn lists_steps(_cols: usize, _a_transposed: bool) -> bool {
+                true
             }
             fn nonzero_steps(
                 a: MatRef<'_>,
@@ -118,7 +121,7 @@ macro_rules! avx512_tile_kernel {
                 kc: usize,
                 steps: &mut [u32; KC_MAX],
             ) -> usize {
-                super::avx2::nonzero_steps(a, rows, p0, kc, steps)
+                nonzero_steps(a, rows, p0, kc, steps)
             }
             #[inline(always)]
             unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
@@ -168,14 +171,6 @@ avx512_tile_kernel!(
     2,
     8
 );
-
-/// Whether a tile of 8 to 16 rows lists its k steps ([`Kernel::lists_steps`]): for Aᵀ
-/// in place from one column tile (a step's rows are adjacent pixels, often zero
-/// together, and one masked load tests them), for row-major A from two (the rows are
-/// different samples, rarely all zero at a step).
-fn lists_tall_tile(cols: usize, a_transposed: bool, nr: usize) -> bool {
-    a_transposed || cols >= 2 * nr
-}
 
 /// The shared k loop ([`k_loop::accumulate`](super::k_loop::accumulate)) on zmm lanes,
 /// in a function of its own so that the accumulators stay in registers.
@@ -466,6 +461,76 @@ fn transpose16x16(r: [__m512; 16]) -> [__m512; 16] {
         out[8 + i] = _mm512_shuffle_f32x4::<0xDD>(v[i], v[8 + i]);
     }
     out
+}
+
+/// [`steps::nonzero_steps`](super::steps::nonzero_steps) for the AVX-512 tiles. Row-major
+/// A (the forward `X·W`) in zmm vectors: 16 steps of every row ORed per load, their
+/// nonzero ones tested into a lane mask and written by one compress and one store
+/// (the AVX2 builder takes the set bits one by one: twice the time). Aᵀ in place
+/// (`Xᵀ·dZ`) and every other case: the AVX2 builder, whose 32-byte masked loads of a
+/// step's rows beat 64-byte ones here (one in three of those crosses a cache line).
+pub(crate) fn nonzero_steps(
+    a: MatRef<'_>,
+    rows: Range<usize>,
+    p0: usize,
+    kc: usize,
+    steps: &mut [u32; KC_MAX],
+) -> usize {
+    let n = rows.len();
+    if a.col_stride() != 1 || n == 0 || n > 16 || kc == 0 || kc > KC_MAX || !Isa::Avx512.is_available() {
+        return super::avx2::nonzero_steps(a, rows, p0, kc, steps);
+    }
+    let (data, rs) = (a.as_slice(), a.row_stride());
+    let mut runs: [&[f32]; 16] = [&[]; 16];
+    for (run, i) in runs.iter_mut().zip(rows) {
+        *run = &data[i * rs + p0..][..kc];
+    }
+    // SAFETY: avx512f was checked; every run has kc floats; kc <= KC_MAX.
+    unsafe { row_runs_nonzero(&runs[..n], kc, steps) }
+}
+
+// The builders write 16 entries from a multiple of 16 below KC_MAX.
+const _: () = assert!(KC_MAX.is_multiple_of(16));
+
+/// Appends the steps `c + l` whose bit `l` is set in `nonzero` to `steps[*count..]`.
+///
+/// # Safety
+/// avx512f available; `*count <= c`, `c` a multiple of 16 below `KC_MAX` (a multiple of
+/// 16), so that the 16 entries from `*count` lie inside `steps`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn append_steps(steps: &mut [u32; KC_MAX], count: &mut usize, c: usize, nonzero: __mmask16) {
+    debug_assert!(*count <= c && c.is_multiple_of(16) && c < KC_MAX);
+    let index = _mm512_add_epi32(
+        _mm512_set1_epi32(c as i32),
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+    );
+    // SAFETY: *count + 16 <= c + 16 <= KC_MAX entries (the contract); the lanes past
+    // the compressed ones are written too and lie past the list's end, never read.
+    unsafe { _mm512_storeu_si512(steps.as_mut_ptr().add(*count).cast(), _mm512_maskz_compress_epi32(nonzero, index)) };
+    *count += nonzero.count_ones() as usize;
+}
+
+/// The steps `p < kc` at which some `runs[r][p]` is not ±0.
+///
+/// # Safety
+/// avx512f available; every run has at least `kc` floats; `kc <= KC_MAX`.
+#[target_feature(enable = "avx512f")]
+unsafe fn row_runs_nonzero(runs: &[&[f32]], kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let mag = _mm512_set1_epi32(super::steps::MAG as i32);
+    let mut count = 0;
+    for c in (0..kc).step_by(16) {
+        let lanes = if c + 16 <= kc { u16::MAX } else { (1u16 << (kc - c)) - 1 };
+        let mut or = _mm512_setzero_si512();
+        for run in runs {
+            // SAFETY: the masked load reads floats c.. of the run below kc only (the
+            // masked-off lanes are neither read nor faulted on).
+            or = _mm512_or_si512(or, unsafe { _mm512_maskz_loadu_epi32(lanes, run.as_ptr().add(c).cast()) });
+        }
+        // SAFETY: count <= c (one entry at most per step before c), c < kc <= KC_MAX.
+        unsafe { append_steps(steps, &mut count, c, _mm512_test_epi32_mask(or, mag)) };
+    }
+    count
 }
 
 /// [`update_rank1`](super::update::update_rank1) on zmm lanes.
