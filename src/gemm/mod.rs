@@ -134,7 +134,8 @@ pub struct GemmOptions {
     /// all its rows of A are ±0 and the rows of B they would read, where A is read in
     /// place (row-major, or transposed as in `Xᵀ·dZ`): on the AVX2 path every product
     /// whose tiles the list serves, two column tiles (32 columns) or more, or of one or
-    /// two rows; on the AVX-512 path products of one or two rows. Each skipped step adds
+    /// two rows; on the AVX-512 path every product but a row-major A times a B of at
+    /// most 16 columns (more than two rows). Each skipped step adds
     /// `±0·b = ±0`, which changes no sum (`0·∞` would be NaN, hence the promise). The
     /// result is the full product's, except that a sum that underflowed to −0 may come
     /// out +0. Default false.
