@@ -47,6 +47,10 @@ pub(crate) const WINDOW: usize = 24;
 /// Windows the chosen mode is kept before every mode is probed again: about two MNIST
 /// epochs at batch 128, so that probing the slower modes costs ≈ 1.5% on a quiet machine.
 pub(crate) const KEEP_WINDOWS: usize = 40;
+/// And at least this long (the kept mode's steps, in seconds): a probe costs a few ms
+/// whatever the step (the working set moves to the other core and back), which short
+/// steps (a batch of one: ≈ 7 µs) would otherwise pay every few ms.
+pub(crate) const MIN_KEEP_SECONDS: f64 = 0.25;
 /// A kept mode whose figure exceeds its expected one by this factor in two windows in
 /// a row triggers an early probe.
 pub(crate) const DEGRADED: f64 = 1.5;
@@ -70,8 +74,9 @@ enum Phase {
     /// Running `mode`, expected at `baseline` seconds per sample (the probe's figure,
     /// then a moving average of the windows since), for `windows_left` more windows;
     /// `slow` tells whether the last window was over [`DEGRADED`] × `baseline`;
-    /// `runner_up` is the second-best figure of the probe that chose it.
-    Keep { mode: Mode, baseline: f64, windows_left: usize, slow: bool, runner_up: f64 },
+    /// `runner_up` is the second-best figure of the probe that chose it; `seconds` is
+    /// the time its steps have taken so far.
+    Keep { mode: Mode, baseline: f64, windows_left: usize, slow: bool, runner_up: f64, seconds: f64 },
 }
 
 /// The decision state. Feed it the time of every step with [`Governor::record`]; ask it
@@ -116,6 +121,7 @@ impl Governor {
             windows_left: usize::MAX,
             slow: false,
             runner_up: f64::INFINITY,
+            seconds: 0.0,
         };
         let modes: &'static [Mode] = match mode {
             Mode::Parallel => &[Mode::Parallel],
@@ -133,11 +139,15 @@ impl Governor {
         }
     }
 
-    /// Records the last step: `seconds_per_sample` is its time divided by its batch size
-    /// (so a short last batch compares fairly).
-    pub(crate) fn record(&mut self, seconds_per_sample: f64) {
+    /// Records the last step: it took `seconds` for `samples` samples (compared per
+    /// sample, so that a short last batch compares fairly).
+    pub(crate) fn record(&mut self, seconds: f64, samples: usize) {
         if self.modes.len() == 1 {
             return;
+        }
+        let seconds_per_sample = seconds / samples.max(1) as f64;
+        if let Phase::Keep { seconds: kept, .. } = &mut self.phase {
+            *kept += seconds;
         }
         self.seen += 1;
         if self.seen > 1 {
@@ -184,17 +194,25 @@ impl Governor {
                         .zip(figures)
                         .filter(|(m, _)| **m != mode)
                         .fold(f64::INFINITY, |b, (_, t)| b.min(t));
-                    Phase::Keep { mode, baseline, windows_left: self.keep_windows, slow: false, runner_up }
+                    Phase::Keep {
+                        mode,
+                        baseline,
+                        windows_left: self.keep_windows,
+                        slow: false,
+                        runner_up,
+                        seconds: 0.0,
+                    }
                 }
             }
-            Phase::Keep { mode, baseline, windows_left, slow, runner_up } => {
+            Phase::Keep { mode, baseline, windows_left, slow, runner_up, seconds } => {
                 let slow_now = window_figure > baseline * DEGRADED;
                 // The kept mode's running average has fallen behind what the runner-up
                 // measured: its probe figure was a lucky stretch.
                 let overtaken = moving_average(baseline, window_figure) > runner_up * 1.1;
-                if (slow && slow_now) || overtaken || windows_left <= 1 {
+                let period_over = windows_left <= 1 && seconds >= MIN_KEEP_SECONDS;
+                if (slow && slow_now) || overtaken || period_over {
                     if log_enabled() {
-                        let why = if windows_left <= 1 {
+                        let why = if period_over {
                             "period over"
                         } else if overtaken {
                             "overtaken by the runner-up's figure"
@@ -223,7 +241,14 @@ impl Governor {
                     // slices make a mode's steps alternate); a sudden slowdown outruns
                     // the average and is caught above.
                     let baseline = moving_average(baseline, window_figure);
-                    Phase::Keep { mode, baseline, windows_left: windows_left - 1, slow: slow_now, runner_up }
+                    Phase::Keep {
+                        mode,
+                        baseline,
+                        windows_left: windows_left.saturating_sub(1).max(1),
+                        slow: slow_now,
+                        runner_up,
+                        seconds,
+                    }
                 }
             }
         };
@@ -269,7 +294,7 @@ mod tests {
         (0..steps)
             .map(|_| {
                 let m = g.mode();
-                g.record(cost(m));
+                g.record(cost(m), 1);
                 m
             })
             .collect()
@@ -318,6 +343,22 @@ mod tests {
         // The neighbour leaves: parallel wins again at the next periodic probe.
         run(&mut g, WINDOW * (KEEP_WINDOWS + 4), time(1.0, 1.6, 1.6));
         assert_eq!(g.mode(), Mode::Parallel);
+    }
+
+    #[test]
+    fn short_steps_are_probed_no_more_often_than_the_keep_time() {
+        // Steps of 10 µs (a batch of one): 40 windows take 10 ms, far less than
+        // MIN_KEEP_SECONDS, so the period lasts until the kept mode has run that long.
+        let mut g = Governor::new(2);
+        let step = 1e-5;
+        let cost = |m: Mode| step * if m == Mode::Parallel { 1.0 } else { 1.6 };
+        run(&mut g, 3 * WINDOW, cost);
+        assert_eq!(g.mode(), Mode::Parallel);
+        let steps_in_keep_time = (MIN_KEEP_SECONDS / step) as usize;
+        let kept = run(&mut g, steps_in_keep_time - 2 * WINDOW, cost);
+        assert!(kept.iter().all(|&m| m == Mode::Parallel), "probed within {MIN_KEEP_SECONDS} s");
+        let later = run(&mut g, 4 * WINDOW, cost);
+        assert!(later.contains(&Mode::SerialHere), "no probe after {MIN_KEEP_SECONDS} s: {later:?}");
     }
 
     #[test]

@@ -486,7 +486,7 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
                 }
                 e => e,
             })?;
-            governor.record(start.elapsed().as_secs_f64() / chunk.len() as f64);
+            governor.record(start.elapsed().as_secs_f64(), chunk.len());
             self.sums.samples += chunk.len();
             self.sums.loss_sum += b.loss as f64 * chunk.len() as f64;
             (self.sums.correct, self.sums.total) = (self.sums.correct + b.correct, self.sums.total + b.total);
