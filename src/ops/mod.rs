@@ -9,6 +9,7 @@
 //! fixed order, so results do not depend on the thread count.
 
 pub mod activation;
+mod exp;
 pub mod loss;
 pub mod reduce;
 pub mod softmax_ce;

@@ -63,6 +63,8 @@ pub fn softmax_cross_entropy(
     check_args(&logits, labels, dlogits.as_ref())?;
     let n = logits.rows();
     let inv_n = 1.0 / n as f32;
+    // The vector exp of the kernel path in use (`FUSEGRAD_KERNEL`, else the CPU's best).
+    let isa = crate::gemm::default_isa().unwrap_or_else(|_| crate::gemm::Isa::best());
     let mut loss = 0.0f64;
     let mut correct = 0;
     for (i, &label) in labels.iter().enumerate() {
@@ -79,11 +81,7 @@ pub fn softmax_cross_entropy(
             Some(d) => {
                 // exp once, kept in the gradient row, then scaled in place.
                 let d = d.row_mut(i);
-                let mut sum = 0.0f32;
-                for (e, &v) in d.iter_mut().zip(z) {
-                    *e = (v - max).exp();
-                    sum += *e;
-                }
+                let sum = super::exp::exp_shifted_sum(isa, z, max, d);
                 let scale = inv_n / sum;
                 for e in d.iter_mut() {
                     *e *= scale;
@@ -91,7 +89,7 @@ pub fn softmax_cross_entropy(
                 d[label] -= inv_n;
                 sum
             }
-            None => z.iter().map(|&v| (v - max).exp()).sum(),
+            None => super::exp::exp_shifted_sum(isa, z, max, &mut []),
         };
         loss += (max + sum.ln() - z[label]) as f64;
     }
