@@ -43,9 +43,6 @@ impl Kernel for Avx2 {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<6, 2>(kc, a, b, t) }
     }
-    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        nonzero_steps(a, rows, p0, kc, steps)
-    }
 }
 
 /// 2 × 32 tile (8 accumulators): products of one or two rows (a batch of 1 or 2),
@@ -62,9 +59,6 @@ impl Kernel for Avx2Rows {
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<2, 4>(kc, a, b, t) }
-    }
-    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        nonzero_steps(a, rows, p0, kc, steps)
     }
 }
 
@@ -84,9 +78,6 @@ impl Kernel for Avx2Row64 {
     unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
         // SAFETY: the caller upholds the tile contract and has checked avx2 + fma.
         unsafe { tile_generic::<1, 8>(kc, a, b, t) }
-    }
-    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        nonzero_steps(a, rows, p0, kc, steps)
     }
 }
 
@@ -514,10 +505,7 @@ pub(crate) fn nonzero_steps(
     }
     let data = a.as_slice();
     if cs == 1 {
-        let mut runs: [&[f32]; 16] = [&[]; 16];
-        for (run, i) in runs.iter_mut().zip(rows) {
-            *run = &data[i * rs + p0..][..kc];
-        }
+        let runs = steps::row_runs(a, rows, p0, kc);
         // SAFETY: avx2 was checked; every run has kc floats.
         unsafe { row_runs_nonzero(&runs[..n], kc, steps) }
     } else if rs == 1 {

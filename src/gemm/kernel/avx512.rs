@@ -41,9 +41,6 @@ impl Kernel for Avx512Wide {
     const NR: usize = 64;
     const READS_B_IN_PLACE: bool = true;
     const SKIPS_ZERO_STEPS: bool = true;
-    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        nonzero_steps(a, rows, p0, kc, steps)
-    }
     /// From one column tile: a listed step of the 6 × 64 tile saves 24 FMAs, and six
     /// rows are zero together often enough in either layout.
     fn lists_steps(_cols: usize, _a_transposed: bool) -> bool {
@@ -62,9 +59,6 @@ impl Kernel for Avx512Narrow {
     const NR: usize = 16;
     const READS_B_IN_PLACE: bool = true;
     const SKIPS_ZERO_STEPS: bool = true;
-    fn nonzero_steps(a: MatRef<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
-        nonzero_steps(a, rows, p0, kc, steps)
-    }
     /// For Aᵀ in place (a step's rows are adjacent pixels, often zero together); for
     /// row-major A (sixteen samples, rarely all zero at a step) not at one column tile.
     fn lists_steps(cols: usize, a_transposed: bool) -> bool {
@@ -113,15 +107,6 @@ macro_rules! avx512_tile_kernel {
             /// From one column tile, in either layout.
             fn lists_steps(_cols: usize, _a_transposed: bool) -> bool {
                 true
-            }
-            fn nonzero_steps(
-                a: MatRef<'_>,
-                rows: Range<usize>,
-                p0: usize,
-                kc: usize,
-                steps: &mut [u32; KC_MAX],
-            ) -> usize {
-                nonzero_steps(a, rows, p0, kc, steps)
             }
             #[inline(always)]
             unsafe fn tile(kc: usize, a: APanel, b: BPanel, t: &Tile) {
@@ -480,11 +465,7 @@ pub(crate) fn nonzero_steps(
     if a.col_stride() != 1 || n == 0 || n > 16 || kc == 0 || kc > KC_MAX || !Isa::Avx512.is_available() {
         return super::avx2::nonzero_steps(a, rows, p0, kc, steps);
     }
-    let (data, rs) = (a.as_slice(), a.row_stride());
-    let mut runs: [&[f32]; 16] = [&[]; 16];
-    for (run, i) in runs.iter_mut().zip(rows) {
-        *run = &data[i * rs + p0..][..kc];
-    }
+    let runs = super::steps::row_runs(a, rows, p0, kc);
     // SAFETY: avx512f was checked; every run has kc floats; kc <= KC_MAX.
     unsafe { row_runs_nonzero(&runs[..n], kc, steps) }
 }

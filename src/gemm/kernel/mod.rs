@@ -352,8 +352,9 @@ pub(crate) trait Kernel {
         Self::MR <= 2 || cols >= 2 * Self::NR
     }
 
-    /// The list of k steps for a tile of rows `rows` of `a` that skips zero inputs
-    /// ([`steps::nonzero_steps`], which this defaults to).
+    /// The list of k steps for a tile of rows `rows` of `a` that skips zero inputs, by
+    /// the builder of the kernel's ISA (`avx512::nonzero_steps`, `avx2::nonzero_steps`;
+    /// [`steps::nonzero_steps`] for the others).
     #[inline]
     fn nonzero_steps(
         a: crate::matrix::MatRef<'_>,
@@ -362,6 +363,12 @@ pub(crate) trait Kernel {
         kc: usize,
         steps: &mut [u32; super::blocking::KC_MAX],
     ) -> usize {
-        steps::nonzero_steps(a, rows, p0, kc, steps)
+        match Self::ISA {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::nonzero_steps(a, rows, p0, kc, steps),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::nonzero_steps(a, rows, p0, kc, steps),
+            _ => steps::nonzero_steps(a, rows, p0, kc, steps),
+        }
     }
 }

@@ -12,6 +12,18 @@ use std::ops::Range;
 /// have some, so they are listed and reach the tile).
 pub(crate) const MAG: u32 = 0x7fff_ffff;
 
+/// The `kc` floats from column `p0` of each row of a row-major `a` in `rows` (at most
+/// 16: a tile's rows), for the vector builders, which OR them a vector at a time.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn row_runs<'a>(a: MatRef<'a>, rows: Range<usize>, p0: usize, kc: usize) -> [&'a [f32]; 16] {
+    let (data, rs) = (a.as_slice(), a.row_stride());
+    let mut runs: [&[f32]; 16] = [&[]; 16];
+    for (run, i) in runs.iter_mut().zip(rows) {
+        *run = &data[i * rs + p0..][..kc];
+    }
+    runs
+}
+
 /// The k steps `0..kc` of the block from column `p0` of `a` at which some row of `a` in
 /// `rows` is not ±0, in order, into `steps`; returns how many.
 pub(crate) fn nonzero_steps(
