@@ -41,6 +41,7 @@ mod blocking;
 mod driver;
 pub mod kernel;
 mod naive;
+pub(crate) mod nonzero_map;
 mod pack;
 mod peak;
 #[cfg(test)]
@@ -56,6 +57,7 @@ pub use peak::{peak_gflops, peak_gflops_asm};
 
 use crate::error::{Error, Result};
 use crate::matrix::{MatMut, MatRef};
+use nonzero_map::AMap;
 
 /// Whether the product overwrites C or is added to it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,21 +212,23 @@ pub fn gemm_with(
     options: &GemmOptions,
 ) -> Result<()> {
     check_args(&c, &a, &b, &epilogue)?;
-    dispatch(c, a, b, accum, epilogue, None, false, options).map(|_| ())
+    dispatch(c, a, b, accum, epilogue, None, false, None, options).map(|_| ())
 }
 
 /// [`gemm_with`], also returning the largest `|value|` stored into C, as bits (see
-/// `ops::reduce::max_abs_bits`), measured in the epilogue.
+/// `ops::reduce::max_abs_bits`), measured in the epilogue. `a_map`: the map of A's
+/// zeros, when the caller has it (used where the options let tiles skip them).
 pub(crate) fn gemm_with_max(
     c: MatMut<'_>,
     a: MatRef<'_>,
     b: MatRef<'_>,
     accum: Accum,
     epilogue: Epilogue<'_>,
+    a_map: Option<AMap<'_>>,
     options: &GemmOptions,
 ) -> Result<u32> {
     check_args(&c, &a, &b, &epilogue)?;
-    dispatch(c, a, b, accum, epilogue, None, true, options).map(|m| m[0][0])
+    dispatch(c, a, b, accum, epilogue, None, true, a_map, options).map(|m| m[0][0])
 }
 
 /// `dW = Xᵀ·dZ` with the optimizer step applied in the epilogue instead of storing
@@ -234,7 +238,7 @@ pub(crate) fn gemm_with_max(
 /// `scratch` (`m × n`, contiguous) receives the partial sums when k spans more than
 /// one k block, and is otherwise not touched. Returns the largest magnitudes stored
 /// into the weights and their two state buffers, and into the biases and theirs (zeros
-/// without a bias step), as bits.
+/// without a bias step), as bits. `a_map` as in [`gemm_with_max`].
 ///
 /// # Errors
 /// As [`gemm_with`].
@@ -244,11 +248,12 @@ pub(crate) fn gemm_update(
     b: MatRef<'_>,
     dbiases: &mut [f32],
     update: WeightUpdate<'_>,
+    a_map: Option<AMap<'_>>,
     options: &GemmOptions,
 ) -> Result<[[u32; 3]; 2]> {
     let epilogue = if dbiases.is_empty() && b.cols() > 0 { Epilogue::None } else { Epilogue::BiasGradB(dbiases) };
     check_args(&scratch, &a, &b, &epilogue)?;
-    dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), false, options)
+    dispatch(scratch, a, b, Accum::Overwrite, epilogue, Some(update), false, a_map, options)
 }
 
 /// Picks the kernel and runs the driver.
@@ -261,6 +266,7 @@ fn dispatch(
     epilogue: Epilogue<'_>,
     update: Option<WeightUpdate<'_>>,
     track_max: bool,
+    a_map: Option<AMap<'_>>,
     options: &GemmOptions,
 ) -> Result<[[u32; 3]; 2]> {
     let isa = match options.isa {
@@ -278,6 +284,7 @@ fn dispatch(
         caches: options.caches.unwrap_or_else(CacheSizes::detected),
         track_max,
         skip_zero_a: options.b_is_finite,
+        a_map: a_map.filter(|_| options.b_is_finite),
     };
     // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
     // x86 paths have tiles with the vectors along m for it, where every lane works

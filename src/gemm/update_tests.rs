@@ -89,7 +89,7 @@ fn compare(
         let biases = Some(ParamUpdate { rule: &bias_rule, params: &mut bf, s0: &mut fb0, s1: &mut fb1 });
         let weights = ParamUpdate { rule: &rule, params: wf.as_mut_slice(), s0: &mut f0, s1: &mut f1 };
         let update = WeightUpdate { weights, biases };
-        let maxima = gemm_update(scratch.view_mut(), x.t(), dz, &mut db_fused, update, opts).unwrap();
+        let maxima = gemm_update(scratch.view_mut(), x.t(), dz, &mut db_fused, update, None, opts).unwrap();
 
         let mut dw = Matrix::zeros(n_in, n_out);
         let mut db = vec![f32::NAN; n_out];
@@ -206,7 +206,8 @@ fn a_batch_of_one_skips_the_rows_of_zero_inputs_exactly() {
                         biases: None,
                     };
                     let mut scratch = Matrix::zeros(n_in, n_out);
-                    let maxima = gemm_update(scratch.view_mut(), x.view().t(), dz.view(), &mut db_fused, update, &opts);
+                    let maxima =
+                        gemm_update(scratch.view_mut(), x.view().t(), dz.view(), &mut db_fused, update, None, &opts);
                     let mut dw = Matrix::zeros(n_in, n_out);
                     let mut db = vec![f32::NAN; n_out];
                     let e = Epilogue::BiasGradB(&mut db);
@@ -262,6 +263,7 @@ fn a_batch_skips_the_row_panels_whose_inputs_are_all_zero_with_the_same_bits() {
                     dz.view(),
                     &mut db_fused,
                     update,
+                    None,
                     &opts.with_finite_b(),
                 );
                 let mut wt = w0.clone();
@@ -345,7 +347,8 @@ fn maxima_see_a_non_finite_result() {
             biases: None,
         };
         let opts = GemmOptions::default().with_isa(isa);
-        let m = gemm_update(Matrix::zeros(3, 2).view_mut(), x.view().t(), dz.view(), &mut db, update, &opts).unwrap();
+        let m =
+            gemm_update(Matrix::zeros(3, 2).view_mut(), x.view().t(), dz.view(), &mut db, update, None, &opts).unwrap();
         assert!(w.as_slice().iter().all(|v| v.is_infinite()), "{}", isa.name());
         assert_eq!(m[0][0], f32::INFINITY.to_bits(), "{}", isa.name());
     }
@@ -376,7 +379,8 @@ fn the_epilogue_maximum_of_c_equals_a_pass_over_c() {
                             2 => Epilogue::BiasRelu(&bias),
                             _ => Epilogue::ReluMask(h.view()),
                         };
-                        let got = gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epilogue, &opts);
+                        let got =
+                            gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epilogue, None, &opts);
                         let what = format!("{} {threads}t {m}×{k}×{n} epilogue {e} caches {caches:?}", isa.name());
                         assert_eq!(got.unwrap(), max_abs_bits(c.as_slice()), "{what}");
                     }
@@ -384,7 +388,8 @@ fn the_epilogue_maximum_of_c_equals_a_pass_over_c() {
                     let mut a = a;
                     a[(m - 1, k - 1)] = f32::INFINITY;
                     let mut c = Matrix::zeros(m, n);
-                    let got = gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, &opts);
+                    let got =
+                        gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, Epilogue::None, None, &opts);
                     assert!(got.unwrap() >= f32::INFINITY.to_bits(), "{} {m}×{k}×{n}: ∞ not seen", isa.name());
                 }
             }

@@ -14,6 +14,7 @@
 //! where `dz = ∂L/∂(X·W + b)`; with a fused ReLU, `dz = dvalues ⊙ 1[output > 0]`.
 
 use crate::error::{Error, Result};
+use crate::gemm::nonzero_map::{AMap, NonzeroMapRef};
 use crate::gemm::{
     gemm_update, gemm_with, gemm_with_max, Accum, Epilogue, GemmOptions, ParamUpdate, UpdateRule, WeightUpdate,
 };
@@ -239,6 +240,14 @@ impl Dense {
         self.gemm.threads.unwrap_or_else(rayon::current_num_threads)
     }
 
+    /// The kernel path this layer's products run on.
+    pub(crate) fn isa(&self) -> Result<crate::gemm::Isa> {
+        match self.gemm.isa {
+            Some(isa) => isa.check_available(),
+            None => crate::gemm::default_isa(),
+        }
+    }
+
     /// This layer's GEMM options with the thread count a caller decided.
     fn gemm_on(&self, threads: usize) -> GemmOptions {
         self.gemm.with_threads(threads)
@@ -276,14 +285,20 @@ impl Dense {
     /// # Errors
     /// [`Error::ShapeMismatch`] when `inputs` does not have `n_inputs` columns.
     pub fn forward(&mut self, inputs: MatRef<'_>) -> Result<()> {
-        self.forward_on(inputs, self.threads(), false)
+        self.forward_on(inputs, self.threads(), false, None)
     }
 
     /// [`Self::forward`] on `threads` threads of the current pool (a model's choice);
-    /// `finite_weights` as in [`Self::forward_into`].
-    pub(crate) fn forward_on(&mut self, inputs: MatRef<'_>, threads: usize, finite_weights: bool) -> Result<()> {
+    /// `finite_weights` and `inputs_map` as in [`Self::forward_into`].
+    pub(crate) fn forward_on(
+        &mut self,
+        inputs: MatRef<'_>,
+        threads: usize,
+        finite_weights: bool,
+        inputs_map: Option<NonzeroMapRef<'_>>,
+    ) -> Result<()> {
         let mut output = std::mem::take(&mut self.output);
-        let max = self.forward_into(inputs, &mut output, threads, finite_weights);
+        let max = self.forward_into(inputs, &mut output, threads, finite_weights, inputs_map);
         self.output = output;
         self.output_max = max?;
         Ok(())
@@ -295,20 +310,23 @@ impl Dense {
     ///
     /// `finite_weights`: the caller knows the weights finite (a model, from
     /// [`Self::weights_known_finite`]): the product then skips the zero inputs
-    /// ([`GemmOptions::b_is_finite`]).
+    /// ([`GemmOptions::b_is_finite`]), read from `inputs_map` when the caller has the
+    /// map of the inputs' zeros.
     pub(crate) fn forward_into(
         &self,
         inputs: MatRef<'_>,
         out: &mut Matrix,
         threads: usize,
         finite_weights: bool,
+        inputs_map: Option<NonzeroMapRef<'_>>,
     ) -> Result<u32> {
         self.check_inputs(&inputs)?;
         out.resize(inputs.rows(), self.n_neurons());
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
         let mut opts = self.gemm_on(threads);
         opts.b_is_finite = finite_weights;
-        gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, &opts)
+        let a_map = inputs_map.map(|map| AMap { map, transposed: false });
+        gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, a_map, &opts)
     }
 
     /// Whether the weights are known to be finite: the largest `|w|` recorded by the
@@ -444,7 +462,7 @@ impl Dense {
         self.dinputs.resize(dz.rows(), self.n_inputs());
         let opts = self.gemm_on(threads);
         self.dinputs_max =
-            gemm_with_max(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, &opts)?;
+            gemm_with_max(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, None, &opts)?;
         Ok(())
     }
 
@@ -531,7 +549,7 @@ impl Dense {
         let threads = self.threads();
         self.check_backward(&inputs, &dz, &dinputs)?;
         self.dinputs_on(dz, dinputs, threads)?;
-        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads, false)?;
+        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads, false, None)?;
         if maxima.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
             return Err(Error::NonFinite {
                 step: iterations,
@@ -547,7 +565,8 @@ impl Dense {
     /// magnitudes stored (weights, state 0, state 1; then the same of the biases) as
     /// bits, the weights' also kept in `self.maxima`. `dz_finite`: the caller has proved
     /// `dz` finite (a model's guard), so the GEMM may skip the k steps where the inputs
-    /// are ±0.
+    /// are ±0, found from `inputs_map` when the caller has the map of their zeros.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn update_fused_on(
         &mut self,
         inputs: MatRef<'_>,
@@ -556,6 +575,7 @@ impl Dense {
         iterations: u64,
         threads: usize,
         dz_finite: bool,
+        inputs_map: Option<NonzeroMapRef<'_>>,
     ) -> Result<[[u32; 3]; 2]> {
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
@@ -596,8 +616,9 @@ impl Dense {
         let (s0, s1) = (first.as_mut_slice(), second.as_mut_slice());
         let weights = ParamUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0, s1 };
         let update = WeightUpdate { weights, biases: Some(biases) };
+        let a_map = inputs_map.map(|map| AMap { map, transposed: true });
         let [mut maxima, bias_maxima] =
-            gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, &opts)?;
+            gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, a_map, &opts)?;
         if let Some(before) = before {
             maxima[0] = maxima[0].max(before[0]);
         }

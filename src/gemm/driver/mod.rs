@@ -22,6 +22,7 @@ use super::blocking::{k_block_start, Blocking, CacheSizes, KC_MAX, MAX_TILE};
 use super::kernel::update::{TileUpdate, UpdateRule};
 use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
+use super::nonzero_map::AMap;
 use super::pack::{add_b_colsums, add_packed_b_colsums, pack_a, pack_b};
 use super::{Accum, Epilogue};
 use crate::matrix::{cache_line_offset, MatMut, MatRef, ALIGN_PAD};
@@ -33,7 +34,7 @@ use std::sync::OnceLock;
 
 /// How many tasks a GEMM may use.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Plan {
+pub(crate) struct Plan<'a> {
     pub threads: usize,
     pub min_work_per_thread: usize,
     /// The caches the block sizes are derived from.
@@ -42,6 +43,9 @@ pub(crate) struct Plan {
     pub track_max: bool,
     /// Skip the k steps where A is ±0 (B is finite), in kernels that can.
     pub skip_zero_a: bool,
+    /// Where A's zeros are, when the caller has their map: the lists of k steps are
+    /// then read from it instead of from A.
+    pub a_map: Option<AMap<'a>>,
 }
 
 mod split_k;
@@ -178,6 +182,9 @@ struct Job<'a> {
     c_max: Option<AtomicU32>,
     /// Skip the k steps where A is ±0 (`Plan::skip_zero_a`), where the kernel can.
     skip_zero_a: bool,
+    /// The map of A's zeros (`Plan::a_map`), and the step of the map where this job's
+    /// A starts (a k block's job of a split along k starts at the block).
+    a_map: Option<(AMap<'a>, usize)>,
 }
 
 /// One buffer of parameters an update steps, the state buffers its rule uses (same
@@ -256,7 +263,7 @@ pub(crate) fn run<K: Kernel>(
     accum: Accum,
     epilogue: Epilogue<'_>,
     update: Option<WeightUpdate<'_>>,
-    plan: Plan,
+    plan: Plan<'_>,
 ) -> [[u32; 3]; 2] {
     let blk = Blocking::for_kernel(K::MR, K::NR, plan.caches);
     assert!(
@@ -267,6 +274,11 @@ pub(crate) fn run<K: Kernel>(
     );
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     let (rsc, csc) = (c.row_stride(), c.col_stride());
+    if let Some(am) = plan.a_map {
+        let (map, of_a) = (am.map, if am.transposed { a.t() } else { a });
+        assert!((map.rows, map.cols) == (of_a.rows(), of_a.cols()), "a map of {}×{} for A {m}×{k}", map.rows, map.cols);
+        debug_assert!(map.is_map_of(of_a), "the map is not A's");
+    }
 
     let (weights, biases) = match update {
         Some(WeightUpdate { weights, biases }) => (Some(weights), biases),
@@ -346,6 +358,7 @@ pub(crate) fn run<K: Kernel>(
         bias_update,
         c_max: plan.track_max.then(AtomicU32::default),
         skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
+        a_map: plan.a_map.map(|am| (am, 0)),
     };
 
     let task = |t: usize| {
@@ -560,7 +573,10 @@ impl Job<'_> {
                             };
                             if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
-                                let listed = K::nonzero_steps(self.a, rows, p0, kc, steps);
+                                let listed = match self.a_map {
+                                    Some((am, k0)) => K::mapped_steps(am, rows, k0 + p0, kc, steps),
+                                    None => K::nonzero_steps(self.a, rows, p0, kc, steps),
+                                };
                                 if listed == 0 && skips_empty_panels {
                                     continue;
                                 }

@@ -72,7 +72,7 @@ impl Split {
         b: MatRef<'_>,
         accum: Accum,
         epilogue: Epilogue<'_>,
-        plan: Plan,
+        plan: Plan<'_>,
     ) -> [u32; 3] {
         let (m, k, n) = (a.rows(), a.cols(), b.cols());
         let (bias, relu) = match epilogue {
@@ -114,6 +114,7 @@ impl Split {
                     update: None,
                     c_max: None,
                     skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
+                    a_map: plan.a_map.map(|am| (am, p0)),
                 };
                 with_buffers(|bufs| job.run_block::<K>(0..m, cols.clone(), bufs));
             }
@@ -252,7 +253,7 @@ mod tests {
                     let epi = if relu { Epilogue::BiasRelu(&bias) } else { Epilogue::Bias(&bias) };
                     let opts = GemmOptions::default().with_threads(threads).with_min_work_per_thread(0);
                     let max = pool
-                        .install(|| gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epi, &opts))
+                        .install(|| gemm_with_max(c.view_mut(), a.view(), b.view(), Accum::Overwrite, epi, None, &opts))
                         .unwrap();
                     let stored = c.as_slice().iter().map(|x| x.to_bits() & 0x7fff_ffff).max().unwrap();
                     assert_eq!(max, stored, "{m}×{k}×{n} relu {relu} on {threads} threads");

@@ -17,6 +17,7 @@ use super::epilogue::{masks, store_tile, Lanes};
 use super::update::{update_tile, TileUpdate};
 use super::{steps, APanel, BPanel, Isa, Kernel, Tile};
 use crate::gemm::blocking::KC_MAX;
+use crate::gemm::nonzero_map::AMap;
 use crate::matrix::MatRef;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -572,6 +573,96 @@ unsafe fn row_runs_nonzero(runs: &[&[f32]], kc: usize, steps: &mut [u32; KC_MAX]
     count
 }
 
+/// [`steps::mapped_steps`] on ymm vectors for `Xᵀ` (A's rows are map columns): four map
+/// rows' words per load, tested against the tile's bits. Row-major A (its rows' words
+/// ORed, then the set bits one by one), tiles of more than 16 rows, or no avx2: the
+/// portable builder.
+pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let map = a.map;
+    if !a.transposed || rows.is_empty() || rows.len() > 16 || kc > KC_MAX || !Isa::Avx2.is_available() {
+        return steps::mapped_steps(a, rows, p0, kc, steps);
+    }
+    assert!(
+        rows.end <= map.cols && p0 + kc <= map.rows,
+        "mapped_steps: rows {rows:?}, steps {p0}+{kc} outside the map"
+    );
+    let mut words = steps::column_masks(rows);
+    let (w0, m0) = words.next().expect("a tile has rows");
+    let (w1, m1) = words.next().unwrap_or((w0, 0));
+    let run0 = &map.words[w0 * map.rows + p0..][..kc];
+    let run1 = &map.words[w1 * map.rows + p0..][..kc];
+    // SAFETY: avx2 was checked; both runs have kc words; kc <= KC_MAX.
+    unsafe { mapped_columns(run0, m0, run1, m1, steps) }
+}
+
+/// The steps `p < run0.len()` at which `run0[p] & m0` or `run1[p] & m1` is not zero.
+///
+/// # Safety
+/// avx2 available; `run0.len() == run1.len() <= KC_MAX`.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn mapped_columns(run0: &[u64], m0: u64, run1: &[u64], m1: u64, steps: &mut [u32; KC_MAX]) -> usize {
+    let (v0, v1) = (_mm256_set1_epi64x(m0 as i64), _mm256_set1_epi64x(m1 as i64));
+    let (kc, mut count) = (run0.len(), 0);
+    let mut p = 0;
+    while p + 4 <= kc {
+        // SAFETY: words p..p + 4 of both runs (p + 4 <= kc).
+        let (x0, x1) = unsafe {
+            (_mm256_loadu_si256(run0.as_ptr().add(p).cast()), _mm256_loadu_si256(run1.as_ptr().add(p).cast()))
+        };
+        let hit = _mm256_or_si256(_mm256_and_si256(x0, v0), _mm256_and_si256(x1, v1));
+        let zero = _mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpeq_epi64(hit, _mm256_setzero_si256())));
+        for lane in 0..4 {
+            steps[count] = (p + lane) as u32;
+            count += (zero >> lane & 1 == 0) as usize;
+        }
+        p += 4;
+    }
+    for q in p..kc {
+        steps[count] = q as u32;
+        count += (run0[q] & m0 | run1[q] & m1 != 0) as usize;
+    }
+    count
+}
+
+/// [`row_words`](crate::gemm::nonzero_map::row_words) on ymm vectors: eight magnitudes
+/// tested per instruction, the tail one by one.
+///
+/// # Panics
+/// If `words` does not have `row.len().div_ceil(64)` words, or the CPU lacks avx2.
+pub(crate) fn row_words(row: &[f32], words: &mut [u64]) {
+    assert_eq!(words.len(), row.len().div_ceil(64), "row_words: length mismatch");
+    assert!(Isa::Avx2.is_available(), "row_words: avx2 not available");
+    // SAFETY: avx2 was checked; the lengths agree.
+    unsafe { row_words_impl(row, words) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn row_words_impl(row: &[f32], words: &mut [u64]) {
+    let mag = _mm256_set1_epi32(steps::MAG as i32);
+    let zero = _mm256_setzero_si256();
+    let mut chunks = row.chunks_exact(8);
+    let mut bits = 0u64;
+    let mut c = 0usize;
+    for chunk in &mut chunks {
+        // SAFETY: `chunk` has exactly 8 floats.
+        let v = unsafe { _mm256_loadu_si256(chunk.as_ptr().cast()) };
+        let zeros = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(v, mag), zero)));
+        bits |= u64::from(!zeros as u8) << (c % 64);
+        c += 8;
+        if c.is_multiple_of(64) {
+            words[c / 64 - 1] = bits;
+            bits = 0;
+        }
+    }
+    for &x in chunks.remainder() {
+        bits |= u64::from(x.to_bits() & steps::MAG != 0) << (c % 64);
+        c += 1;
+    }
+    if !c.is_multiple_of(64) {
+        words[c / 64] = bits;
+    }
+}
+
 /// The steps `p < kc` at which some of `a[p * cs..][..n]` is not ±0 (`n <= 16`).
 ///
 /// # Safety
@@ -654,6 +745,7 @@ mod tests {
     #[test]
     fn nonzero_step_lists_of_every_builder_match_the_definition() {
         use crate::gemm::blocking::KC_MAX;
+        use crate::gemm::nonzero_map::{AMap, NonzeroMap};
         use crate::matrix::{MatRef, Matrix};
         if !super::super::Isa::Avx2.is_available() {
             eprintln!("skipping: no avx2");
@@ -662,8 +754,9 @@ mod tests {
         // -0 is skipped; denormals, NaN and ∞ are not.
         let values = [0.0, -0.0, 0.0, -0.0, 1.5, -2.0, f32::MIN_POSITIVE / 4.0, f32::NAN, f32::INFINITY];
         let mut rng = crate::rng::Rng::new(17);
-        let (m, k) = (19, KC_MAX + 9);
-        let mut cases = 0;
+        // 70 rows: tiles of Aᵀ from row 60 span two words of its map.
+        let (m, k) = (70, KC_MAX + 9);
+        let (mut cases, mut mapped) = (0, 0);
         for density in [0.0, 0.03, 0.3, 1.0] {
             let mut pick = |_: usize, _: usize| {
                 if rng.next_f32() < density {
@@ -678,12 +771,19 @@ mod tests {
             let tr = Matrix::from_fn(k, m, &mut pick);
             let st: Vec<f32> = (0..2 * m * k).map(|i| if i % 2 == 0 { pick(0, 0) } else { f32::NAN }).collect();
             let views = [rm.view(), tr.view().t(), MatRef::from_strides(&st[..2 * m * k - 1], m, k, 2, 2 * m).unwrap()];
-            for a in views {
+            // The maps of the first two (no map of the strided one: nothing makes it).
+            let (rm_map, tr_map) = (NonzeroMap::of(rm.view()), NonzeroMap::of(tr.view()));
+            let maps = [
+                Some(AMap { map: rm_map.view(), transposed: false }),
+                Some(AMap { map: tr_map.view(), transposed: true }),
+                None,
+            ];
+            for (a, map) in views.into_iter().zip(maps) {
                 for (p0, kc) in
                     [(0, 1), (0, 7), (0, 8), (3, 9), (1, 31), (0, 32), (5, 33), (2, 100), (9, KC_MAX), (0, 0)]
                 {
                     for n in [1, 2, 5, 6, 7, 8, 9, 12, 13, 16, 17] {
-                        for start in [0, m - n] {
+                        for start in [0, 60, m - n].into_iter().filter(|s| s + n <= m) {
                             let rows = start..start + n;
                             let want: Vec<u32> = (0..kc)
                                 .filter(|&p| rows.clone().any(|i| a.get(i, p0 + p) != 0.0))
@@ -703,12 +803,24 @@ mod tests {
                                 let nw = super::super::avx512::nonzero_steps(a, rows.clone(), p0, kc, &mut wide);
                                 assert_eq!(&wide[..nw], &want[..], "avx512: {what}");
                             }
+                            if let Some(map) = map {
+                                let (mut fast, mut twin) = ([u32::MAX; KC_MAX], [u32::MAX; KC_MAX]);
+                                let nt = super::steps::mapped_steps(map, rows.clone(), p0, kc, &mut twin);
+                                assert_eq!(&twin[..nt], &want[..], "portable, mapped: {what}");
+                                let nf = super::mapped_steps(map, rows.clone(), p0, kc, &mut fast);
+                                assert_eq!(&fast[..nf], &want[..], "avx2, mapped: {what}");
+                                if super::super::Isa::Avx512.is_available() {
+                                    let nw = super::super::avx512::mapped_steps(map, rows.clone(), p0, kc, &mut fast);
+                                    assert_eq!(&fast[..nw], &want[..], "avx512, mapped: {what}");
+                                }
+                                mapped += 1;
+                            }
                             cases += 1;
                         }
                     }
                 }
             }
         }
-        assert_eq!(cases, 4 * 3 * 10 * 11 * 2);
+        assert_eq!((cases, mapped), (4 * 3 * 10 * 29, 4 * 2 * 10 * 29));
     }
 }

@@ -24,6 +24,7 @@ use super::epilogue::{masks, store_tile, Lanes};
 use super::update::{update_tile, TileUpdate};
 use super::{APanel, BPanel, Isa, Kernel, Tile};
 use crate::gemm::blocking::KC_MAX;
+use crate::gemm::nonzero_map::{AMap, NonzeroMapRef};
 use crate::matrix::MatRef;
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -512,6 +513,137 @@ unsafe fn row_runs_nonzero(runs: &[&[f32]], kc: usize, steps: &mut [u32; KC_MAX]
         unsafe { append_steps(steps, &mut count, c, _mm512_test_epi32_mask(or, mag)) };
     }
     count
+}
+
+/// [`steps::mapped_steps`](super::steps::mapped_steps) on zmm vectors: for `Xᵀ` (A's
+/// rows are map columns) eight map rows' words per load, tested against the tile's bits;
+/// for row-major A the rows' words ORed, then 16 steps per compress. Tiles of more than
+/// 16 rows, or no avx512f: the portable builder.
+pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let map = a.map;
+    let (a_rows, a_steps) = if a.transposed { (map.cols, map.rows) } else { (map.rows, map.cols) };
+    assert!(rows.end <= a_rows && p0 + kc <= a_steps, "mapped_steps: rows {rows:?}, steps {p0}+{kc} outside the map");
+    if rows.is_empty() || rows.len() > 16 || kc == 0 || kc > KC_MAX || !Isa::Avx512.is_available() {
+        return super::steps::mapped_steps(a, rows, p0, kc, steps);
+    }
+    // SAFETY: avx512f was checked; rows (at most 16, so in at most two words) and the
+    // steps lie inside the map (the assert); kc <= KC_MAX.
+    unsafe {
+        if a.transposed {
+            mapped_columns(map, rows, p0, kc, steps)
+        } else {
+            mapped_rows(map, rows, p0, kc, steps)
+        }
+    }
+}
+
+/// The steps `p < kc` at which map row `p0 + p` has a bit among columns `cols`.
+///
+/// # Safety
+/// avx512f available; `cols` non-empty, at most 16 columns, below `map.cols`;
+/// `p0 + kc <= map.rows`; `kc <= KC_MAX`.
+#[target_feature(enable = "avx512f")]
+unsafe fn mapped_columns(
+    map: NonzeroMapRef<'_>,
+    cols: Range<usize>,
+    p0: usize,
+    kc: usize,
+    steps: &mut [u32; KC_MAX],
+) -> usize {
+    let mut words = super::steps::column_masks(cols);
+    let (w0, m0) = words.next().expect("a tile has rows");
+    let (w1, m1) = words.next().unwrap_or((w0, 0));
+    let run0 = &map.words[w0 * map.rows + p0..][..kc];
+    let run1 = &map.words[w1 * map.rows + p0..][..kc];
+    let (v0, v1) = (_mm512_set1_epi64(m0 as i64), _mm512_set1_epi64(m1 as i64));
+    let mut count = 0;
+    for c in (0..kc).step_by(16) {
+        let mut nonzero = 0u16;
+        for half in 0..2 {
+            let off = c + 8 * half;
+            if off >= kc {
+                break;
+            }
+            let lanes = if off + 8 <= kc { u8::MAX } else { (1u8 << (kc - off)) - 1 };
+            // SAFETY: the masked loads read words off.. of each run below kc only
+            // (masked-off lanes are neither read nor faulted on).
+            let (x0, x1) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi64(lanes, run0.as_ptr().add(off).cast()),
+                    _mm512_maskz_loadu_epi64(lanes, run1.as_ptr().add(off).cast()),
+                )
+            };
+            let hit = _mm512_test_epi64_mask(x0, v0) | _mm512_test_epi64_mask(x1, v1);
+            nonzero |= u16::from(hit) << (8 * half);
+        }
+        // SAFETY: count <= c (one entry at most per step before c), c < kc <= KC_MAX.
+        unsafe { append_steps(steps, &mut count, c, nonzero) };
+    }
+    count
+}
+
+/// The steps `p < kc` at which some map row in `rows` has bit `p0 + p`.
+///
+/// # Safety
+/// avx512f available; `rows` below `map.rows`; `p0 + kc <= map.cols`; `kc <= KC_MAX`.
+#[target_feature(enable = "avx512f")]
+unsafe fn mapped_rows(
+    map: NonzeroMapRef<'_>,
+    rows: Range<usize>,
+    p0: usize,
+    kc: usize,
+    steps: &mut [u32; KC_MAX],
+) -> usize {
+    // The rows' words from the one holding p0 ORed, and a zero word after the last:
+    // at most ceil((63 + KC_MAX) / 64) + 1 of them.
+    let mut or = [0u64; KC_MAX / 64 + 3];
+    for (o, w) in or.iter_mut().zip(p0 / 64..(p0 + kc).div_ceil(64)) {
+        *o = rows.clone().fold(0, |acc, r| acc | map.word(w, r));
+    }
+    let mut count = 0;
+    for c in (0..kc).step_by(16) {
+        let bit = p0 % 64 + c;
+        let pair = u128::from(or[bit / 64]) | u128::from(or[bit / 64 + 1]) << 64;
+        let mut nonzero = (pair >> (bit % 64)) as u16;
+        if kc - c < 16 {
+            nonzero &= (1u16 << (kc - c)) - 1;
+        }
+        // SAFETY: count <= c (one entry at most per step before c), c < kc <= KC_MAX.
+        unsafe { append_steps(steps, &mut count, c, nonzero) };
+    }
+    count
+}
+
+/// [`row_words`](crate::gemm::nonzero_map::row_words) on zmm vectors: 16 magnitudes
+/// tested per instruction.
+///
+/// # Panics
+/// If `words` does not have `row.len().div_ceil(64)` words, or the CPU lacks avx512f.
+pub(crate) fn row_words(row: &[f32], words: &mut [u64]) {
+    assert_eq!(words.len(), row.len().div_ceil(64), "row_words: length mismatch");
+    assert!(Isa::Avx512.is_available(), "row_words: avx512f not available");
+    // SAFETY: avx512f was checked; the lengths agree.
+    unsafe { row_words_impl(row, words) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn row_words_impl(row: &[f32], words: &mut [u64]) {
+    let mag = _mm512_set1_epi32(super::steps::MAG as i32);
+    let len = row.len();
+    for (w, out) in words.iter_mut().enumerate() {
+        let mut bits = 0u64;
+        for q in 0..4 {
+            let c = w * 64 + q * 16;
+            if c >= len {
+                break;
+            }
+            let lanes = if c + 16 <= len { u16::MAX } else { (1u16 << (len - c)) - 1 };
+            // SAFETY: the masked load reads floats c.. of the row below its length only.
+            let v = unsafe { _mm512_maskz_loadu_epi32(lanes, row.as_ptr().add(c).cast()) };
+            bits |= u64::from(_mm512_test_epi32_mask(v, mag)) << (16 * q);
+        }
+        *out = bits;
+    }
 }
 
 /// [`update_rank1`](super::update::update_rank1) on zmm lanes.

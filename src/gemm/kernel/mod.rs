@@ -371,4 +371,23 @@ pub(crate) trait Kernel {
             _ => steps::nonzero_steps(a, rows, p0, kc, steps),
         }
     }
+
+    /// The same list read from a map of A's zeros (`gemm::nonzero_map`) instead of
+    /// from A, by the builder of the kernel's ISA.
+    #[inline]
+    fn mapped_steps(
+        a: crate::gemm::nonzero_map::AMap<'_>,
+        rows: std::ops::Range<usize>,
+        p0: usize,
+        kc: usize,
+        steps: &mut [u32; super::blocking::KC_MAX],
+    ) -> usize {
+        match Self::ISA {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => avx512::mapped_steps(a, rows, p0, kc, steps),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => avx2::mapped_steps(a, rows, p0, kc, steps),
+            _ => steps::mapped_steps(a, rows, p0, kc, steps),
+        }
+    }
 }

@@ -1,10 +1,13 @@
 //! The k steps a tile that skips zero inputs runs ([`Kernel::SKIPS_ZERO_STEPS`]): those
 //! at which some of its rows of A is not ±0. The portable builder here is the naive
 //! twin of the AVX2 one (`avx2::nonzero_steps`), and the builder of every other kernel.
+//! [`mapped_steps`] reads the same lists from a map of A's zeros (`gemm::nonzero_map`),
+//! the twin of the vector ones in `avx2.rs` and `avx512.rs`.
 //!
 //! [`Kernel::SKIPS_ZERO_STEPS`]: super::Kernel::SKIPS_ZERO_STEPS
 
 use crate::gemm::blocking::KC_MAX;
+use crate::gemm::nonzero_map::AMap;
 use crate::matrix::MatRef;
 use std::ops::Range;
 
@@ -69,4 +72,43 @@ pub(crate) fn nonzero_steps(
         (0..kc).for_each(|p| note(p, rows.clone().any(|i| a.get(i, p0 + p) != 0.0)));
     }
     count
+}
+
+/// [`nonzero_steps`] read from the map of A's zeros instead of from A: rows `rows` of A,
+/// steps `p0..p0 + kc`. `a.transposed`: A is the map's matrix transposed (A's rows are
+/// the map's columns, its steps the map's rows), else the map's matrix itself.
+pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+    let map = a.map;
+    let mut count = 0;
+    if a.transposed {
+        // Each step is a row of the map: test its bits of A's rows (map columns).
+        for p in 0..kc {
+            let nonzero = column_masks(rows.clone()).any(|(w, mask)| map.word(w, p0 + p) & mask != 0);
+            steps[count] = p as u32;
+            count += nonzero as usize;
+        }
+    } else {
+        // Each step is a column of the map: OR A's rows (map rows), then take the set bits.
+        for (w, mask) in column_masks(p0..p0 + kc) {
+            let mut bits = rows.clone().fold(0, |o, r| o | map.word(w, r)) & mask;
+            while bits != 0 {
+                steps[count] = (w * 64 + bits.trailing_zeros() as usize - p0) as u32;
+                count += 1;
+                bits &= bits - 1;
+            }
+        }
+    }
+    count
+}
+
+/// The words of the map's rows that hold columns `cols`, each with the mask of those
+/// columns' bits in it.
+pub(crate) fn column_masks(cols: Range<usize>) -> impl Iterator<Item = (usize, u64)> + Clone {
+    let (start, end) = (cols.start, cols.end.max(cols.start));
+    let words = if start == end { 0..0 } else { start / 64..end.div_ceil(64) };
+    words.map(move |w| {
+        let lo = start.max(w * 64) - w * 64;
+        let hi = end.min(w * 64 + 64) - w * 64;
+        (w, (u64::MAX >> (64 - (hi - lo))) << lo)
+    })
 }

@@ -130,6 +130,7 @@ impl ModelBuilder {
             batch_x: Matrix::zeros(0, self.n_inputs),
             batch_classes: Vec::new(),
             batch_values: Matrix::zeros(0, width),
+            batch_map: Default::default(),
             inference: Default::default(),
         };
         model.measure_weight_maxima();

@@ -3,6 +3,8 @@
 
 use super::{first_nonfinite_row, Evaluation, Sequential};
 use crate::error::{Error, Result};
+use crate::gemm::nonzero_map::{words_per_row, NonzeroMap, NonzeroMapRef};
+use crate::gemm::Isa;
 use crate::matrix::{MatRef, Matrix};
 use crate::nn::inputs::Inputs;
 use crate::nn::loss::Targets;
@@ -290,6 +292,8 @@ impl Sequential {
         let mut bx = std::mem::take(&mut self.batch_x);
         let mut bc = std::mem::take(&mut self.batch_classes);
         let mut bv = std::mem::take(&mut self.batch_values);
+        let mut bm = std::mem::take(&mut self.batch_map);
+        let map_isa = self.input_map_isa();
         // Every worker's GEMM buffers now, not on its first task mid-epoch.
         crate::gemm::reserve_workspace_for(threads);
         // The other workers spin between GEMMs instead of sleeping: a wake-up costs
@@ -303,7 +307,8 @@ impl Sequential {
             (true, threads) => Governor::new(threads),
             (false, _) => Governor::fixed(Mode::Parallel),
         };
-        let mut epochs = Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv) };
+        let mut epochs =
+            Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv, &mut bm), map_isa };
         // One region for the whole loop: the helpers stay with this thread between
         // steps, and every step's products share their tiles among the same threads.
         // (Through a clone of the pool, written back after: the team it starts is kept
@@ -332,7 +337,7 @@ impl Sequential {
             }
             Ok(reports)
         });
-        (self.batch_x, self.batch_classes, self.batch_values) = (bx, bc, bv);
+        (self.batch_x, self.batch_classes, self.batch_values, self.batch_map) = (bx, bc, bv, bm);
         self.pool = pool;
         result
     }
@@ -420,6 +425,9 @@ impl<I: Inputs> Inputs for FirstRows<I> {
     fn gather(&self, rows: &[usize], out: &mut [f32]) {
         self.inner.gather(rows, out)
     }
+    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64]) {
+        self.inner.gather_mapped(rows, out, isa, words)
+    }
     fn prefetch(&self, rows: &[usize]) {
         self.inner.prefetch(rows)
     }
@@ -436,7 +444,9 @@ struct Epochs<'a, 'b, I: Inputs> {
     order: Vec<usize>,
     batch: usize,
     governor: Governor,
-    bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix),
+    bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix, &'b mut NonzeroMap),
+    /// The path that maps each batch's zeros for the first layer, if it reads a map.
+    map_isa: Option<Isa>,
 }
 
 /// Running sums of an epoch's steps.
@@ -463,17 +473,18 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
     /// Runs steps from `next_step` while the governor keeps this run's mode.
     /// Every pass of a step uses `threads` threads (1 in the serial modes).
     fn run(&mut self, model: &mut Sequential, threads: usize) -> Result<()> {
-        let Epochs { x, targets, order, batch, governor, bufs } = &mut *self.epochs;
+        let Epochs { x, targets, order, batch, governor, bufs, map_isa } = &mut *self.epochs;
         let (x, targets, batch, n) = (*x, *targets, *batch, order.len());
         while *self.next_step < self.steps && governor.mode() == self.mode {
             let step = *self.next_step;
             let chunk = &order[step * batch..((step + 1) * batch).min(n)];
             let start = Instant::now();
-            let (bx, bc, bv) = (&mut *bufs.0, &mut *bufs.1, &mut *bufs.2);
+            let (bx, bc, bv, bm) = (&mut *bufs.0, &mut *bufs.1, &mut *bufs.2, &mut *bufs.3);
+            let bm = map_isa.map(|isa| (isa, bm));
             // The next batch's rows load while this step computes.
             let next = order.get((step + 1) * batch..((step + 2) * batch).min(n)).unwrap_or(&[]);
-            let t = gather(x, targets, chunk, next, bx, bc, bv, threads);
-            let b = model.step_prechecked(bx.view(), t, threads, x.max_abs_bound()).map_err(|e| match e {
+            let (t, map) = gather(x, targets, chunk, next, bx, bc, bv, bm, threads);
+            let b = model.step_prechecked(bx.view(), map, t, threads, x.max_abs_bound()).map_err(|e| match e {
                 // In `fit` the sample is known: name it.
                 Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
                     let row = first_nonfinite_row(bx.view()).unwrap_or(0);
@@ -498,7 +509,8 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
 
 /// Copies the samples `rows` of `x` (and their targets) into the batch buffers, and
 /// starts loading the samples `next` (the next step's) into cache, on `threads`
-/// threads of the current region.
+/// threads of the current region. With `map`, also maps the batch's zeros on that
+/// path's vectors and returns the map.
 #[allow(clippy::too_many_arguments)]
 fn gather<'b>(
     x: impl Inputs,
@@ -508,11 +520,29 @@ fn gather<'b>(
     bx: &mut Matrix,
     bc: &'b mut Vec<usize>,
     bv: &'b mut Matrix,
+    map: Option<(Isa, &'b mut NonzeroMap)>,
     threads: usize,
-) -> Targets<'b> {
+) -> (Targets<'b>, Option<NonzeroMapRef<'b>>) {
     bx.resize(rows.len(), x.cols());
-    gather_rows(x, rows, next, bx.as_mut_slice(), threads);
-    match targets {
+    let map = match map {
+        Some((isa, map)) => {
+            gather_rows(
+                x,
+                rows,
+                next,
+                bx.as_mut_slice(),
+                Some((isa, map.row_words_mut(rows.len(), x.cols()))),
+                threads,
+            );
+            map.publish();
+            Some(map.view())
+        }
+        None => {
+            gather_rows(x, rows, next, bx.as_mut_slice(), None, threads);
+            None
+        }
+    };
+    let targets = match targets {
         Targets::Classes(c) => {
             bc.clear();
             bc.extend(rows.iter().map(|&r| c[r]));
@@ -525,7 +555,8 @@ fn gather<'b>(
             }
             Targets::Values(bv.view())
         }
-    }
+    };
+    (targets, map)
 }
 
 /// The most parts a batch is gathered in (their slices live in an array on the stack:
@@ -534,7 +565,9 @@ const GATHER_PARTS: usize = 8;
 /// The fewest rows worth a part of their own.
 const GATHER_ROWS_PER_PART: usize = 8;
 
-/// Writes the samples `rows` of `x` into `out` and prefetches the samples `next`.
+/// Writes the samples `rows` of `x` into `out` and prefetches the samples `next`; with
+/// `map`, also the bits of each row's nonzeros into its words (`nonzero_map::row_words`
+/// on that path), a few rows at a time while they are in L1.
 ///
 /// Inside a region, part `t` of the rows (whole rows, contiguous) is gathered by
 /// region thread `t`, which then prefetches part `t` of `next`: the thread that
@@ -543,23 +576,40 @@ const GATHER_ROWS_PER_PART: usize = 8;
 /// gather's (a prefetch of the whole next batch by one thread measured slower on two
 /// threads than none at all). Outside a region the parts go over the pool and the
 /// calling thread prefetches.
-fn gather_rows(x: impl Inputs, rows: &[usize], next: &[usize], out: &mut [f32], threads: usize) {
+fn gather_rows(
+    x: impl Inputs,
+    rows: &[usize],
+    next: &[usize],
+    out: &mut [f32],
+    map: Option<(Isa, &mut [u64])>,
+    threads: usize,
+) {
     let cols = x.cols();
+    let wpr = words_per_row(cols);
+    let (isa, mut words) = match map {
+        Some((isa, words)) => (Some(isa), words),
+        None => (None, &mut [][..]),
+    };
     let parts = threads.min(GATHER_PARTS).min(rows.len() / GATHER_ROWS_PER_PART).max(1);
     let part = |len: usize, t: usize| t * len / parts..(t + 1) * len / parts;
     if parts > 1 && cols > 0 {
         // One lock per part, never contended: how a `Fn + Sync` task gets its own
-        // disjoint piece of `out` without unsafe code or an allocation.
-        let mut slices: [Mutex<&mut [f32]>; GATHER_PARTS] = std::array::from_fn(|_| Mutex::new(&mut [][..]));
+        // disjoint pieces of `out` and the words without unsafe code or an allocation.
+        type Part<'o> = Mutex<(&'o mut [f32], &'o mut [u64])>;
+        let mut slices: [Part<'_>; GATHER_PARTS] = std::array::from_fn(|_| Mutex::new((&mut [][..], &mut [][..])));
         let mut remaining = out;
         for (t, slot) in slices.iter_mut().enumerate().take(parts) {
-            let (mine, tail) = std::mem::take(&mut remaining).split_at_mut(part(rows.len(), t).len() * cols);
-            *slot.get_mut().unwrap_or_else(|e| e.into_inner()) = mine;
-            remaining = tail;
+            let n = part(rows.len(), t).len();
+            let (mine, tail) = std::mem::take(&mut remaining).split_at_mut(n * cols);
+            let (my_words, words_tail) =
+                std::mem::take(&mut words).split_at_mut(if isa.is_some() { n * wpr } else { 0 });
+            *slot.get_mut().unwrap_or_else(|e| e.into_inner()) = (mine, my_words);
+            (remaining, words) = (tail, words_tail);
         }
         let task = |t: usize| {
             let mut mine = slices[t].lock().unwrap_or_else(|e| e.into_inner());
-            x.gather(&rows[part(rows.len(), t)], &mut mine);
+            let (out, words) = &mut *mine;
+            gather_mapped(x, &rows[part(rows.len(), t)], out, isa, words);
             x.prefetch(&next[part(next.len(), t)]);
         };
         if crate::runtime::region::share(parts, &task) {
@@ -570,11 +620,21 @@ fn gather_rows(x: impl Inputs, rows: &[usize], next: &[usize], out: &mut [f32], 
         use rayon::prelude::*;
         (0..parts).into_par_iter().for_each(|t| {
             let mut mine = slices[t].lock().unwrap_or_else(|e| e.into_inner());
-            x.gather(&rows[part(rows.len(), t)], &mut mine);
+            let (out, words) = &mut *mine;
+            gather_mapped(x, &rows[part(rows.len(), t)], out, isa, words);
         });
         x.prefetch(next);
         return;
     }
-    x.gather(rows, out);
+    gather_mapped(x, rows, out, isa, words);
     x.prefetch(next);
+}
+
+/// `x.gather(rows, out)`, and with `isa` the words of each row's nonzeros into `words`
+/// ([`Inputs::gather_mapped`]).
+fn gather_mapped(x: impl Inputs, rows: &[usize], out: &mut [f32], isa: Option<Isa>, words: &mut [u64]) {
+    match isa {
+        Some(isa) if x.cols() > 0 => x.gather_mapped(rows, out, isa, words),
+        _ => x.gather(rows, out),
+    }
 }

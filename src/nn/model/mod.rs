@@ -10,6 +10,8 @@ pub use builder::ModelBuilder;
 pub use fit::{EarlyStopping, EpochReport, FitObserver, FitOptions};
 
 use crate::error::{Error, Result};
+use crate::gemm::nonzero_map::{NonzeroMap, NonzeroMapRef};
+use crate::gemm::Isa;
 use crate::matrix::{MatMut, MatRef, Matrix};
 use crate::nn::activation::ActivationLayer;
 use crate::nn::dense::{Dense, Dinputs};
@@ -120,6 +122,8 @@ pub struct Sequential {
     batch_x: Matrix,
     batch_classes: Vec<usize>,
     batch_values: Matrix,
+    /// The map of `batch_x`'s zeros, made by `fit`'s gather for the first layer.
+    batch_map: NonzeroMap,
     /// Activation buffers for inference through `&self`, one set per concurrent call.
     inference: InferenceBuffers,
 }
@@ -363,15 +367,30 @@ impl Sequential {
         Ok(())
     }
 
+    /// The path whose vectors make the map of a batch's zeros, when the first layer's
+    /// products read one: a Dense layer first, on a path whose tiles skip zero inputs.
+    fn input_map_isa(&self) -> Option<Isa> {
+        let Some(Layer::Dense(d)) = self.layers.first() else { return None };
+        let isa = d.isa().ok()?;
+        matches!(isa, Isa::Avx2 | Isa::Avx512).then_some(isa)
+    }
+
     /// Forward through every layer on `threads` threads; `training` switches dropout on.
-    fn forward(&mut self, x: MatRef<'_>, training: bool, threads: usize) -> Result<()> {
+    /// `x_map`: the map of `x`'s zeros, when the caller made it (`fit`'s gather).
+    fn forward(
+        &mut self,
+        x: MatRef<'_>,
+        x_map: Option<NonzeroMapRef<'_>>,
+        training: bool,
+        threads: usize,
+    ) -> Result<()> {
         for l in 0..self.layers.len() {
             let (below, rest) = self.layers.split_at_mut(l);
             let input = if l == 0 { x } else { below[l - 1].output().view() };
             match &mut rest[0] {
                 Layer::Dense(d) => {
                     let finite = d.weights_known_finite();
-                    d.forward_on(input, threads, finite)?
+                    d.forward_on(input, threads, finite, x_map.filter(|_| l == 0))?
                 }
                 Layer::Activation(a) => a.forward(input)?,
                 Layer::Dropout(d) => d.forward(input, training)?,
@@ -501,9 +520,9 @@ impl Sequential {
             if self.iterations == 0 {
                 crate::gemm::reserve_workspace_for(1);
             }
-            return self.step_prechecked(x, targets, 1, None);
+            return self.step_prechecked(x, None, targets, 1, None);
         }
-        self.in_region(move |m, threads| m.step_prechecked(x, targets, threads, None))?
+        self.in_region(move |m, threads| m.step_prechecked(x, None, targets, threads, None))?
     }
 
     /// Runs `f` on this thread as the leader of a region of the model's threads
@@ -537,15 +556,21 @@ impl Sequential {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
         self.in_region(move |m, threads| {
-            let batch = m.forward_loss(x, targets, threads)?;
+            let batch = m.forward_loss(x, None, targets, threads)?;
             m.backward(x, threads)?;
             Ok(batch)
         })?
     }
 
     /// Forward in training mode, then the loss and its gradient into `self.dloss`.
-    fn forward_loss(&mut self, x: MatRef<'_>, targets: Targets<'_>, threads: usize) -> Result<BatchLoss> {
-        self.forward(x, true, threads)?;
+    fn forward_loss(
+        &mut self,
+        x: MatRef<'_>,
+        x_map: Option<NonzeroMapRef<'_>>,
+        targets: Targets<'_>,
+        threads: usize,
+    ) -> Result<BatchLoss> {
+        self.forward(x, x_map, true, threads)?;
         self.dloss.resize(x.rows(), self.n_outputs);
         let last = self.layers.last().expect("a built model has layers").output().view();
         self.loss.forward_backward(last, targets, Some(self.dloss.view_mut()))
@@ -555,16 +580,18 @@ impl Sequential {
     /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update,
     /// every pass on `threads` threads of the current pool.
     /// `x_bound` bounds every `|x|` when the caller knows one (see
-    /// [`Inputs::max_abs_bound`](crate::nn::Inputs::max_abs_bound)).
-    fn step_prechecked(
+    /// [`Inputs::max_abs_bound`](crate::nn::Inputs::max_abs_bound)); `x_map` is the
+    /// map of its zeros when the caller made one.
+    pub(super) fn step_prechecked(
         &mut self,
         x: MatRef<'_>,
+        x_map: Option<NonzeroMapRef<'_>>,
         targets: Targets<'_>,
         threads: usize,
         x_bound: Option<f32>,
     ) -> Result<BatchLoss> {
         let step = self.iterations;
-        let batch = self.forward_loss(x, targets, threads)?;
+        let batch = self.forward_loss(x, x_map, targets, threads)?;
         if !batch.loss.is_finite() {
             // Name the inputs when they are the cause (checked only now, so a good
             // step pays nothing for it).
@@ -581,8 +608,9 @@ impl Sequential {
         let optimizer = self.optimizer.at_step(self.iterations, &self.schedule);
         if self.fused_update && self.fused_step_stays_finite(x, x_bound) {
             let it = self.iterations;
-            self.for_each_dense(x, |_, d, input, grad, own_relu| {
-                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads, true))
+            self.for_each_dense(x, |l, d, input, grad, own_relu| {
+                let map = x_map.filter(|_| l == 0);
+                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads, true, map))
                     .map(|_| ())
             })?;
             self.iterations += 1;
@@ -688,7 +716,7 @@ impl Sequential {
             let input = current.map_or(x, |i| done[i].view());
             match layer {
                 Layer::Dense(d) => {
-                    d.forward_into(input, &mut rest[0], threads, d.weights_known_finite())?;
+                    d.forward_into(input, &mut rest[0], threads, d.weights_known_finite(), None)?;
                 }
                 Layer::Activation(a) => a.forward_into(input, &mut rest[0])?,
                 // Inference: dropout passes its input through.
