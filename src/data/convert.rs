@@ -265,10 +265,15 @@ mod avx512 {
         }
         let mut bits = 0u64;
         for (i, (ch, o)) in tail.chunks(16).zip(out.chunks_mut(16)).enumerate() {
-            let mut buf = [0u8; 16];
-            buf[..ch.len()].copy_from_slice(ch);
-            let lanes = (u32::MAX >> (32 - ch.len())) as __mmask16;
-            bits |= convert(&buf, o.as_mut_ptr(), lanes) << (16 * i);
+            bits |= if let Ok(full) = ch.try_into() {
+                convert(full, o.as_mut_ptr(), u16::MAX)
+            } else {
+                // The last, partial vector: through a zeroed buffer (a byte-masked load
+                // would need AVX-512BW, which the dispatch does not check).
+                let mut buf = [0u8; 16];
+                buf[..ch.len()].copy_from_slice(ch);
+                convert(&buf, o.as_mut_ptr(), (u32::MAX >> (32 - ch.len())) as __mmask16)
+            } << (16 * i);
         }
         words[w] = bits;
     }
