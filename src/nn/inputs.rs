@@ -14,6 +14,14 @@ use crate::matrix::MatRef;
 /// (8 MNIST rows: 25 KB of f32, in L1).
 const MAP_ROWS_PER_GATHER: usize = 8;
 
+mod sealed {
+    /// The proof that a call of [`Inputs::gather_mapped`](super::Inputs::gather_mapped)
+    /// comes from this crate: public in a private module, with a private field.
+    #[derive(Clone, Copy, Debug)]
+    pub struct Sealed(pub(crate) ());
+}
+pub(crate) use sealed::Sealed;
+
 /// A source of training rows.
 pub trait Inputs: Copy + Send + Sync {
     /// Number of samples.
@@ -27,9 +35,11 @@ pub trait Inputs: Copy + Send + Sync {
     /// into `words`, `cols().div_ceil(64)` words a row (bit `c % 64` of word `c / 64`
     /// for column `c`, the bits past the last column clear), on the vectors of `isa`:
     /// the map with which the first layer's products skip zero inputs. The default
-    /// gathers a few rows, then reads them back while they are in L1.
+    /// gathers a few rows, then reads them back while they are in L1. The products
+    /// trust the map, so only this crate implements or calls it: outside, `Sealed`
+    /// can be neither named nor made.
     #[doc(hidden)]
-    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64]) {
+    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64], _: Sealed) {
         let (cols, wpr) = (self.cols(), self.cols().div_ceil(64));
         if cols == 0 {
             return self.gather(rows, out);
@@ -110,7 +120,7 @@ impl Inputs for ScaledBytes<'_> {
     }
 
     /// The bits tested on the converted vectors, before they are stored.
-    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64]) {
+    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64], _: Sealed) {
         let wpr = self.cols.div_ceil(64);
         for ((dst, w), &r) in out.chunks_exact_mut(self.cols).zip(words.chunks_exact_mut(wpr)).zip(rows) {
             bytes_to_f32_mapped(isa, &self.data[r * self.cols..(r + 1) * self.cols], dst, self.scale, w);
@@ -148,7 +158,7 @@ mod tests {
         for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
             let mut got = Matrix::from_fn(rows.len(), cols, |_, _| f32::NAN);
             let mut words = vec![u64::MAX; rows.len() * wpr];
-            x.gather_mapped(rows, got.as_mut_slice(), isa, &mut words);
+            x.gather_mapped(rows, got.as_mut_slice(), isa, &mut words, Sealed(()));
             let same = got.as_slice().iter().zip(want.as_slice()).all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{what}, {isa:?}: values");
             for (r, row) in words.chunks_exact(wpr.max(1)).enumerate().take(rows.len()) {

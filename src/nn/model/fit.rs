@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::gemm::nonzero_map::{words_per_row, NonzeroMap, NonzeroMapRef};
 use crate::gemm::Isa;
 use crate::matrix::{MatRef, Matrix};
-use crate::nn::inputs::Inputs;
+use crate::nn::inputs::{Inputs, Sealed};
 use crate::nn::loss::Targets;
 use crate::rng::Rng;
 use crate::runtime::governor::{Governor, Mode};
@@ -425,8 +425,8 @@ impl<I: Inputs> Inputs for FirstRows<I> {
     fn gather(&self, rows: &[usize], out: &mut [f32]) {
         self.inner.gather(rows, out)
     }
-    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64]) {
-        self.inner.gather_mapped(rows, out, isa, words)
+    fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64], s: Sealed) {
+        self.inner.gather_mapped(rows, out, isa, words, s)
     }
     fn prefetch(&self, rows: &[usize]) {
         self.inner.prefetch(rows)
@@ -634,7 +634,7 @@ fn gather_rows(
 /// ([`Inputs::gather_mapped`]).
 fn gather_mapped(x: impl Inputs, rows: &[usize], out: &mut [f32], isa: Option<Isa>, words: &mut [u64]) {
     match isa {
-        Some(isa) if x.cols() > 0 => x.gather_mapped(rows, out, isa, words),
+        Some(isa) if x.cols() > 0 => x.gather_mapped(rows, out, isa, words, Sealed(())),
         _ => x.gather(rows, out),
     }
 }
