@@ -379,6 +379,22 @@ fn mnist_training_shapes() {
 }
 
 #[test]
+fn b_rows_up_to_2_kib_apart_around_the_in_place_limits() {
+    // The AVX-512 rule reads a row-major B in place up to 1 KiB between its rows for
+    // tasks of 256 rows, up to 2 KiB for a product of at most 128 rows on one task:
+    // both sides of each limit, on every path, on 1 and 2 threads.
+    let mut rng = Rng::new(12);
+    for (m, k, n) in
+        [(128, 300, 400), (64, 100, 512), (129, 50, 300), (7, 600, 257), (128, 20, 513), (256, 40, 256), (257, 30, 200)]
+    {
+        for threads in [1, 2] {
+            let p = Problem::new(&mut rng, (m, k, n), Layout::Row, Layout::Row, Layout::Row);
+            check_all(&p, Layout::Row, threads);
+        }
+    }
+}
+
+#[test]
 fn random_shapes_layouts_and_threads() {
     let seed = 5;
     let mut rng = Rng::new(seed);

@@ -116,6 +116,16 @@ pub fn k_block_start(k: usize, nb: usize, b: usize) -> usize {
 /// block is reused by every MR-row panel, so packing pays only when there are many.
 pub const DIRECT_B_MAX_ROWS: usize = 256;
 
+/// ... or, for the AVX-512 rule (`Kernel::b_in_place`: four adjacent lines of a B row
+/// per k step), B rows up to 2 KiB apart when the product runs as one task of at most
+/// this many rows. On the AVX-512 Xeon of docs/perf/input-map-2026-12-07.md, in place
+/// against packed: 128×512×512 77–80% of peak against 67–68%, 32×784×512 63% against
+/// 52%, 8×784×512 41% against 24%; but 256×512×512 71% against 77%, rows 2.5–4 KiB
+/// apart (n = 640 … 1024) 36–67% against 64–68%, and in a 2-thread step, where B (the
+/// weights) was just written half by the other core, the packing's streaming read beat
+/// the tiles' strided one (784-512-512-10 2% slower a step in place).
+pub const DIRECT_B_WIDE_MAX_ROWS: usize = 128;
+
 /// ... or when all of B fits in a quarter of L2 (256 KiB), where re-reading it costs
 /// no more than reading a packed copy: dW1 = Xᵀ·dZ (784×128×128, B = dZ of 64 KiB).
 pub const DIRECT_B_MAX_FLOATS: usize = 64 * 1024;

@@ -185,6 +185,8 @@ struct Job<'a> {
     /// The map of A's zeros (`Plan::a_map`), and the step of the map where this job's
     /// A starts (a k block's job of a split along k starts at the block).
     a_map: Option<(AMap<'a>, usize)>,
+    /// How many tasks share the product (`Kernel::b_in_place` asks).
+    tasks: usize,
 }
 
 /// One buffer of parameters an update steps, the state buffers its rule uses (same
@@ -359,6 +361,7 @@ pub(crate) fn run<K: Kernel>(
         c_max: plan.track_max.then(AtomicU32::default),
         skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
         a_map: plan.a_map.map(|am| (am, 0)),
+        tasks: tm * tn,
     };
 
     let task = |t: usize| {
@@ -503,7 +506,7 @@ impl Job<'_> {
         let direct_b = K::READS_B_IN_PLACE
             && self.b.col_stride() == 1
             && !straddles
-            && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride());
+            && K::b_in_place(rows.len(), self.k, self.n, self.b.row_stride(), self.tasks);
         // The k steps a row panel runs when it skips zero inputs: zeroed once per task,
         // and only by tasks that skip (a 2 KB memset per row panel was visible).
         // Whether a list pays depends on the tile and on how many column tiles it

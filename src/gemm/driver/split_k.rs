@@ -115,6 +115,7 @@ impl Split {
                     c_max: None,
                     skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
                     a_map: plan.a_map.map(|am| (am, p0)),
+                    tasks: self.tk * self.tn,
                 };
                 with_buffers(|bufs| job.run_block::<K>(0..m, cols.clone(), bufs));
             }

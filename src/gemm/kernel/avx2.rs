@@ -36,7 +36,7 @@ impl Kernel for Avx2 {
     /// adjacent cache lines per k step, this tile reads one 64-byte line per step at
     /// B's row stride, and rows 2 KiB or more apart fall into few L1 sets
     /// (docs/perf/design-notes.md has the measurements).
-    fn b_in_place(rows: usize, _k: usize, n: usize, rs: usize) -> bool {
+    fn b_in_place(rows: usize, _k: usize, n: usize, rs: usize, _tasks: usize) -> bool {
         rows <= super::super::blocking::DIRECT_B_MAX_ROWS && n > Self::NR && rs <= 256
     }
     #[inline(always)]
@@ -416,7 +416,7 @@ impl Kernel for Avx2Narrow {
         // Aᵀ (unit row stride) only: a row-major A is packed (with 8 × 8 transposes).
         rs == 1 && cs != 1
     }
-    fn b_in_place(_rows: usize, _k: usize, _n: usize, _rs: usize) -> bool {
+    fn b_in_place(_rows: usize, _k: usize, _n: usize, _rs: usize, _tasks: usize) -> bool {
         true
     }
     #[inline(always)]

@@ -82,7 +82,7 @@ impl Kernel for Avx512Columns {
         // Aᵀ (unit row stride) only; the dispatch sends no other layout here.
         rs == 1 && cs != 1
     }
-    fn b_in_place(_rows: usize, _k: usize, _n: usize, _rs: usize) -> bool {
+    fn b_in_place(_rows: usize, _k: usize, _n: usize, _rs: usize, _tasks: usize) -> bool {
         true
     }
     #[inline(always)]

@@ -12,7 +12,7 @@
 //! cores, AVX2 + FMA on every other x86_64 CPU since Haswell / Zen 1, NEON on every
 //! aarch64 CPU (Apple M-series, Graviton, Ampere), portable elsewhere.
 
-use super::blocking::{DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS};
+use super::blocking::{DIRECT_B_MAX_FLOATS, DIRECT_B_MAX_ROWS, DIRECT_B_WIDE_MAX_ROWS};
 use crate::error::{Error, Result};
 use std::sync::OnceLock;
 
@@ -306,18 +306,22 @@ pub(crate) trait Kernel {
     /// masks), so that a row-major B can be read in place instead of packed.
     const READS_B_IN_PLACE: bool;
 
-    /// Whether a task with `rows` rows of C reads a row-major `k × n` B with row stride
-    /// `rs` in place rather than packing it (only asked when
-    /// [`Kernel::READS_B_IN_PLACE`]). A packed
+    /// Whether a task with `rows` rows of C, one of `tasks` of its product, reads a
+    /// row-major `k × n` B with row stride `rs` in place rather than packing it (only
+    /// asked when [`Kernel::READS_B_IN_PLACE`]). A packed
     /// B block is reused by every MR-row panel, so packing pays when there are many;
     /// in place, each k step of a tile reads one strided B row segment. The default
     /// is the AVX-512 rule: in place when few row panels reuse B and its rows are at
-    /// most 1 KiB apart, when n fits one tile, or when all of B is small (see
-    /// `DIRECT_B_MAX_ROWS` / `DIRECT_B_MAX_FLOATS`). Rows 2 KiB or more apart fall
-    /// into few cache sets and as many pages, and the B block stops fitting its
-    /// cache: 128×2048×2048 ran at a third of the packed speed.
-    fn b_in_place(rows: usize, k: usize, n: usize, rs: usize) -> bool {
-        (rows <= DIRECT_B_MAX_ROWS && rs <= 256) || n <= Self::NR || k * n <= DIRECT_B_MAX_FLOATS
+    /// most 1 KiB apart (2 KiB for at most 128 rows on one task), when n fits one
+    /// tile, or when all of B is small (see `DIRECT_B_MAX_ROWS`,
+    /// `DIRECT_B_WIDE_MAX_ROWS`, `DIRECT_B_MAX_FLOATS`). Rows further apart fall into
+    /// few cache sets and as many pages, and the B block stops fitting its cache:
+    /// 128×2048×2048 ran at a third of the packed speed.
+    fn b_in_place(rows: usize, k: usize, n: usize, rs: usize, tasks: usize) -> bool {
+        (rows <= DIRECT_B_MAX_ROWS && rs <= 256)
+            || (tasks == 1 && rows <= DIRECT_B_WIDE_MAX_ROWS && rs <= 512)
+            || n <= Self::NR
+            || k * n <= DIRECT_B_MAX_FLOATS
     }
 
     /// Computes `tile = [tile +] A_panel · B_panel`, then the tile's epilogue.
