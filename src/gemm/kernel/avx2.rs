@@ -586,11 +586,7 @@ pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize
         rows.end <= map.cols && p0 + kc <= map.rows,
         "mapped_steps: rows {rows:?}, steps {p0}+{kc} outside the map"
     );
-    let mut words = steps::column_masks(rows);
-    let (w0, m0) = words.next().expect("a tile has rows");
-    let (w1, m1) = words.next().unwrap_or((w0, 0));
-    let run0 = &map.words[w0 * map.rows + p0..][..kc];
-    let run1 = &map.words[w1 * map.rows + p0..][..kc];
+    let [(run0, m0), (run1, m1)] = steps::tile_word_runs(map, rows, p0, kc);
     // SAFETY: avx2 was checked; both runs have kc words; kc <= KC_MAX.
     unsafe { mapped_columns(run0, m0, run1, m1, steps) }
 }

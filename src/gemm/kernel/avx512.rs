@@ -550,11 +550,7 @@ unsafe fn mapped_columns(
     kc: usize,
     steps: &mut [u32; KC_MAX],
 ) -> usize {
-    let mut words = super::steps::column_masks(cols);
-    let (w0, m0) = words.next().expect("a tile has rows");
-    let (w1, m1) = words.next().unwrap_or((w0, 0));
-    let run0 = &map.words[w0 * map.rows + p0..][..kc];
-    let run1 = &map.words[w1 * map.rows + p0..][..kc];
+    let [(run0, m0), (run1, m1)] = super::steps::tile_word_runs(map, cols, p0, kc);
     let (v0, v1) = (_mm512_set1_epi64(m0 as i64), _mm512_set1_epi64(m1 as i64));
     let mut count = 0;
     for c in (0..kc).step_by(16) {

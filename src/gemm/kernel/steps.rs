@@ -7,7 +7,7 @@
 //! [`Kernel::SKIPS_ZERO_STEPS`]: super::Kernel::SKIPS_ZERO_STEPS
 
 use crate::gemm::blocking::KC_MAX;
-use crate::gemm::nonzero_map::AMap;
+use crate::gemm::nonzero_map::{AMap, NonzeroMapRef};
 use crate::matrix::MatRef;
 use std::ops::Range;
 
@@ -99,6 +99,24 @@ pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize
         }
     }
     count
+}
+
+/// For a tile of `Xᵀ` (A's rows `rows` are map columns, at most 64 of them, so in one
+/// or two words): those words of map rows `p0..p0 + kc`, as two runs of `kc` words,
+/// each with the mask of the tile's bits in it (the second run's mask 0 when one word
+/// holds them all). The vector builders test a vector of steps per load against them.
+pub(crate) fn tile_word_runs<'m>(
+    map: NonzeroMapRef<'m>,
+    rows: Range<usize>,
+    p0: usize,
+    kc: usize,
+) -> [(&'m [u64], u64); 2] {
+    let mut words = column_masks(rows);
+    let (w0, m0) = words.next().expect("a tile has rows");
+    let (w1, m1) = words.next().unwrap_or((w0, 0));
+    assert!(words.next().is_none(), "tile_word_runs: rows in more than two words");
+    let run = |w: usize| &map.words[w * map.rows + p0..][..kc];
+    [(run(w0), m0), (run(w1), m1)]
 }
 
 /// The words of the map's rows that hold columns `cols`, each with the mask of those
