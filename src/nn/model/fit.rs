@@ -566,8 +566,8 @@ const GATHER_PARTS: usize = 8;
 const GATHER_ROWS_PER_PART: usize = 8;
 
 /// Writes the samples `rows` of `x` into `out` and prefetches the samples `next`; with
-/// `map`, also the bits of each row's nonzeros into its words (`nonzero_map::row_words`
-/// on that path), a few rows at a time while they are in L1.
+/// `map`, also the bits of each row's nonzeros into its words, on that path's vectors
+/// ([`Inputs::gather_mapped`]).
 ///
 /// Inside a region, part `t` of the rows (whole rows, contiguous) is gathered by
 /// region thread `t`, which then prefetches part `t` of `next`: the thread that
