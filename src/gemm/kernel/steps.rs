@@ -7,7 +7,7 @@
 //! [`Kernel::SKIPS_ZERO_STEPS`]: super::Kernel::SKIPS_ZERO_STEPS
 
 use crate::gemm::blocking::KC_MAX;
-use crate::gemm::nonzero_map::{AMap, NonzeroMapRef};
+use crate::gemm::nonzero_map::AMap;
 use crate::matrix::MatRef;
 use std::ops::Range;
 
@@ -105,8 +105,9 @@ pub(crate) fn mapped_steps(a: AMap<'_>, rows: Range<usize>, p0: usize, kc: usize
 /// or two words): those words of map rows `p0..p0 + kc`, as two runs of `kc` words,
 /// each with the mask of the tile's bits in it (the second run's mask 0 when one word
 /// holds them all). The vector builders test a vector of steps per load against them.
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn tile_word_runs<'m>(
-    map: NonzeroMapRef<'m>,
+    map: crate::gemm::nonzero_map::NonzeroMapRef<'m>,
     rows: Range<usize>,
     p0: usize,
     kc: usize,
