@@ -638,3 +638,36 @@ fn gather_mapped(x: impl Inputs, rows: &[usize], out: &mut [f32], isa: Option<Is
         _ => x.gather(rows, out),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{Loss, Optimizer};
+
+    /// The products of the first layer get the map a step is given: one that is not the
+    /// batch's trips their debug check (the only reader of the map), so a step that
+    /// dropped it on the way would pass here and make the gather's map for nothing.
+    #[test]
+    #[cfg(debug_assertions)]
+    fn a_step_hands_its_map_to_the_first_layers_products() {
+        use crate::gemm::nonzero_map::NonzeroMap;
+        let mut m = Sequential::builder(70)
+            .seed(1)
+            .dense(40)
+            .relu()
+            .dense(3)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1))
+            .unwrap();
+        let x = Matrix::from_fn(16, 70, |i, j| f32::from((i + j) % 3 == 0));
+        let other = Matrix::from_fn(16, 70, |i, j| f32::from((i + j) % 3 == 1));
+        let (map, wrong) = (NonzeroMap::of(x.view()), NonzeroMap::of(other.view()));
+        let y: Vec<usize> = (0..16).map(|i| i % 3).collect();
+        for _ in 0..2 {
+            m.step_prechecked(x.view(), Some(map.view()), Targets::Classes(&y), 1, None).unwrap();
+        }
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            m.step_prechecked(x.view(), Some(wrong.view()), Targets::Classes(&y), 1, None)
+        }));
+        assert!(step.is_err(), "a map that is not the batch's reached no product");
+    }
+}
