@@ -165,6 +165,14 @@ impl GemmOptions {
         self.min_work_per_thread = Some(work);
         self
     }
+    /// The kernel path these options run on: [`GemmOptions::isa`] if this CPU has it,
+    /// else [`default_isa`].
+    pub(crate) fn resolved_isa(&self) -> Result<Isa> {
+        match self.isa {
+            Some(isa) => isa.check_available(),
+            None => default_isa(),
+        }
+    }
     /// Derives the block sizes from `caches` instead of the detected ones.
     pub fn with_caches(mut self, caches: CacheSizes) -> Self {
         self.caches = Some(caches);
@@ -269,10 +277,7 @@ fn dispatch(
     a_map: Option<AMap<'_>>,
     options: &GemmOptions,
 ) -> Result<[[u32; 3]; 2]> {
-    let isa = match options.isa {
-        Some(isa) => isa.check_available()?,
-        None => default_isa()?,
-    };
+    let isa = options.resolved_isa()?;
     let threads = match options.threads {
         Some(0) => return Err(Error::Kernel("threads must be at least 1, got 0".into())),
         Some(t) => t,

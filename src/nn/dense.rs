@@ -242,10 +242,7 @@ impl Dense {
 
     /// The kernel path this layer's products run on.
     pub(crate) fn isa(&self) -> Result<crate::gemm::Isa> {
-        match self.gemm.isa {
-            Some(isa) => isa.check_available(),
-            None => crate::gemm::default_isa(),
-        }
+        self.gemm.resolved_isa()
     }
 
     /// This layer's GEMM options with the thread count a caller decided.

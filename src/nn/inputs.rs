@@ -6,7 +6,7 @@
 
 use crate::data::convert::{bytes_to_f32, bytes_to_f32_mapped};
 use crate::error::{Error, Result};
-use crate::gemm::nonzero_map::row_words;
+use crate::gemm::nonzero_map::{row_words, words_per_row};
 use crate::gemm::Isa;
 use crate::matrix::MatRef;
 
@@ -40,7 +40,7 @@ pub trait Inputs: Copy + Send + Sync {
     /// can be neither named nor made.
     #[doc(hidden)]
     fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64], _: Sealed) {
-        let (cols, wpr) = (self.cols(), self.cols().div_ceil(64));
+        let (cols, wpr) = (self.cols(), words_per_row(self.cols()));
         if cols == 0 {
             return self.gather(rows, out);
         }
@@ -121,7 +121,7 @@ impl Inputs for ScaledBytes<'_> {
 
     /// The bits tested on the converted vectors, before they are stored.
     fn gather_mapped(&self, rows: &[usize], out: &mut [f32], isa: Isa, words: &mut [u64], _: Sealed) {
-        let wpr = self.cols.div_ceil(64);
+        let wpr = words_per_row(self.cols);
         for ((dst, w), &r) in out.chunks_exact_mut(self.cols).zip(words.chunks_exact_mut(wpr)).zip(rows) {
             bytes_to_f32_mapped(isa, &self.data[r * self.cols..(r + 1) * self.cols], dst, self.scale, w);
         }

@@ -634,8 +634,8 @@ fn gather_rows(
 /// ([`Inputs::gather_mapped`]).
 fn gather_mapped(x: impl Inputs, rows: &[usize], out: &mut [f32], isa: Option<Isa>, words: &mut [u64]) {
     match isa {
-        Some(isa) if x.cols() > 0 => x.gather_mapped(rows, out, isa, words, Sealed(())),
-        _ => x.gather(rows, out),
+        Some(isa) => x.gather_mapped(rows, out, isa, words, Sealed(())),
+        None => x.gather(rows, out),
     }
 }
 
