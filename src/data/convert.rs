@@ -99,25 +99,7 @@ mod avx2 {
         assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
         assert!(crate::gemm::Isa::Avx2.is_available(), "bytes_to_f32: avx2 not available");
         // SAFETY: avx2 was checked just above; the lengths are equal.
-        unsafe { bytes_to_f32_impl(src, dst, scale) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
-        let s = _mm256_set1_ps(scale);
-        let mut chunks = src.chunks_exact(8);
-        let mut out = dst.chunks_exact_mut(8);
-        for (c, o) in (&mut chunks).zip(&mut out) {
-            // SAFETY: `c` has exactly 8 bytes (one 64-bit load) and `o` exactly 8 floats.
-            unsafe {
-                let bytes = _mm_loadl_epi64(c.as_ptr().cast());
-                _mm256_storeu_ps(o.as_mut_ptr(), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)), s));
-            }
-        }
-        // The same operation (exact conversion, one rounding in the multiply) as the lanes.
-        for (o, &b) in out.into_remainder().iter_mut().zip(chunks.remainder()) {
-            *o = b as f32 * scale;
-        }
+        unsafe { convert::<false>(src, dst, scale, &mut []) }
     }
 
     /// [`bytes_to_f32`], and the bits of the nonzero results into `words`
@@ -129,13 +111,16 @@ mod avx2 {
         assert!(src.len() == dst.len() && words.len() == src.len().div_ceil(64), "bytes_to_f32_mapped: lengths");
         assert!(crate::gemm::Isa::Avx2.is_available(), "bytes_to_f32: avx2 not available");
         // SAFETY: avx2 was checked just above; the lengths agree.
-        unsafe { bytes_to_f32_mapped_impl(src, dst, scale, words) }
+        unsafe { convert::<true>(src, dst, scale, words) }
     }
 
+    /// Both conversions: with `MAP`, a word of nonzero bits per 64 floats into `words`
+    /// (`src.len().div_ceil(64)` of them); without, `words` is not touched and the
+    /// tests compile away.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn bytes_to_f32_mapped_impl(src: &[u8], dst: &mut [f32], scale: f32, words: &mut [u64]) {
+    unsafe fn convert<const MAP: bool>(src: &[u8], dst: &mut [f32], scale: f32, words: &mut [u64]) {
         let (s, mag, zero) = (_mm256_set1_ps(scale), _mm256_set1_epi32(0x7fff_ffff), _mm256_setzero_si256());
-        // Converts and stores 8 floats, returning their nonzero bits.
+        // Converts and stores 8 floats, returning their nonzero bits (with `MAP`).
         let convert = |ch: &[u8], o: &mut [f32]| -> u64 {
             // SAFETY: callers pass exactly 8 bytes (one 64-bit load) and 8 floats.
             let v = unsafe {
@@ -143,6 +128,9 @@ mod avx2 {
                 _mm256_storeu_ps(o.as_mut_ptr(), v);
                 v
             };
+            if !MAP {
+                return 0;
+            }
             let zeros = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), mag), zero);
             u64::from(!_mm256_movemask_ps(_mm256_castsi256_ps(zeros)) as u8)
         };
@@ -150,12 +138,15 @@ mod avx2 {
         let mut groups = src.chunks_exact(64);
         let mut outs = dst.chunks_exact_mut(64);
         let mut w = 0;
-        for ((g, o), word) in (&mut groups).zip(&mut outs).zip(words.iter_mut()) {
-            *word = g
+        for (g, o) in (&mut groups).zip(&mut outs) {
+            let word = g
                 .chunks_exact(8)
                 .zip(o.chunks_exact_mut(8))
                 .enumerate()
                 .fold(0, |m, (i, (ch, o))| m | convert(ch, o) << (8 * i));
+            if MAP {
+                words[w] = word;
+            }
             w += 1;
         }
         let (tail, out) = (groups.remainder(), outs.into_remainder());
@@ -176,7 +167,9 @@ mod avx2 {
             bits |= u64::from(o.to_bits() & 0x7fff_ffff != 0) << c;
             c += 1;
         }
-        words[w] = bits;
+        if MAP {
+            words[w] = bits;
+        }
     }
 }
 
@@ -193,31 +186,7 @@ mod avx512 {
         assert_eq!(src.len(), dst.len(), "bytes_to_f32: length mismatch");
         assert!(crate::gemm::Isa::Avx512.is_available(), "bytes_to_f32: avx512f not available");
         // SAFETY: avx512f was checked just above; the lengths are equal.
-        unsafe { bytes_to_f32_impl(src, dst, scale) }
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn bytes_to_f32_impl(src: &[u8], dst: &mut [f32], scale: f32) {
-        // Only AVX-512F instructions: a byte-masked load would need AVX-512BW, which the
-        // dispatch does not check, so the tail goes through a zeroed 16-byte buffer.
-        let s = _mm512_set1_ps(scale);
-        let convert = |bytes: __m128i| _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)), s);
-        let mut chunks = src.chunks_exact(16);
-        let mut out = dst.chunks_exact_mut(16);
-        for (c, o) in (&mut chunks).zip(&mut out) {
-            // SAFETY: `c` has exactly 16 bytes and `o` exactly 16 floats.
-            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), convert(_mm_loadu_si128(c.as_ptr().cast()))) };
-        }
-        let tail = chunks.remainder();
-        if !tail.is_empty() {
-            let mut buf = [0u8; 16];
-            buf[..tail.len()].copy_from_slice(tail);
-            let o = out.into_remainder();
-            let mask = ((1u32 << tail.len()) - 1) as __mmask16;
-            // SAFETY: `buf` has 16 bytes; the store is masked to the `tail.len()` floats
-            // left in `o`.
-            unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), mask, convert(_mm_loadu_si128(buf.as_ptr().cast()))) };
-        }
+        unsafe { convert::<false>(src, dst, scale, &mut []) }
     }
 
     /// [`bytes_to_f32`], and the bits of the nonzero results into `words`
@@ -229,15 +198,18 @@ mod avx512 {
         assert!(src.len() == dst.len() && words.len() == src.len().div_ceil(64), "bytes_to_f32_mapped: lengths");
         assert!(crate::gemm::Isa::Avx512.is_available(), "bytes_to_f32: avx512f not available");
         // SAFETY: avx512f was checked just above; the lengths agree.
-        unsafe { bytes_to_f32_mapped_impl(src, dst, scale, words) }
+        unsafe { convert::<true>(src, dst, scale, words) }
     }
 
+    /// Both conversions: with `MAP`, a word of nonzero bits per 64 floats into `words`
+    /// (`src.len().div_ceil(64)` of them); without, `words` is not touched and the
+    /// tests compile away.
     #[target_feature(enable = "avx512f")]
-    unsafe fn bytes_to_f32_mapped_impl(src: &[u8], dst: &mut [f32], scale: f32, words: &mut [u64]) {
+    unsafe fn convert<const MAP: bool>(src: &[u8], dst: &mut [f32], scale: f32, words: &mut [u64]) {
         let (s, mag) = (_mm512_set1_ps(scale), _mm512_set1_epi32(0x7fff_ffff));
         // Converts 16 bytes (the lanes of `lanes`: the rest of a 16-byte tail buffer is
         // zeros, and a zero times a NaN scale would set them) and stores them, masked
-        // to `lanes`; returns their nonzero bits.
+        // to `lanes`; returns their nonzero bits (with `MAP`).
         let convert = |bytes: &[u8; 16], o: *mut f32, lanes: __mmask16| -> u64 {
             // SAFETY: `bytes` has 16 bytes; callers give `o` with a float for each lane
             // of `lanes` (the masked-off lanes are not written).
@@ -247,16 +219,23 @@ mod avx512 {
                 _mm512_mask_storeu_ps(o, lanes, v);
                 v
             };
-            u64::from(_mm512_mask_test_epi32_mask(lanes, _mm512_castps_si512(v), mag))
+            if MAP {
+                u64::from(_mm512_mask_test_epi32_mask(lanes, _mm512_castps_si512(v), mag))
+            } else {
+                0
+            }
         };
         // A word per 64 floats, its 4 vectors' bits at fixed shifts.
         let mut groups = src.chunks_exact(64);
         let mut outs = dst.chunks_exact_mut(64);
         let mut w = 0;
-        for ((g, o), word) in (&mut groups).zip(&mut outs).zip(words.iter_mut()) {
-            *word = g.chunks_exact(16).zip(o.chunks_exact_mut(16)).enumerate().fold(0, |m, (i, (ch, o))| {
+        for (g, o) in (&mut groups).zip(&mut outs) {
+            let word = g.chunks_exact(16).zip(o.chunks_exact_mut(16)).enumerate().fold(0, |m, (i, (ch, o))| {
                 m | convert(ch.try_into().expect("16 bytes"), o.as_mut_ptr(), u16::MAX) << (16 * i)
             });
+            if MAP {
+                words[w] = word;
+            }
             w += 1;
         }
         let (tail, out) = (groups.remainder(), outs.into_remainder());
@@ -275,7 +254,9 @@ mod avx512 {
                 convert(&buf, o.as_mut_ptr(), (u32::MAX >> (32 - ch.len())) as __mmask16)
             } << (16 * i);
         }
-        words[w] = bits;
+        if MAP {
+            words[w] = bits;
+        }
     }
 }
 
