@@ -216,6 +216,9 @@ struct UpdateJob<'a> {
     /// Largest `|p|`, `|s0|`, `|s1|` stored by any task, as bits (max is exact and
     /// order-free, so the result does not depend on the split).
     maxima: [AtomicU32; 3],
+    /// Prefetch each tile's parameters and state when its k loop starts: set when they
+    /// are larger than L2, so that they come from L3 or DRAM every step.
+    prefetch: bool,
 }
 
 impl<'a> UpdateJob<'a> {
@@ -233,6 +236,27 @@ impl<'a> UpdateJob<'a> {
             s0: SharedMut(s0.as_mut_ptr()),
             s1: SharedMut(s1.as_mut_ptr()),
             maxima: Default::default(),
+            prefetch: false,
+        }
+    }
+
+    /// The job, prefetching each tile's parameters and state when the parameters and
+    /// state together are larger than an L2 of `l2` bytes.
+    fn prefetching_beyond(mut self, l2: usize, len: usize) -> Self {
+        let bytes = len * std::mem::size_of::<f32>() * (1 + self.rule.step.state_buffers());
+        self.prefetch = bytes > l2;
+        self
+    }
+
+    /// Starts loading the parameters and state of the `mr × nr` tile at row `i`,
+    /// column `j` of the `· × n` buffers, if this job prefetches.
+    fn prefetch_tile(&self, i: usize, j: usize, n: usize, mr: usize, nr: usize) {
+        if !self.prefetch {
+            return;
+        }
+        let buffers = [self.params.0, self.s0.0, self.s1.0];
+        for base in buffers.into_iter().take(1 + self.rule.step.state_buffers()) {
+            kernel::update::prefetch_block(base.wrapping_add(i * n + j), n, mr, nr);
         }
     }
 
@@ -355,7 +379,7 @@ pub(crate) fn run<K: Kernel>(
         workspace: workspace_floats(plan.caches),
         update: weights.map(|u| {
             assert!(csc == 1 && rsc == n, "an update epilogue needs a contiguous row-major C");
-            UpdateJob::new(u, m * n)
+            UpdateJob::new(u, m * n).prefetching_beyond(plan.caches.l2, m * n)
         }),
         bias_update,
         c_max: plan.track_max.then(AtomicU32::default),
@@ -735,6 +759,8 @@ impl Job<'_> {
         let epilogue = match (last, self.bias, h_tile) {
             (true, _, _) if self.update.is_some() => {
                 let u = self.update.as_ref().expect("checked");
+                // Loaded while the k loop runs, so the epilogue finds them in L1.
+                u.prefetch_tile(i, j, self.n, mr, nr);
                 TileEpilogue::Update(u.at(i, j, self.n, maxima))
             }
             (true, Some(bias), _) if self.relu => TileEpilogue::BiasRelu(bias[j..].as_ptr()),

@@ -84,6 +84,28 @@ pub(crate) struct TileUpdate {
     pub maxima: *mut [u32; 3],
 }
 
+/// Starts loading the `rows × cols` block at `p` (row stride `rs`) into L1: the
+/// parameters and optimizer state a tile's update reads after its k loop. When they
+/// stream from beyond L2 (weights wider than the cache), the epilogue would otherwise
+/// wait on every line at the end of each tile. A no-op off x86_64.
+pub(crate) fn prefetch_block(p: *const f32, rs: usize, rows: usize, cols: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for r in 0..rows {
+        let row = p.wrapping_add(r * rs);
+        // Every 64-byte line the row's `cols` floats touch, wherever it starts.
+        for q in (0..cols).step_by(16).chain(cols.checked_sub(1)) {
+            // SAFETY: a prefetch never faults and reads no memory architecturally, so
+            // any address may be given (computed with wrapping arithmetic); SSE is
+            // part of the x86_64 baseline.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.wrapping_add(q).cast());
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, rs, rows, cols);
+}
+
 /// Applies the update to a tile whose accumulators hold the gradient (plus the partial
 /// sums in C of earlier k blocks when `t.load_c`); C itself is not written.
 ///
