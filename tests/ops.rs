@@ -102,7 +102,8 @@ fn relu_lets_nan_through() {
 #[test]
 fn softmax_ce_matches_twin_and_numerical_gradient() {
     let mut rng = Rng::new(12);
-    for (n, c) in [(1, 2), (5, 10), (17, 3), (128, 10)] {
+    // Rows in blocks of 16 and a partial block; classes up to 16 and past it.
+    for (n, c) in [(1, 2), (5, 10), (17, 3), (128, 10), (33, 10), (20, 16), (20, 17)] {
         let z = mat(&mut rng, n, c, -5.0, 5.0);
         let labels: Vec<usize> = (0..n).map(|_| rng.below(c)).collect();
         let (mut d, mut d_twin) = (Matrix::from_fn(n, c, |_, _| f32::NAN), Matrix::zeros(n, c));
@@ -132,6 +133,35 @@ fn softmax_ce_matches_twin_and_numerical_gradient() {
             assert_grad_close("softmax-CE dlogits", d.as_slice(), &numeric);
         }
     }
+}
+
+#[test]
+fn softmax_ce_reads_and_writes_strided_rows_and_lets_nan_through() {
+    let mut rng = Rng::new(31);
+    let (n, c) = (37, 10);
+    // Logits and gradient as the first 10 columns of 13-wide matrices.
+    let wide = mat(&mut rng, n, c + 3, -4.0, 4.0);
+    let labels: Vec<usize> = (0..n).map(|_| rng.below(c)).collect();
+    let logits = wide.view().submatrix(0, 0, n, c).unwrap();
+    let mut d_wide = Matrix::from_fn(n, c + 3, |_, _| f32::NAN);
+    let fast =
+        softmax_ce::softmax_cross_entropy(logits, &labels, Some(d_wide.view_mut().submatrix(0, 0, n, c).unwrap()))
+            .unwrap();
+    let dense = logits.to_matrix();
+    let mut d_twin = Matrix::zeros(n, c);
+    let twin = softmax_ce::softmax_cross_entropy_naive(dense.view(), &labels, Some(d_twin.view_mut())).unwrap();
+    assert!((fast.loss - twin.loss).abs() <= 1e-5 * (1.0 + twin.loss.abs()), "{fast:?} vs {twin:?}");
+    assert_eq!(fast.correct, twin.correct);
+    for i in 0..n {
+        let reference: Vec<f64> = d_twin.row(i).iter().map(|&v| v as f64).collect();
+        assert_close("strided dlogits", &d_wide.row(i)[..c], &reference, 1e-6);
+        assert!(d_wide.row(i)[c..].iter().all(|v| v.is_nan()), "row {i}: wrote past the view's columns");
+    }
+    // A NaN logit in the middle of a block makes the loss NaN (the training guard's cue).
+    let mut bad = dense.clone();
+    bad[(21, 4)] = f32::NAN;
+    let s = softmax_ce::softmax_cross_entropy(bad.view(), &labels, None).unwrap();
+    assert!(s.loss.is_nan(), "{s:?}");
 }
 
 #[test]

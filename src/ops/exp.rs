@@ -29,6 +29,61 @@ pub(crate) fn exp_shifted_sum(isa: Isa, z: &[f32], max: f32, out: &mut [f32]) ->
     }
 }
 
+/// Per-row results of [`softmax_ce_block`]: `max` the row's first maximum, `sum` the
+/// sum of `exp(z − max)` over its classes, `zl` its label's logit, `arg` the index of
+/// its first maximum.
+pub(crate) struct BlockRows {
+    pub max: [f32; 16],
+    pub sum: [f32; 16],
+    pub zl: [f32; 16],
+    pub arg: [u32; 16],
+}
+
+/// Up to 16 rows of the fused softmax + cross-entropy at once, one row per lane, on the
+/// `isa` path's vectors: row `i` of the block is `z[i·rs ..][.. classes]` with label
+/// `labels[i]`; with `d = Some((out, rsd))`, `out[i·rsd + c] = exp(z − max) · (inv_n /
+/// sum) − inv_n·[c = label]`. Every row's max, argmax (first maximum, found as the
+/// scalar loop finds it: `>` from the left) and sum come back in [`BlockRows`]; the
+/// sum adds the classes in order. `None`, with nothing written, when the path has no
+/// such routine, `classes` is 0 or above 16, the strides do not fit 32-bit indices, or
+/// a row of the block holds a NaN.
+///
+/// # Panics
+/// If `labels.len()` (the rows, at most 16) does not fit `z` or `d` at these strides,
+/// or a label is not below `classes`.
+pub(crate) fn softmax_ce_block(
+    isa: Isa,
+    z: &[f32],
+    rs: usize,
+    classes: usize,
+    labels: &[usize],
+    inv_n: f32,
+    d: Option<(&mut [f32], usize)>,
+) -> Option<BlockRows> {
+    let rows = labels.len();
+    assert!(rows <= 16 && labels.iter().all(|&l| l < classes), "softmax_ce_block: rows or labels");
+    if rows == 0 || classes == 0 || classes > 16 {
+        return None;
+    }
+    // Floats the rows take at a stride: the last row's start plus its classes.
+    let span = |stride: usize| (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(classes));
+    assert!(span(rs).is_some_and(|need| need <= z.len()), "softmax_ce_block: logits too short");
+    if let Some((out, rsd)) = &d {
+        assert!(span(*rsd).is_some_and(|need| need <= out.len()), "softmax_ce_block: output too short");
+    }
+    // The vector paths address the rows by 32-bit offsets (gathers and scatters).
+    let indexable = |stride: usize| 15usize.checked_mul(stride).is_some_and(|x| x + 16 < i32::MAX as usize);
+    let offsets_fit = indexable(rs) && d.as_ref().is_none_or(|(_, rsd)| indexable(*rsd));
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 if isa.is_available() && offsets_fit => avx512::softmax_ce_block(z, rs, classes, labels, inv_n, d),
+        _ => {
+            let _ = (inv_n, offsets_fit);
+            None
+        }
+    }
+}
+
 /// The portable twin: `f32::exp` element by element, summed in order.
 pub(crate) fn exp_shifted_sum_portable(z: &[f32], max: f32, out: &mut [f32]) -> f32 {
     let mut sum = 0.0f32;
@@ -65,6 +120,93 @@ mod avx512 {
         // SAFETY: the dispatch checked avx512f; `out` is empty or as long as `z` (asserted
         // by the caller).
         unsafe { exp_shifted_sum_impl(z, max, out) }
+    }
+
+    pub(super) fn softmax_ce_block(
+        z: &[f32],
+        rs: usize,
+        classes: usize,
+        labels: &[usize],
+        inv_n: f32,
+        d: Option<(&mut [f32], usize)>,
+    ) -> Option<super::BlockRows> {
+        // SAFETY: the dispatch checked avx512f, 1 ≤ rows ≤ 16, 1 ≤ classes ≤ 16, every
+        // label below `classes`, both slices long enough for the rows at their strides,
+        // and the strides small enough for 32-bit indices.
+        unsafe { softmax_ce_block_impl(z, rs, classes, labels, inv_n, d) }
+    }
+
+    /// # Safety
+    /// As checked by `super::softmax_ce_block` before it calls this.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn softmax_ce_block_impl(
+        z: &[f32],
+        rs: usize,
+        classes: usize,
+        labels: &[usize],
+        inv_n: f32,
+        d: Option<(&mut [f32], usize)>,
+    ) -> Option<super::BlockRows> {
+        let rows = labels.len();
+        let lanes = (u32::MAX >> (32 - rows)) as __mmask16;
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let at = _mm512_mullo_epi32(lane, _mm512_set1_epi32(rs as i32));
+        let mut label_of = [0i32; 16];
+        for (l, &x) in label_of.iter_mut().zip(labels) {
+            *l = x as i32;
+        }
+        // SAFETY: reads the 16 i32 of the local array.
+        let label = unsafe { _mm512_loadu_si512(label_of.as_ptr().cast()) };
+        // Class c of every row; the masked-off rows are neither read nor faulted on.
+        // SAFETY: lane i < rows reads z[i·rs + c] with c < classes, inside `z` (checked).
+        let column = |c: usize| unsafe {
+            _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), lanes, at, z.as_ptr().add(c).cast())
+        };
+        let (mut max, mut arg, mut zl) = (column(0), _mm512_setzero_si512(), _mm512_setzero_ps());
+        let mut nan = _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(lanes, max, max);
+        zl = _mm512_mask_mov_ps(zl, _mm512_mask_cmpeq_epi32_mask(lanes, label, _mm512_setzero_si512()), max);
+        for c in 1..classes {
+            let v = column(c);
+            nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(lanes, v, v);
+            let c32 = _mm512_set1_epi32(c as i32);
+            let greater = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(lanes, v, max);
+            max = _mm512_mask_mov_ps(max, greater, v);
+            arg = _mm512_mask_mov_epi32(arg, greater, c32);
+            zl = _mm512_mask_mov_ps(zl, _mm512_mask_cmpeq_epi32_mask(lanes, label, c32), v);
+        }
+        if nan != 0 {
+            return None;
+        }
+        let mut e = [_mm512_setzero_ps(); 16];
+        let mut sum = _mm512_setzero_ps();
+        for (c, ec) in e.iter_mut().enumerate().take(classes) {
+            *ec = exp16(_mm512_sub_ps(column(c), max));
+            sum = _mm512_add_ps(sum, *ec);
+        }
+        if let Some((out, rsd)) = d {
+            let at_d = _mm512_mullo_epi32(lane, _mm512_set1_epi32(rsd as i32));
+            let scale = _mm512_div_ps(_mm512_set1_ps(inv_n), sum);
+            for (c, ec) in e.iter().enumerate().take(classes) {
+                let g = _mm512_mul_ps(*ec, scale);
+                let g = _mm512_mask_sub_ps(
+                    g,
+                    _mm512_cmpeq_epi32_mask(label, _mm512_set1_epi32(c as i32)),
+                    g,
+                    _mm512_set1_ps(inv_n),
+                );
+                // SAFETY: lane i < rows writes out[i·rsd + c], inside `out` (checked).
+                unsafe { _mm512_mask_i32scatter_ps::<4>(out.as_mut_ptr().add(c).cast(), lanes, at_d, g) };
+            }
+        }
+        let mut rows_out = super::BlockRows { max: [0.0; 16], sum: [0.0; 16], zl: [0.0; 16], arg: [0; 16] };
+        // SAFETY: each store writes the 16 elements of a local array.
+        unsafe {
+            _mm512_storeu_ps(rows_out.max.as_mut_ptr(), max);
+            _mm512_storeu_ps(rows_out.sum.as_mut_ptr(), sum);
+            _mm512_storeu_ps(rows_out.zl.as_mut_ptr(), zl);
+            _mm512_storeu_si512(rows_out.arg.as_mut_ptr().cast(), arg);
+        }
+        Some(rows_out)
     }
 
     /// `exp(x)` in 16 lanes (see the module doc).
@@ -171,6 +313,77 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Row `i` by the scalar loop of `softmax_cross_entropy`: first max (`>` from the
+    /// left), its index, the label's logit, and the f64 sum of the shifted exps.
+    fn reference(z: &[f32]) -> (f32, usize, f64) {
+        let (mut arg, mut max) = (0, z[0]);
+        for (c, &v) in z.iter().enumerate().skip(1) {
+            if v > max {
+                (arg, max) = (c, v);
+            }
+        }
+        (max, arg, z.iter().map(|&v| ((v - max) as f64).exp()).sum())
+    }
+
+    #[test]
+    fn softmax_ce_blocks_match_the_row_loop_on_every_path() {
+        let mut seed = 7u32;
+        let mut next = move || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            seed >> 8
+        };
+        for isa in Isa::ALL.iter().copied().filter(|i| i.is_available()) {
+            let has_blocks = cfg!(target_arch = "x86_64") && isa == Isa::Avx512;
+            for rows in [1, 2, 5, 15, 16] {
+                for classes in [1, 2, 9, 10, 16, 17] {
+                    for pad in [0, 3] {
+                        let rs = classes + pad;
+                        // Values on a coarse grid, so that rows tie for their maximum
+                        // (−0 and +0 among them).
+                        let z: Vec<f32> =
+                            (0..rows * rs).map(|_| [-0.0, 0.0, 1.0, -2.5, 3.0, 3.0][(next() % 6) as usize]).collect();
+                        let labels: Vec<usize> = (0..rows).map(|_| next() as usize % classes).collect();
+                        let inv_n = 1.0 / 37.0;
+                        let mut out = vec![f32::NAN; rows * rs];
+                        let what = format!("{isa:?}, {rows} rows of {classes} at stride {rs}");
+                        let got = softmax_ce_block(isa, &z, rs, classes, &labels, inv_n, Some((&mut out, rs)));
+                        let Some(b) = got else {
+                            assert!(!has_blocks || classes > 16, "{what}: no block");
+                            assert!(out.iter().all(|v| v.is_nan()), "{what}: wrote without a block");
+                            continue;
+                        };
+                        assert!(has_blocks && classes <= 16, "{what}: a block where none is made");
+                        for (i, &label) in labels.iter().enumerate() {
+                            let row = &z[i * rs..i * rs + classes];
+                            let (max, arg, sum) = reference(row);
+                            assert_eq!(b.max[i].to_bits(), max.to_bits(), "{what}: max of row {i}");
+                            assert_eq!(b.arg[i] as usize, arg, "{what}: argmax of row {i}");
+                            assert_eq!(b.zl[i].to_bits(), row[label].to_bits(), "{what}: label logit of row {i}");
+                            assert!((b.sum[i] as f64 - sum).abs() <= 2e-6 * sum, "{what}: sum of row {i}");
+                            for (c, &g) in out[i * rs..i * rs + classes].iter().enumerate() {
+                                let p = ((row[c] - max) as f64).exp() / sum;
+                                let want = (p - if c == label { 1.0 } else { 0.0 }) * inv_n as f64;
+                                assert!((g as f64 - want).abs() <= 1e-6 * inv_n as f64, "{what}: d[{i}][{c}]");
+                            }
+                            assert!(out[i * rs + classes..(i + 1) * rs].iter().all(|v| v.is_nan()), "{what}: padding");
+                        }
+                        // Without an output: the same rows.
+                        let b2 = softmax_ce_block(isa, &z, rs, classes, &labels, inv_n, None).expect("block");
+                        assert_eq!(b2.sum.map(f32::to_bits), b.sum.map(f32::to_bits), "{what}");
+                        // A NaN anywhere in the block: no block, nothing written.
+                        let mut bad = z.clone();
+                        bad[(rows - 1) * rs + classes - 1] = f32::NAN;
+                        let mut out = vec![f32::NAN; rows * rs];
+                        assert!(
+                            softmax_ce_block(isa, &bad, rs, classes, &labels, inv_n, Some((&mut out, rs))).is_none()
+                        );
+                        assert!(out.iter().all(|v| v.is_nan()), "{what}: wrote a block with a NaN");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn vector_exps_are_within_1_ulp_on_the_shifted_range_and_keep_nan() {

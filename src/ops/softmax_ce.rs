@@ -67,33 +67,79 @@ pub fn softmax_cross_entropy(
     let isa = crate::gemm::default_isa().unwrap_or_else(|_| crate::gemm::Isa::best());
     let mut loss = 0.0f64;
     let mut correct = 0;
-    for (i, &label) in labels.iter().enumerate() {
-        let z = logits.row(i);
-        // Row max (shift for stability) and first argmax.
-        let (mut arg, mut max) = (0, z[0]);
-        for (c, &v) in z.iter().enumerate().skip(1) {
-            if v > max {
-                (arg, max) = (c, v);
+    let classes = logits.cols();
+    let mut first = 0;
+    while first < n {
+        let rows = first..(first + 16).min(n);
+        let start = first * logits.row_stride();
+        let d = dlogits.as_mut().map(|d| {
+            let rsd = d.row_stride();
+            (&mut d.as_mut_slice()[first * rsd..], rsd)
+        });
+        let block = super::exp::softmax_ce_block(
+            isa,
+            &logits.as_slice()[start..],
+            logits.row_stride(),
+            classes,
+            &labels[rows.clone()],
+            inv_n,
+            d,
+        );
+        match block {
+            // Up to 16 rows at once, one per lane; the loss terms as `row_loss` forms them.
+            Some(b) => {
+                for (r, &label) in labels[rows.clone()].iter().enumerate() {
+                    correct += usize::from(b.arg[r] as usize == label);
+                    loss += (b.max[r] + b.sum[r].ln() - b.zl[r]) as f64;
+                }
+            }
+            None => {
+                for i in rows.clone() {
+                    let (l, c) = row_loss(&logits, labels[i], i, isa, inv_n, dlogits.as_mut());
+                    loss += l;
+                    correct += c;
+                }
             }
         }
-        correct += usize::from(arg == label);
-        let sum = match dlogits.as_mut() {
-            Some(d) => {
-                // exp once, kept in the gradient row, then scaled in place.
-                let d = d.row_mut(i);
-                let sum = super::exp::exp_shifted_sum(isa, z, max, d);
-                let scale = inv_n / sum;
-                for e in d.iter_mut() {
-                    *e *= scale;
-                }
-                d[label] -= inv_n;
-                sum
-            }
-            None => super::exp::exp_shifted_sum(isa, z, max, &mut []),
-        };
-        loss += (max + sum.ln() - z[label]) as f64;
+        first = rows.end;
     }
     Ok(SoftmaxCeStats { loss: (loss / n as f64) as f32, correct })
+}
+
+/// Row `i` of [`softmax_cross_entropy`] on its own: its loss term and whether its
+/// argmax (first maximum) is the label, writing its gradient row when `dlogits` is
+/// given.
+fn row_loss(
+    logits: &MatRef<'_>,
+    label: usize,
+    i: usize,
+    isa: crate::gemm::Isa,
+    inv_n: f32,
+    dlogits: Option<&mut MatMut<'_>>,
+) -> (f64, usize) {
+    let z = logits.row(i);
+    // Row max (shift for stability) and first argmax.
+    let (mut arg, mut max) = (0, z[0]);
+    for (c, &v) in z.iter().enumerate().skip(1) {
+        if v > max {
+            (arg, max) = (c, v);
+        }
+    }
+    let sum = match dlogits {
+        Some(d) => {
+            // exp once, kept in the gradient row, then scaled in place.
+            let d = d.row_mut(i);
+            let sum = super::exp::exp_shifted_sum(isa, z, max, d);
+            let scale = inv_n / sum;
+            for e in d.iter_mut() {
+                *e *= scale;
+            }
+            d[label] -= inv_n;
+            sum
+        }
+        None => super::exp::exp_shifted_sum(isa, z, max, &mut []),
+    };
+    ((max + sum.ln() - z[label]) as f64, usize::from(arg == label))
 }
 
 /// The naive twin: softmax, then the one-hot matrix, then `−ln p_label`, then
