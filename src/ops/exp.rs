@@ -51,8 +51,8 @@ pub(crate) struct BlockRows {
 /// a row of the block holds a NaN.
 ///
 /// # Panics
-/// If `labels.len()` (the rows, at most 16) does not fit `z` or `d` at these strides,
-/// or a label is not below `classes`.
+/// If `labels` holds more than 16 rows; where the path has the routine, also if the
+/// rows do not fit `z` or `d` at these strides, or a label is not below `classes`.
 pub(crate) fn softmax_ce_block(
     isa: Isa,
     z: &[f32],
@@ -63,10 +63,14 @@ pub(crate) fn softmax_ce_block(
     d: Option<(&mut [f32], usize)>,
 ) -> Option<BlockRows> {
     let rows = labels.len();
-    assert!(rows <= 16 && labels.iter().all(|&l| l < classes), "softmax_ce_block: rows or labels");
-    if rows == 0 || classes == 0 || classes > 16 {
+    assert!(rows <= 16, "softmax_ce_block: {rows} rows");
+    // Paths without the routine return before the checks below, which guard it: the
+    // softmax-CE asks for every 16 rows.
+    let has_routine = cfg!(target_arch = "x86_64") && matches!(isa, Isa::Avx512) && isa.is_available();
+    if !has_routine || rows == 0 || classes == 0 || classes > 16 {
         return None;
     }
+    assert!(labels.iter().all(|&l| l < classes), "softmax_ce_block: a label not below {classes}");
     // Floats the rows take at a stride: the last row's start plus its classes.
     let span = |stride: usize| (rows - 1).checked_mul(stride).and_then(|x| x.checked_add(classes));
     assert!(span(rs).is_some_and(|need| need <= z.len()), "softmax_ce_block: logits too short");
@@ -78,7 +82,7 @@ pub(crate) fn softmax_ce_block(
     let offsets_fit = indexable(rs) && d.as_ref().is_none_or(|(_, rsd)| indexable(*rsd));
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 if isa.is_available() && offsets_fit => avx512::softmax_ce_block(z, rs, classes, labels, inv_n, d),
+        Isa::Avx512 if offsets_fit => avx512::softmax_ce_block(z, rs, classes, labels, inv_n, d),
         _ => {
             let _ = (inv_n, offsets_fit);
             None
