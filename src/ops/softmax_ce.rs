@@ -86,11 +86,11 @@ pub fn softmax_cross_entropy(
             d,
         );
         match block {
-            // Up to 16 rows at once, one per lane; the loss terms as `row_loss` forms them.
+            // Up to 16 rows at once, one per lane.
             Some(b) => {
                 for (r, &label) in labels[rows.clone()].iter().enumerate() {
                     correct += usize::from(b.arg[r] as usize == label);
-                    loss += (b.max[r] + b.sum[r].ln() - b.zl[r]) as f64;
+                    loss += loss_term(b.max[r], b.sum[r], b.zl[r]);
                 }
             }
             None => {
@@ -139,7 +139,13 @@ fn row_loss(
         }
         None => super::exp::exp_shifted_sum(isa, z, max, &mut []),
     };
-    ((max + sum.ln() - z[label]) as f64, usize::from(arg == label))
+    (loss_term(max, sum, z[label]), usize::from(arg == label))
+}
+
+/// A row's loss, `log Σ exp(z) − z_label`, from its max, the sum of its shifted exps and
+/// its label's logit: one formula for the block and the row loop.
+fn loss_term(max: f32, sum: f32, z_label: f32) -> f64 {
+    (max + sum.ln() - z_label) as f64
 }
 
 /// The naive twin: softmax, then the one-hot matrix, then `−ln p_label`, then
