@@ -158,6 +158,36 @@ fn the_thread_governor_changes_no_bit() {
     assert!(runs.iter().all(|r| *r == runs[0]), "the governor's choices changed the result");
 }
 
+/// On 2 threads `fit` has a helper gather the next batch while the leader runs the
+/// small upper layers (batch 16 of 784-128-64-10 is large enough); the governor's
+/// probes switch modes between such steps, so a batch gathered beside a parallel step
+/// is trained on by a serial one. Every way gives the bits of one thread, from f32 and
+/// from bytes, with a last batch of 8.
+#[test]
+fn batches_gathered_beside_the_step_train_as_on_one_thread() {
+    let mut rng = Rng::new(32);
+    let bytes: Vec<u8> = (0..600 * 784).map(|_| if rng.below(4) == 0 { rng.below(256) as u8 } else { 0 }).collect();
+    let x = Matrix::from_fn(600, 784, |i, j| bytes[i * 784 + j] as f32 * (1.0 / 255.0));
+    let y: Vec<usize> = (0..600).map(|_| rng.below(10)).collect();
+    let opts = FitOptions::default().with_epochs(2).with_batch_size(16).with_seed(4);
+    let run = |threads: usize, adaptive: bool, from_bytes: bool| {
+        let mut m = mnist_model(8, Optimizer::adam(1e-3));
+        m.set_threads(Some(threads)).unwrap();
+        m.set_adaptive_threads(adaptive);
+        let reports = if from_bytes {
+            m.fit(ScaledBytes::new(&bytes, 784, 1.0 / 255.0).unwrap(), Targets::Classes(&y), &opts).unwrap()
+        } else {
+            m.fit(x.view(), Targets::Classes(&y), &opts).unwrap()
+        };
+        (params(&m), reports.iter().map(|r| (r.loss.to_bits(), r.accuracy)).collect::<Vec<_>>())
+    };
+    let one = run(1, false, false);
+    for (threads, adaptive, from_bytes) in [(2, false, true), (2, true, true), (2, false, false), (3, true, false)] {
+        let what = format!("{threads} threads, governor {adaptive}, from bytes {from_bytes}");
+        assert!(run(threads, adaptive, from_bytes) == one, "{what}: the bits differ");
+    }
+}
+
 #[test]
 fn predict_and_evaluate_agree_and_dropout_is_off_at_inference() {
     let (x, y) = spiral(30, 3, 2);

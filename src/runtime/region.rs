@@ -103,25 +103,72 @@ impl Shared {
     /// waits, yielding this core), and returns once every helper has finished it;
     /// a panic of any thread is resumed here after that.
     fn run(&self, job: &(dyn Fn(usize) + Sync), leader_waits: bool) {
+        self.run_beside(job, leader_waits, || {
+            if !leader_waits {
+                job(0);
+            }
+        })
+    }
+
+    /// Posts `job` to every helper and runs `f` here meanwhile; returns `f`'s result
+    /// once every helper has finished the job (waiting `yielding` this core, or
+    /// spinning), a panic of any thread resumed here after that.
+    fn run_beside<R>(&self, job: &(dyn Fn(usize) + Sync), yielding: bool, f: impl FnOnce() -> R) -> R {
         // SAFETY: the `'static` is a lie told only to the helpers, which call the job
         // between the epoch bump below and their decrement of `remaining`; this function
         // does not return, nor unwind (`WaitForHelpers` waits on drop), before
         // `remaining` is 0, so the closure outlives every call.
         let erased: JobRef = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), JobRef>(job) };
         // SAFETY: no helper reads `job` now: the previous job's `remaining` reached 0
-        // before the previous `run` returned, and helpers read it only after a bump.
+        // before the previous `run_beside` returned, and helpers read it only after a bump.
         unsafe { *self.job.get() = Some(erased) };
         self.remaining.store(self.threads - 1, Ordering::Relaxed);
         self.epoch.fetch_add(1, Ordering::Release);
-        let wait = WaitForHelpers { shared: self, yielding: leader_waits };
-        if !leader_waits {
-            job(0);
-        }
+        let wait = WaitForHelpers { shared: self, yielding };
+        let r = f();
         drop(wait);
         if let Some(p) = self.panic.lock().unwrap_or_else(|e| e.into_inner()).take() {
             resume_unwind(p);
         }
+        r
     }
+}
+
+/// Runs `job` on helper 1 of the region this thread leads while this thread runs `f`,
+/// and returns `f`'s result once both are done: work for a helper that would otherwise
+/// wait through a serial stretch of the step (the next batch's gather). Inside `f`
+/// [`share`] declines (the helper is busy), so `f`'s passes run their own way, best on
+/// one thread. Without a region (or inside one of its jobs), runs `job` and then `f`
+/// here.
+pub(crate) fn beside<R>(job: &(dyn Fn() + Sync), f: impl FnOnce() -> R) -> R {
+    let shared = match CURRENT.get() {
+        // SAFETY: as in `share`.
+        Some(ptr) if !IN_JOB.get() => unsafe { ptr.as_ref() },
+        _ => {
+            job();
+            return f();
+        }
+    };
+    let helper_job = |index: usize| {
+        if index == 1 {
+            job();
+        }
+    };
+    as_job(|| shared.run_beside(&helper_job, false, f))
+}
+
+/// Runs `f` marked as inside a job of this thread's region (also while unwinding):
+/// a [`share`] or [`beside`] from within then declines.
+fn as_job<R>(f: impl FnOnce() -> R) -> R {
+    IN_JOB.set(true);
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            IN_JOB.set(false);
+        }
+    }
+    let _reset = Reset;
+    f()
 }
 
 /// Waits, when dropped (also while unwinding), until every helper has finished the job.
@@ -175,7 +222,8 @@ pub(crate) enum Spawn<'a> {
 }
 
 thread_local! {
-    /// The region this thread leads, and whether it is running one of its jobs.
+    /// The region this thread leads, and whether it is running one of its jobs (or
+    /// work of its own beside a helper's, see [`beside`]).
     static CURRENT: Cell<Option<NonNull<Shared>>> = const { Cell::new(None) };
     static IN_JOB: Cell<bool> = const { Cell::new(false) };
     /// This thread is a helper's loop (so a nested one must not start).
@@ -343,15 +391,7 @@ pub(crate) fn share(tasks: usize, task: &(dyn Fn(usize) + Sync)) -> bool {
             task(t);
         }
     };
-    IN_JOB.set(true);
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            IN_JOB.set(false);
-        }
-    }
-    let _reset = Reset;
-    shared.run(&job, false);
+    as_job(|| shared.run(&job, false));
     true
 }
 
@@ -590,6 +630,52 @@ mod tests {
             let sum: u64 = pool.install(|| (0..10_000u64).into_par_iter().sum());
             assert_eq!(sum, 10_000 * 9_999 / 2);
         });
+    }
+
+    #[test]
+    fn work_beside_runs_on_a_helper_while_the_leader_runs_alone() {
+        for threads in [2, 3] {
+            let pool = pool(threads);
+            let team = Team::new(threads);
+            lead_some(&team, &pool, |_| {
+                let here = std::thread::current().id();
+                let (ran, job_thread) = (AtomicU64::new(0), Mutex::new(None));
+                let job = || {
+                    ran.fetch_add(1, Ordering::Relaxed);
+                    *job_thread.lock().unwrap() = Some(std::thread::current().id());
+                    // Still running when the leader's part is done: it waits for this.
+                    std::thread::sleep(Duration::from_millis(20));
+                };
+                let out = beside(&job, || {
+                    // The helper is busy: sharing declines and the caller runs its tasks.
+                    assert!(!share(2, &|_| panic!("must not run")));
+                    assert_eq!(std::thread::current().id(), here);
+                    7
+                });
+                assert_eq!((out, ran.load(Ordering::Relaxed)), (7, 1), "the job once, the result returned");
+                assert_ne!(job_thread.lock().unwrap().unwrap(), here, "the job ran on a helper");
+                // The region works as before afterwards.
+                assert!(share(2, &|_| {}));
+            });
+        }
+        // Outside a region: the job, then `f`, on this thread.
+        let order = Mutex::new(Vec::new());
+        beside(&|| order.lock().unwrap().push("job"), || order.lock().unwrap().push("f"));
+        assert_eq!(*order.lock().unwrap(), ["job", "f"]);
+    }
+
+    #[test]
+    fn a_panic_beside_reaches_the_leader_after_both_finished() {
+        let pool = pool(2);
+        let team = Team::new(2);
+        let done = AtomicBool::new(false);
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            lead_some(&team, &pool, |_| beside(&|| panic!("the job failed"), || done.store(true, Ordering::Release)))
+        }));
+        let msg = r.expect_err("the panic is resumed").downcast::<&str>().map(|b| *b);
+        assert_eq!(msg.ok(), Some("the job failed"));
+        assert!(done.load(Ordering::Acquire), "the leader's part ran");
+        assert!(lead_some(&team, &pool, |_| share(2, &|_| {})), "the team still works");
     }
 
     /// Waits (at most 5 s) until `done` holds of the team's members.

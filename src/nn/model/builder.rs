@@ -131,6 +131,7 @@ impl ModelBuilder {
             batch_classes: Vec::new(),
             batch_values: Matrix::zeros(0, width),
             batch_map: Default::default(),
+            batch_next: (Matrix::zeros(0, self.n_inputs), Default::default()),
             inference: Default::default(),
         };
         model.measure_weight_maxima();

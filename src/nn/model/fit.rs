@@ -11,6 +11,7 @@ use crate::nn::loss::Targets;
 use crate::rng::Rng;
 use crate::runtime::governor::{Governor, Mode};
 use crate::runtime::region::Region;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -293,6 +294,7 @@ impl Sequential {
         let mut bc = std::mem::take(&mut self.batch_classes);
         let mut bv = std::mem::take(&mut self.batch_values);
         let mut bm = std::mem::take(&mut self.batch_map);
+        let (mut nx, mut nm) = std::mem::take(&mut self.batch_next);
         let map_isa = self.input_map_isa();
         // Every worker's GEMM buffers now, not on its first task mid-epoch.
         crate::gemm::reserve_workspace_for(threads);
@@ -307,8 +309,17 @@ impl Sequential {
             (true, threads) => Governor::new(threads),
             (false, _) => Governor::fixed(Mode::Parallel),
         };
-        let mut epochs =
-            Epochs { x, targets, order, batch, governor, bufs: (&mut bx, &mut bc, &mut bv, &mut bm), map_isa };
+        let mut epochs = Epochs {
+            x,
+            targets,
+            order,
+            batch,
+            governor,
+            bufs: (&mut bx, &mut bc, &mut bv, &mut bm),
+            next: (&mut nx, &mut nm),
+            ready: None,
+            map_isa,
+        };
         // One region for the whole loop: the helpers stay with this thread between
         // steps, and every step's products share their tiles among the same threads.
         // (Through a clone of the pool, written back after: the team it starts is kept
@@ -338,6 +349,7 @@ impl Sequential {
             Ok(reports)
         });
         (self.batch_x, self.batch_classes, self.batch_values, self.batch_map) = (bx, bc, bv, bm);
+        self.batch_next = (nx, nm);
         self.pool = pool;
         result
     }
@@ -355,6 +367,7 @@ impl Sequential {
     ) -> Result<StepSums> {
         let steps = epochs.x.rows().div_ceil(epochs.batch);
         let (mut sums, mut next_step) = (StepSums::default(), 0);
+        epochs.ready = None;
         while next_step < steps {
             let mode = epochs.governor.mode();
             if let Some(r) = region {
@@ -445,6 +458,10 @@ struct Epochs<'a, 'b, I: Inputs> {
     batch: usize,
     governor: Governor,
     bufs: (&'b mut Matrix, &'b mut Vec<usize>, &'b mut Matrix, &'b mut NonzeroMap),
+    /// The next step's inputs and their map, when a helper gathered them during a step.
+    next: (&'b mut Matrix, &'b mut NonzeroMap),
+    /// The step whose batch `next` holds, if any.
+    ready: Option<usize>,
     /// The path that maps each batch's zeros for the first layer, if it reads a map.
     map_isa: Option<Isa>,
 }
@@ -473,18 +490,45 @@ impl<I: Inputs> StepRun<'_, '_, '_, I> {
     /// Runs steps from `next_step` while the governor keeps this run's mode.
     /// Every pass of a step uses `threads` threads (1 in the serial modes).
     fn run(&mut self, model: &mut Sequential, threads: usize) -> Result<()> {
-        let Epochs { x, targets, order, batch, governor, bufs, map_isa } = &mut *self.epochs;
-        let (x, targets, batch, n) = (*x, *targets, *batch, order.len());
+        let Epochs { x, targets, order, batch, governor, bufs, next: spare, ready, map_isa } = &mut *self.epochs;
+        let (x, targets, batch, n, map_isa) = (*x, *targets, *batch, order.len(), *map_isa);
         while *self.next_step < self.steps && governor.mode() == self.mode {
             let step = *self.next_step;
             let chunk = &order[step * batch..((step + 1) * batch).min(n)];
             let start = Instant::now();
             let (bx, bc, bv, bm) = (&mut *bufs.0, &mut *bufs.1, &mut *bufs.2, &mut *bufs.3);
-            let bm = map_isa.map(|isa| (isa, bm));
-            // The next batch's rows load while this step computes.
-            let next = order.get((step + 1) * batch..((step + 2) * batch).min(n)).unwrap_or(&[]);
-            let (t, map) = gather(x, targets, chunk, next, bx, bc, bv, bm, threads);
-            let b = model.step_prechecked(bx.view(), map, t, threads, x.max_abs_bound()).map_err(|e| match e {
+            let batch_of = |s: usize| order.get(s * batch..((s + 1) * batch).min(n)).unwrap_or(&[]);
+            let (next, after) = (batch_of(step + 1), batch_of(step + 2));
+            // With helpers, one of them gathers the next batch while this thread runs
+            // the step's serial stretch (see `Sequential::gathers_beside`).
+            let beside = threads > 1 && !next.is_empty() && model.gathers_beside(chunk.len());
+            let (t, map) = if ready.take() == Some(step) {
+                std::mem::swap(bx, spare.0);
+                std::mem::swap(bm, spare.1);
+                if !beside {
+                    x.prefetch(next);
+                }
+                (batch_targets(targets, chunk, bc, bv), map_isa.map(|_| bm.view()))
+            } else {
+                // The next batch's rows load while this step computes (unless a helper
+                // gathers them during it).
+                let bm = map_isa.map(|isa| (isa, bm));
+                gather(x, targets, chunk, if beside { &[] } else { next }, bx, bc, bv, bm, threads)
+            };
+            let gathered = AtomicBool::new(false);
+            let next_bufs = Mutex::new((&mut *spare.0, &mut *spare.1));
+            let gather_next = || {
+                let mut bufs = next_bufs.lock().unwrap_or_else(|e| e.into_inner());
+                let (nx, nm) = &mut *bufs;
+                gather_inputs(x, next, after, nx, map_isa.map(|isa| (isa, &mut **nm)), 1);
+                gathered.store(true, Ordering::Relaxed);
+            };
+            let background = beside.then_some(&gather_next as &(dyn Fn() + Sync));
+            let b = model.step_prechecked(bx.view(), map, t, threads, x.max_abs_bound(), background);
+            if gathered.load(Ordering::Relaxed) {
+                *ready = Some(step + 1);
+            }
+            let b = b.map_err(|e| match e {
                 // In `fit` the sample is known: name it.
                 Error::NonFinite { step, tensor, .. } if tensor == "inputs" => {
                     let row = first_nonfinite_row(bx.view()).unwrap_or(0);
@@ -523,8 +567,29 @@ fn gather<'b>(
     map: Option<(Isa, &'b mut NonzeroMap)>,
     threads: usize,
 ) -> (Targets<'b>, Option<NonzeroMapRef<'b>>) {
+    let mapped = map.is_some();
+    let map = map.map(|(isa, map)| {
+        gather_inputs(x, rows, next, bx, Some((isa, &mut *map)), threads);
+        &*map
+    });
+    if !mapped {
+        gather_inputs(x, rows, next, bx, None, threads);
+    }
+    (batch_targets(targets, rows, bc, bv), map.map(NonzeroMap::view))
+}
+
+/// The inputs part of [`gather`]: the samples `rows` of `x` into `bx` (and the map of
+/// their zeros into `map`), the samples `next` prefetched.
+fn gather_inputs(
+    x: impl Inputs,
+    rows: &[usize],
+    next: &[usize],
+    bx: &mut Matrix,
+    map: Option<(Isa, &mut NonzeroMap)>,
+    threads: usize,
+) {
     bx.resize(rows.len(), x.cols());
-    let map = match map {
+    match map {
         Some((isa, map)) => {
             gather_rows(
                 x,
@@ -535,14 +600,14 @@ fn gather<'b>(
                 threads,
             );
             map.publish();
-            Some(map.view())
         }
-        None => {
-            gather_rows(x, rows, next, bx.as_mut_slice(), None, threads);
-            None
-        }
-    };
-    let targets = match targets {
+        None => gather_rows(x, rows, next, bx.as_mut_slice(), None, threads),
+    }
+}
+
+/// The targets of the samples `rows`, copied into the batch buffers.
+fn batch_targets<'b>(targets: Targets<'_>, rows: &[usize], bc: &'b mut Vec<usize>, bv: &'b mut Matrix) -> Targets<'b> {
+    match targets {
         Targets::Classes(c) => {
             bc.clear();
             bc.extend(rows.iter().map(|&r| c[r]));
@@ -555,8 +620,7 @@ fn gather<'b>(
             }
             Targets::Values(bv.view())
         }
-    };
-    (targets, map)
+    }
 }
 
 /// The most parts a batch is gathered in (their slices live in an array on the stack:
@@ -644,6 +708,33 @@ mod tests {
     use super::*;
     use crate::nn::{Loss, Optimizer};
 
+    #[test]
+    fn the_next_batch_is_gathered_beside_steps_whose_upper_layers_are_small() {
+        let model = |widths: &[usize]| {
+            let mut b = Sequential::builder(784);
+            for &w in widths {
+                b = b.dense(w).relu();
+            }
+            b.dense(10).build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1)).unwrap()
+        };
+        let mnist = model(&[128, 64]);
+        // From the first batch whose first-layer products split (2 × 2¹⁸ multiply-adds).
+        assert!(!mnist.gathers_beside(5) && mnist.gathers_beside(6) && mnist.gathers_beside(128));
+        // Upper layers too small to hide a gather, or large enough to split themselves.
+        assert!(!model(&[32, 32]).gathers_beside(128));
+        assert!(!model(&[512, 512]).gathers_beside(128) && model(&[1024]).gathers_beside(128));
+        assert!(!model(&[256, 128]).gathers_beside(128) && model(&[256, 128]).gathers_beside(32));
+        // A first layer that is not Dense: nothing splits.
+        let dropout_first = Sequential::builder(784)
+            .dropout(0.1)
+            .dense(128)
+            .relu()
+            .dense(10)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd(0.1))
+            .unwrap();
+        assert!(!dropout_first.gathers_beside(128));
+    }
+
     /// The products of the first layer get the map a step is given: one that is not the
     /// batch's trips their debug check (the only reader of the map), so a step that
     /// dropped it on the way would pass here and make the gather's map for nothing.
@@ -663,10 +754,10 @@ mod tests {
         let (map, wrong) = (NonzeroMap::of(x.view()), NonzeroMap::of(other.view()));
         let y: Vec<usize> = (0..16).map(|i| i % 3).collect();
         for _ in 0..2 {
-            m.step_prechecked(x.view(), Some(map.view()), Targets::Classes(&y), 1, None).unwrap();
+            m.step_prechecked(x.view(), Some(map.view()), Targets::Classes(&y), 1, None, None).unwrap();
         }
         let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            m.step_prechecked(x.view(), Some(wrong.view()), Targets::Classes(&y), 1, None)
+            m.step_prechecked(x.view(), Some(wrong.view()), Targets::Classes(&y), 1, None, None)
         }));
         assert!(step.is_err(), "a map that is not the batch's reached no product");
     }

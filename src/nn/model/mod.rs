@@ -124,6 +124,8 @@ pub struct Sequential {
     batch_values: Matrix,
     /// The map of `batch_x`'s zeros, made by `fit`'s gather for the first layer.
     batch_map: NonzeroMap,
+    /// The next batch and its map, gathered by a helper during a step (`fit`).
+    batch_next: (Matrix, NonzeroMap),
     /// Activation buffers for inference through `&self`, one set per concurrent call.
     inference: InferenceBuffers,
 }
@@ -155,6 +157,18 @@ impl InferenceBuffers {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bufs);
     }
 }
+
+/// The multiply-adds below which a product of the layers above the first runs on one
+/// thread while a helper gathers the next batch (see [`Sequential::gathers_beside`]):
+/// below it, such products gained nothing from a split inside a 2-thread step.
+const SERIAL_MIDDLE_WORK: usize = 1 << 21;
+
+/// The weights above the first layer, per input feature, from which the serial
+/// stretch of a step outlasts most of the gather a helper runs beside it: on the Xeon
+/// of docs/perf/gather-beside-2026-12-07.md, 784-128-64-10 (11 a feature) spent 45 µs
+/// there against 36 µs for the gather of a batch of 128; 784-32-32-10 (1.7 a feature)
+/// was no faster (the leader then reads the whole batch from the helper's cache).
+const MIDDLE_WEIGHTS_PER_INPUT: usize = 8;
 
 impl Sequential {
     /// Starts a model over `n_inputs` features.
@@ -375,16 +389,18 @@ impl Sequential {
         matches!(isa, Isa::Avx2 | Isa::Avx512).then_some(isa)
     }
 
-    /// Forward through every layer on `threads` threads; `training` switches dropout on.
-    /// `x_map`: the map of `x`'s zeros, when the caller made it (`fit`'s gather).
-    fn forward(
+    /// Forward through the layers `range` (the earlier ones done) on `threads` threads;
+    /// `training` switches dropout on. `x_map`: the map of `x`'s zeros, when the caller
+    /// made it (`fit`'s gather).
+    fn forward_layers(
         &mut self,
+        range: std::ops::Range<usize>,
         x: MatRef<'_>,
         x_map: Option<NonzeroMapRef<'_>>,
         training: bool,
         threads: usize,
     ) -> Result<()> {
-        for l in 0..self.layers.len() {
+        for l in range {
             let (below, rest) = self.layers.split_at_mut(l);
             let input = if l == 0 { x } else { below[l - 1].output().view() };
             match &mut rest[0] {
@@ -520,9 +536,9 @@ impl Sequential {
             if self.iterations == 0 {
                 crate::gemm::reserve_workspace_for(1);
             }
-            return self.step_prechecked(x, None, targets, 1, None);
+            return self.step_prechecked(x, None, targets, 1, None, None);
         }
-        self.in_region(move |m, threads| m.step_prechecked(x, None, targets, threads, None))?
+        self.in_region(move |m, threads| m.step_prechecked(x, None, targets, threads, None, None))?
     }
 
     /// Runs `f` on this thread as the leader of a region of the model's threads
@@ -556,43 +572,58 @@ impl Sequential {
             return Err(Error::InvalidArgument("a training step needs at least one sample".into()));
         }
         self.in_region(move |m, threads| {
-            let batch = m.forward_loss(x, None, targets, threads)?;
+            let batch = m.forward_loss(0, x, None, targets, threads)?;
             m.backward(x, threads)?;
             Ok(batch)
         })?
     }
 
-    /// Forward in training mode, then the loss and its gradient into `self.dloss`.
+    /// Forward in training mode from layer `from` (the layers below done), then the
+    /// loss and its gradient into `self.dloss`.
     fn forward_loss(
         &mut self,
+        from: usize,
         x: MatRef<'_>,
         x_map: Option<NonzeroMapRef<'_>>,
         targets: Targets<'_>,
         threads: usize,
     ) -> Result<BatchLoss> {
-        self.forward(x, x_map, true, threads)?;
+        self.forward_layers(from..self.layers.len(), x, x_map, true, threads)?;
         self.dloss.resize(x.rows(), self.n_outputs);
         let last = self.layers.last().expect("a built model has layers").output().view();
         self.loss.forward_backward(last, targets, Some(self.dloss.view_mut()))
     }
 
-    /// One training step on inputs and targets already checked by the caller
-    /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update,
-    /// every pass on `threads` threads of the current pool.
-    /// `x_bound` bounds every `|x|` when the caller knows one (see
-    /// [`Inputs::max_abs_bound`](crate::nn::Inputs::max_abs_bound)); `x_map` is the
-    /// map of its zeros when the caller made one.
-    pub(super) fn step_prechecked(
+    /// Whether a step over `rows` samples has a serial stretch worth giving a helper
+    /// the next batch's gather for: the first layer is Dense and large enough that its
+    /// products split over the threads, and the products of the layers above it are
+    /// too small to gain from a split (below [`SERIAL_MIDDLE_WORK`] multiply-adds), so
+    /// that they run on this thread while the helper gathers. (Where no product
+    /// splits, the helper has nothing to interleave with and a hand-over costs more
+    /// than the gather.)
+    pub(super) fn gathers_beside(&self, rows: usize) -> bool {
+        let Some(Layer::Dense(first)) = self.layers.first() else { return false };
+        let upper = |l: &Layer| if let Layer::Dense(d) = l { d.weights.as_slice().len() } else { 0 };
+        rows.saturating_mul(first.weights.as_slice().len()) >= 2 * first.min_work_per_thread()
+            && self.layers.iter().skip(1).map(upper).sum::<usize>() >= MIDDLE_WEIGHTS_PER_INPUT * self.n_inputs
+            && self.layers.iter().skip(1).all(|l| rows.saturating_mul(upper(l)) < SERIAL_MIDDLE_WORK)
+    }
+
+    /// The forward from layer `from` (the layers below done), the loss, and the
+    /// backward chain; then whether the fused step is proved finite. An error when the
+    /// loss is not finite (naming the inputs when they are the cause).
+    fn loss_and_dinputs(
         &mut self,
+        from: usize,
         x: MatRef<'_>,
         x_map: Option<NonzeroMapRef<'_>>,
         targets: Targets<'_>,
         threads: usize,
         x_bound: Option<f32>,
-    ) -> Result<BatchLoss> {
-        let step = self.iterations;
-        let batch = self.forward_loss(x, x_map, targets, threads)?;
+    ) -> Result<(BatchLoss, bool)> {
+        let batch = self.forward_loss(from, x, x_map, targets, threads)?;
         if !batch.loss.is_finite() {
+            let step = self.iterations;
             // Name the inputs when they are the cause (checked only now, so a good
             // step pays nothing for it).
             if let Some(row) = first_nonfinite_row(x) {
@@ -605,8 +636,44 @@ impl Sequential {
             return Err(Error::NonFinite { step, layer: "the model output".into(), tensor: "loss".into() });
         }
         self.backward_dinputs(x, threads)?;
+        Ok((batch, self.fused_update && self.fused_step_stays_finite(x, x_bound)))
+    }
+
+    /// One training step on inputs and targets already checked by the caller
+    /// ([`Self::train_step`], `fit`): forward, loss, backward, finiteness check, update,
+    /// every pass on `threads` threads of the current pool.
+    /// `x_bound` bounds every `|x|` when the caller knows one (see
+    /// [`Inputs::max_abs_bound`](crate::nn::Inputs::max_abs_bound)); `x_map` is the
+    /// map of its zeros when the caller made one.
+    ///
+    /// `background`, when given, is run once during the step (by a helper while this
+    /// thread runs the serial part of the step, when there is a region to share).
+    pub(super) fn step_prechecked(
+        &mut self,
+        x: MatRef<'_>,
+        x_map: Option<NonzeroMapRef<'_>>,
+        targets: Targets<'_>,
+        threads: usize,
+        x_bound: Option<f32>,
+        background: Option<&(dyn Fn() + Sync)>,
+    ) -> Result<BatchLoss> {
+        let (step, n) = (self.iterations, self.layers.len());
+        let (batch, proved) = match background {
+            // The first layer on every thread, the rest of the forward and backward
+            // chain on this one while a helper runs the job.
+            Some(job) if threads > 1 && n > 1 => {
+                self.forward_layers(0..1, x, x_map, true, threads)?;
+                crate::runtime::region::beside(job, || self.loss_and_dinputs(1, x, x_map, targets, 1, x_bound))?
+            }
+            _ => {
+                if let Some(job) = background {
+                    job();
+                }
+                self.loss_and_dinputs(0, x, x_map, targets, threads, x_bound)?
+            }
+        };
         let optimizer = self.optimizer.at_step(self.iterations, &self.schedule);
-        if self.fused_update && self.fused_step_stays_finite(x, x_bound) {
+        if proved {
             let it = self.iterations;
             self.for_each_dense(x, |l, d, input, grad, own_relu| {
                 let map = x_map.filter(|_| l == 0);
