@@ -188,6 +188,41 @@ fn batches_gathered_beside_the_step_train_as_on_one_thread() {
     }
 }
 
+/// On 2 threads the first layer's update of such steps runs as two products, the
+/// rows from about the middle on a helper while the leader updates the layers above:
+/// with 1 000 inputs split at row 576 (a multiple of 192), and with 150 inputs too
+/// few to split (one product after the upper layers); SGD with L2 penalties (no state
+/// buffers) and momentum (one); bit for bit against one thread.
+#[test]
+fn first_layer_updates_in_two_halves_train_as_on_one_thread() {
+    use fusegrad::nn::{Init, Regularization};
+    let mut rng = Rng::new(33);
+    for (inputs, hidden) in [(1000, 128), (150, 512)] {
+        let x = Matrix::from_fn(96, inputs, |_, _| if rng.below(3) == 0 { rng.uniform(0.0, 1.0) } else { 0.0 });
+        let y: Vec<usize> = (0..96).map(|_| rng.below(10)).collect();
+        let opts = FitOptions::default().with_epochs(2).with_batch_size(32).with_seed(2);
+        let l2 = Regularization::default().with_weight_l2(1e-3).with_bias_l2(1e-3);
+        for optimizer in [Optimizer::sgd(0.05), Optimizer::sgd_momentum(0.05, 0.9)] {
+            let run = |threads: usize| {
+                let mut m = Sequential::builder(inputs)
+                    .seed(9)
+                    .dense_with(hidden, Init::He, l2)
+                    .relu()
+                    .dense(64)
+                    .relu()
+                    .dense(10)
+                    .build(Loss::SoftmaxCrossEntropy, optimizer)
+                    .unwrap();
+                m.set_threads(Some(threads)).unwrap();
+                m.set_adaptive_threads(false);
+                let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+                (params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>())
+            };
+            assert!(run(2) == run(1), "{inputs} inputs, {optimizer:?}: the bits differ");
+        }
+    }
+}
+
 #[test]
 fn predict_and_evaluate_agree_and_dropout_is_off_at_inference() {
     let (x, y) = spiral(30, 3, 2);

@@ -86,7 +86,18 @@ impl NonzeroMap {
     }
 }
 
-impl NonzeroMapRef<'_> {
+impl<'a> NonzeroMapRef<'a> {
+    /// The maps of columns `..c` and `c..` (`c` a multiple of 64, at most `cols`): their
+    /// words are the first `c / 64` and the rest, each row's bits as they were.
+    pub(crate) fn split_columns(self, c: usize) -> (NonzeroMapRef<'a>, NonzeroMapRef<'a>) {
+        assert!(c.is_multiple_of(64) && c <= self.cols, "a map split at column {c} of {}", self.cols);
+        let (left, right) = self.words.split_at(c / 64 * self.rows);
+        (
+            NonzeroMapRef { rows: self.rows, cols: c, words: left },
+            NonzeroMapRef { rows: self.rows, cols: self.cols - c, words: right },
+        )
+    }
+
     /// Word `w` of row `r`.
     #[inline]
     pub(crate) fn word(&self, w: usize, r: usize) -> u64 {
@@ -136,6 +147,19 @@ pub(crate) fn row_words_portable(row: &[f32], words: &mut [u64]) {
 mod tests {
     use super::*;
     use crate::matrix::Matrix;
+
+    #[test]
+    fn a_map_splits_into_the_maps_of_its_column_ranges() {
+        let x = Matrix::from_fn(5, 200, |i, j| awkward(i * 200 + j));
+        let map = NonzeroMap::of(x.view());
+        for c in [0, 64, 128, 192] {
+            let (left, right) = map.view().split_columns(c);
+            assert!(left.is_map_of(x.view().submatrix(0, 0, 5, c).unwrap()), "columns ..{c}");
+            assert!(right.is_map_of(x.view().submatrix(0, c, 5, 200 - c).unwrap()), "columns {c}..");
+        }
+        let split = std::panic::catch_unwind(|| map.view().split_columns(100));
+        assert!(split.is_err(), "a split inside a word");
+    }
 
     /// Values with every kind of zero and nonzero a map must tell apart.
     fn awkward(i: usize) -> f32 {

@@ -55,16 +55,8 @@ fn par_update_parts(
     let Some(mid) = split_point(p.len(), parts) else {
         return opt.update(p, g, s0, s1, it);
     };
-    // State buffers an optimizer does not use are empty, and stay empty on both sides.
-    fn split(s: &mut [f32], mid: usize) -> (&mut [f32], &mut [f32]) {
-        if s.is_empty() {
-            (&mut [], &mut [])
-        } else {
-            s.split_at_mut(mid)
-        }
-    }
     let ((p1, p2), (g1, g2)) = (p.split_at_mut(mid), g.split_at(mid));
-    let ((a1, a2), (b1, b2)) = (split(s0, mid), split(s1, mid));
+    let ((a1, a2), (b1, b2)) = (halve(s0, mid), halve(s1, mid));
     let (first, second) = (parts / 2, parts - parts / 2);
     let (r1, r2) = rayon::join(
         || par_update_parts(opt, p1, g1, a1, b1, it, first),
@@ -546,7 +538,7 @@ impl Dense {
         let threads = self.threads();
         self.check_backward(&inputs, &dz, &dinputs)?;
         self.dinputs_on(dz, dinputs, threads)?;
-        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads, false, None)?;
+        let maxima = self.update_fused_on(inputs, dz, optimizer, iterations, threads, false, None, None)?;
         if maxima.iter().flatten().any(|&m| m >= f32::INFINITY.to_bits()) {
             return Err(Error::NonFinite {
                 step: iterations,
@@ -563,6 +555,12 @@ impl Dense {
     /// bits, the weights' also kept in `self.maxima`. `dz_finite`: the caller has proved
     /// `dz` finite (a model's guard), so the GEMM may skip the k steps where the inputs
     /// are ±0, found from `inputs_map` when the caller has the map of their zeros.
+    ///
+    /// `beside`, on two threads of the region this thread leads: the update runs as two
+    /// products, the weight rows from about the middle on helper 1, the first rows here
+    /// after `beside` (the other layers' updates, which the helper's rows then overlap),
+    /// one thread each; every weight is computed as in one product (see
+    /// [`update_in_halves`]), so the result is the same. `beside` is run exactly once.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn update_fused_on(
         &mut self,
@@ -573,6 +571,7 @@ impl Dense {
         threads: usize,
         dz_finite: bool,
         inputs_map: Option<NonzeroMapRef<'_>>,
+        beside: Option<&mut dyn FnMut() -> Result<()>>,
     ) -> Result<[[u32; 3]; 2]> {
         let k = optimizer.state_buffers();
         if !self.state.weights.is_prepared(k, self.weights.as_slice().len()) {
@@ -614,8 +613,13 @@ impl Dense {
         let weights = ParamUpdate { rule: &rule, params: self.weights.as_mut_slice(), s0, s1 };
         let update = WeightUpdate { weights, biases: Some(biases) };
         let a_map = inputs_map.map(|map| AMap { map, transposed: true });
-        let [mut maxima, bias_maxima] =
-            gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, a_map, &opts)?;
+        let [mut maxima, bias_maxima] = match beside {
+            None => gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, a_map, &opts)?,
+            Some(first) => {
+                let scratch = self.dweights.as_mut_slice();
+                update_in_halves(scratch, inputs.t(), dz, &mut self.dbiases, update, inputs_map, &opts, first)?
+            }
+        };
         if let Some(before) = before {
             maxima[0] = maxima[0].max(before[0]);
         }
@@ -728,6 +732,71 @@ fn sign(x: f32) -> f32 {
 }
 
 /// The optimizer state of a layer (NNFS keeps it on the layer too).
+/// `s` split at `mid`, or two empty halves when it is empty (a state buffer the
+/// optimizer does not use).
+fn halve(s: &mut [f32], mid: usize) -> (&mut [f32], &mut [f32]) {
+    if s.is_empty() {
+        (&mut [], &mut [])
+    } else {
+        s.split_at_mut(mid)
+    }
+}
+
+/// The row where [`update_in_halves`] splits the weights: a multiple of every kernel's
+/// tile rows (so that each row panel, and with it the k steps its tiles list, is the
+/// one of a single product) and of a map word (64 inputs).
+const HALVES_ALIGN: usize = 192;
+
+/// `gemm_update` of `update` as two products over the rows of the weights (`a = Xᵀ`'s
+/// rows): from the row nearest the middle on helper 1 of the region this thread leads,
+/// the rows before it here, after `first`, on one thread each (the biases with the
+/// first rows). A product computes each weight from its row of A and all of B alone,
+/// so the halves store what one product stores. Returns the maxima of both.
+#[allow(clippy::too_many_arguments)]
+fn update_in_halves(
+    scratch: &mut [f32],
+    a: MatRef<'_>,
+    b: MatRef<'_>,
+    dbiases: &mut [f32],
+    update: WeightUpdate<'_>,
+    a_map: Option<NonzeroMapRef<'_>>,
+    opts: &GemmOptions,
+    first: &mut dyn FnMut() -> Result<()>,
+) -> Result<[[u32; 3]; 2]> {
+    let (m, n) = (a.rows(), b.cols());
+    let split = (m / 2 + HALVES_ALIGN / 2) / HALVES_ALIGN * HALVES_ALIGN;
+    let opts = opts.with_threads(1);
+    let transposed = |map| AMap { map, transposed: true };
+    if split == 0 || split >= m || scratch.len() != m * n {
+        first()?;
+        let c = crate::matrix::MatMut::new(scratch, m, n)?;
+        return gemm_update(c, a, b, dbiases, update, a_map.map(transposed), &opts);
+    }
+    let WeightUpdate { weights: ParamUpdate { rule, params, s0, s1 }, biases } = update;
+    let (w, c) = (params.split_at_mut(split * n), scratch.split_at_mut(split * n));
+    let (s0, s1) = (halve(s0, split * n), halve(s1, split * n));
+    let maps = a_map.map(|map| map.split_columns(split));
+    let (a_top, a_rest) = (a.submatrix(0, 0, split, a.cols())?, a.submatrix(split, 0, m - split, a.cols())?);
+    let rest = std::sync::Mutex::new(Some((w.1, s0.1, s1.1, c.1)));
+    let rest_result = std::sync::Mutex::new(None);
+    let job = || {
+        let Some((params, s0, s1, c)) = rest.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        let update = WeightUpdate { weights: ParamUpdate { rule, params, s0, s1 }, biases: None };
+        let r = crate::matrix::MatMut::new(c, m - split, n)
+            .and_then(|c| gemm_update(c, a_rest, b, &mut [], update, maps.map(|m| transposed(m.1)), &opts));
+        *rest_result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+    };
+    let top = crate::runtime::region::beside(&job, || {
+        first()?;
+        let update = WeightUpdate { weights: ParamUpdate { rule, params: w.0, s0: s0.0, s1: s1.0 }, biases };
+        let c = crate::matrix::MatMut::new(c.0, split, n)?;
+        gemm_update(c, a_top, b, dbiases, update, maps.map(|m| transposed(m.0)), &opts)
+    });
+    let rest = rest_result.into_inner().unwrap_or_else(|e| e.into_inner()).expect("the job ran");
+    let ([w_top, bias], [w_rest, _]) = (top?, rest?);
+    Ok([std::array::from_fn(|i| w_top[i].max(w_rest[i])), bias])
+}
+
 #[derive(Clone, Debug, Default)]
 struct OptimizerState {
     weights: ParamState,

@@ -158,6 +158,27 @@ impl InferenceBuffers {
     }
 }
 
+/// [`Sequential::for_each_dense`] over `layers`, whose first takes the input `x` and
+/// whose last the loss gradient `dloss`.
+fn for_each_dense_in(
+    layers: &mut [Layer],
+    x: MatRef<'_>,
+    dloss: MatRef<'_>,
+    mut f: impl FnMut(usize, &mut Dense, MatRef<'_>, MatRef<'_>, bool) -> Result<()>,
+) -> Result<()> {
+    let n = layers.len();
+    for l in (0..n).rev() {
+        let (below, rest) = layers.split_at_mut(l);
+        let (cur, above) = rest.split_at_mut(1);
+        let Layer::Dense(d) = &mut cur[0] else { continue };
+        let input = if l == 0 { x } else { below[l - 1].output().view() };
+        let grad = if l + 1 == n { dloss } else { above[0].dinputs().view() };
+        let own_relu = d.has_relu() && !matches!(above.first(), Some(Layer::Dense(_)));
+        f(l, d, input, grad, own_relu)?;
+    }
+    Ok(())
+}
+
 /// The multiply-adds below which a product of the layers above the first runs on one
 /// thread while a helper gathers the next batch (see [`Sequential::gathers_beside`]):
 /// below it, such products gained nothing from a split inside a 2-thread step.
@@ -460,19 +481,40 @@ impl Sequential {
     fn for_each_dense(
         &mut self,
         x: MatRef<'_>,
-        mut f: impl FnMut(usize, &mut Dense, MatRef<'_>, MatRef<'_>, bool) -> Result<()>,
+        f: impl FnMut(usize, &mut Dense, MatRef<'_>, MatRef<'_>, bool) -> Result<()>,
     ) -> Result<()> {
-        let n = self.layers.len();
-        for l in (0..n).rev() {
-            let (below, rest) = self.layers.split_at_mut(l);
-            let (cur, above) = rest.split_at_mut(1);
-            let Layer::Dense(d) = &mut cur[0] else { continue };
-            let input = if l == 0 { x } else { below[l - 1].output().view() };
-            let grad = if l + 1 == n { self.dloss.view() } else { above[0].dinputs().view() };
-            let own_relu = d.has_relu() && !matches!(above.first(), Some(Layer::Dense(_)));
-            f(l, d, input, grad, own_relu)?;
+        for_each_dense_in(&mut self.layers, x, self.dloss.view(), f)
+    }
+
+    /// The fused updates of a step proved finite on the two threads of a region: the
+    /// layers above the first on this thread (top first, one thread each, as their
+    /// other passes ran), the first layer's weights in two halves, helper 1's half from
+    /// the start, this thread's after the layers above. Needs a Dense layer above the
+    /// first (which masked the first layer's gradient in its `dinputs`). Every update
+    /// is the one of [`Self::for_each_dense`]'s loop: they are independent of each other.
+    fn update_beside(&mut self, x: MatRef<'_>, x_map: Option<NonzeroMapRef<'_>>, optimizer: &Optimizer) -> Result<()> {
+        let it = self.iterations;
+        let (first, upper) = self.layers.split_at_mut(1);
+        let (Layer::Dense(d0), Some(Layer::Dense(d1))) = (&mut first[0], upper.first_mut()) else {
+            unreachable!("update_beside needs Dense layers 0 and 1");
+        };
+        // The first layer's gradient and output, out of the layers for the duration:
+        // the updates above read the output and write the layer that holds the gradient.
+        let dz = std::mem::take(&mut d1.dinputs);
+        let h = std::mem::take(&mut d0.output);
+        let dloss = self.dloss.view();
+        let mut above = || {
+            for_each_dense_in(upper, h.view(), dloss, |_, d, input, grad, own_relu| {
+                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, optimizer, it, 1, true, None, None))
+                    .map(|_| ())
+            })
+        };
+        let r = d0.update_fused_on(x, dz.view(), optimizer, it, 1, true, x_map, Some(&mut above));
+        d0.output = h;
+        if let Some(Layer::Dense(d1)) = upper.first_mut() {
+            d1.dinputs = dz;
         }
-        Ok(())
+        r.map(|_| ())
     }
 
     /// Whether every Dense layer's fused step is proved to store only finite values
@@ -673,12 +715,26 @@ impl Sequential {
             }
         };
         let optimizer = self.optimizer.at_step(self.iterations, &self.schedule);
+        // A step whose upper layers ran on this thread beside a helper, on two threads,
+        // with a Dense layer above the first: the helper's half of the first layer's
+        // update overlaps the upper layers' updates.
+        let halves = background.is_some()
+            && threads == 2
+            && n > 1
+            && matches!(self.layers.get(..2), Some([Layer::Dense(_), Layer::Dense(_)]));
+        if proved && halves {
+            self.update_beside(x, x_map, &optimizer)?;
+            self.iterations += 1;
+            return Ok(batch);
+        }
         if proved {
             let it = self.iterations;
             self.for_each_dense(x, |l, d, input, grad, own_relu| {
                 let map = x_map.filter(|_| l == 0);
-                d.with_dz(grad, own_relu, |d, dz| d.update_fused_on(input, dz, &optimizer, it, threads, true, map))
-                    .map(|_| ())
+                d.with_dz(grad, own_relu, |d, dz| {
+                    d.update_fused_on(input, dz, &optimizer, it, threads, true, map, None)
+                })
+                .map(|_| ())
             })?;
             self.iterations += 1;
             return Ok(batch);
