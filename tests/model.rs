@@ -221,6 +221,19 @@ fn first_layer_updates_in_two_halves_train_as_on_one_thread() {
             assert!(run(2) == run(1), "{inputs} inputs, {optimizer:?}: the bits differ");
         }
     }
+    // train_step per batch (no next batch to gather): batches of 8 and 24 take the
+    // halves (their upper products run on one task anyway), 128 does not.
+    let (x, y) = mnist_like(200, 34);
+    let run = |threads: usize| {
+        let mut m = mnist_model(10, Optimizer::adam(1e-3));
+        m.set_threads(Some(threads)).unwrap();
+        for (start, batch) in [(0, 8), (8, 24), (32, 128), (160, 8)] {
+            let xb = x.view().submatrix(start, 0, batch, 784).unwrap();
+            m.train_step(xb, Targets::Classes(&y[start..start + batch])).unwrap();
+        }
+        params(&m)
+    };
+    assert!(run(2) == run(1), "train_step: the bits differ");
 }
 
 #[test]

@@ -651,6 +651,15 @@ impl Sequential {
             && self.layers.iter().skip(1).all(|l| rows.saturating_mul(upper(l)) < SERIAL_MIDDLE_WORK)
     }
 
+    /// Whether a product of the layers above the first splits over threads at `rows`
+    /// samples (has the work of two tasks).
+    fn upper_products_split(&self, rows: usize) -> bool {
+        self.layers.iter().skip(1).any(|l| match l {
+            Layer::Dense(d) => rows.saturating_mul(d.weights.as_slice().len()) >= 2 * d.min_work_per_thread(),
+            _ => false,
+        })
+    }
+
     /// The forward from layer `from` (the layers below done), the loss, and the
     /// backward chain; then whether the fused step is proved finite. An error when the
     /// loss is not finite (naming the inputs when they are the cause).
@@ -700,28 +709,32 @@ impl Sequential {
         background: Option<&(dyn Fn() + Sync)>,
     ) -> Result<BatchLoss> {
         let (step, n) = (self.iterations, self.layers.len());
-        let (batch, proved) = match background {
-            // The first layer on every thread, the rest of the forward and backward
-            // chain on this one while a helper runs the job.
-            Some(job) if threads > 1 && n > 1 => {
-                self.forward_layers(0..1, x, x_map, true, threads)?;
-                crate::runtime::region::beside(job, || self.loss_and_dinputs(1, x, x_map, targets, 1, x_bound))?
+        // Small upper layers (see `gathers_beside`) run on this thread, their products
+        // too small to gain from a split, beside the helper's job when there is one
+        // (without one, only when they would not split anyway: a train_step at batch
+        // 128 ran 1–2% slower with them on one thread).
+        let small_upper = threads > 1
+            && n > 1
+            && self.gathers_beside(x.rows())
+            && (background.is_some() || !self.upper_products_split(x.rows()));
+        let (batch, proved) = if small_upper {
+            self.forward_layers(0..1, x, x_map, true, threads)?;
+            let mut rest = || self.loss_and_dinputs(1, x, x_map, targets, 1, x_bound);
+            match background {
+                Some(job) => crate::runtime::region::beside(job, rest)?,
+                None => rest()?,
             }
-            _ => {
-                if let Some(job) = background {
-                    job();
-                }
-                self.loss_and_dinputs(0, x, x_map, targets, threads, x_bound)?
+        } else {
+            if let Some(job) = background {
+                job();
             }
+            self.loss_and_dinputs(0, x, x_map, targets, threads, x_bound)?
         };
         let optimizer = self.optimizer.at_step(self.iterations, &self.schedule);
-        // A step whose upper layers ran on this thread beside a helper, on two threads,
-        // with a Dense layer above the first: the helper's half of the first layer's
-        // update overlaps the upper layers' updates.
-        let halves = background.is_some()
-            && threads == 2
-            && n > 1
-            && matches!(self.layers.get(..2), Some([Layer::Dense(_), Layer::Dense(_)]));
+        // Then, on two threads with a Dense layer above the first, the helper's half of
+        // the first layer's update overlaps the upper layers' updates.
+        let halves =
+            small_upper && threads == 2 && matches!(self.layers.get(..2), Some([Layer::Dense(_), Layer::Dense(_)]));
         if proved && halves {
             self.update_beside(x, x_map, &optimizer)?;
             self.iterations += 1;
