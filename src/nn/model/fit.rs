@@ -567,15 +567,18 @@ fn gather<'b>(
     map: Option<(Isa, &'b mut NonzeroMap)>,
     threads: usize,
 ) -> (Targets<'b>, Option<NonzeroMapRef<'b>>) {
-    let mapped = map.is_some();
-    let map = map.map(|(isa, map)| {
-        gather_inputs(x, rows, next, bx, Some((isa, &mut *map)), threads);
-        &*map
-    });
-    if !mapped {
-        gather_inputs(x, rows, next, bx, None, threads);
-    }
-    (batch_targets(targets, rows, bc, bv), map.map(NonzeroMap::view))
+    let map = match map {
+        Some((isa, map)) => {
+            gather_inputs(x, rows, next, bx, Some((isa, &mut *map)), threads);
+            let map: &'b NonzeroMap = map;
+            Some(map.view())
+        }
+        None => {
+            gather_inputs(x, rows, next, bx, None, threads);
+            None
+        }
+    };
+    (batch_targets(targets, rows, bc, bv), map)
 }
 
 /// The inputs part of [`gather`]: the samples `rows` of `x` into `bx` (and the map of

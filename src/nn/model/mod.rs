@@ -492,6 +492,8 @@ impl Sequential {
     /// the start, this thread's after the layers above. Needs a Dense layer above the
     /// first (which masked the first layer's gradient in its `dinputs`). Every update
     /// is the one of [`Self::for_each_dense`]'s loop: they are independent of each other.
+    /// (The helper's half starts before the layers above are updated; their updates can
+    /// fail only on shapes, which the step has checked.)
     fn update_beside(&mut self, x: MatRef<'_>, x_map: Option<NonzeroMapRef<'_>>, optimizer: &Optimizer) -> Result<()> {
         let it = self.iterations;
         let (first, upper) = self.layers.split_at_mut(1);
