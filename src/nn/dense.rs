@@ -617,7 +617,7 @@ impl Dense {
             None => gemm_update(self.dweights.view_mut(), inputs.t(), dz, &mut self.dbiases, update, a_map, &opts)?,
             Some(first) => {
                 let scratch = self.dweights.as_mut_slice();
-                update_in_halves(scratch, inputs.t(), dz, &mut self.dbiases, update, inputs_map, &opts, first)?
+                update_in_halves(scratch, inputs.t(), dz, &mut self.dbiases, update, a_map, &opts, first)?
             }
         };
         if let Some(before) = before {
@@ -759,23 +759,26 @@ fn update_in_halves(
     b: MatRef<'_>,
     dbiases: &mut [f32],
     update: WeightUpdate<'_>,
-    a_map: Option<NonzeroMapRef<'_>>,
+    a_map: Option<AMap<'_>>,
     opts: &GemmOptions,
     first: &mut dyn FnMut() -> Result<()>,
 ) -> Result<[[u32; 3]; 2]> {
     let (m, n) = (a.rows(), b.cols());
     let split = (m / 2 + HALVES_ALIGN / 2) / HALVES_ALIGN * HALVES_ALIGN;
     let opts = opts.with_threads(1);
-    let transposed = |map| AMap { map, transposed: true };
     if split == 0 || split >= m || scratch.len() != m * n {
         first()?;
         let c = crate::matrix::MatMut::new(scratch, m, n)?;
-        return gemm_update(c, a, b, dbiases, update, a_map.map(transposed), &opts);
+        return gemm_update(c, a, b, dbiases, update, a_map, &opts);
     }
     let WeightUpdate { weights: ParamUpdate { rule, params, s0, s1 }, biases } = update;
     let (w, c) = (params.split_at_mut(split * n), scratch.split_at_mut(split * n));
     let (s0, s1) = (halve(s0, split * n), halve(s1, split * n));
-    let maps = a_map.map(|map| map.split_columns(split));
+    // A = Xᵀ: its rows `..split` are the map's columns `..split`.
+    let maps = a_map.map(|am| {
+        let (top, rest) = am.map.split_columns(split);
+        (AMap { map: top, ..am }, AMap { map: rest, ..am })
+    });
     let (a_top, a_rest) = (a.submatrix(0, 0, split, a.cols())?, a.submatrix(split, 0, m - split, a.cols())?);
     let rest = std::sync::Mutex::new(Some((w.1, s0.1, s1.1, c.1)));
     let rest_result = std::sync::Mutex::new(None);
@@ -783,14 +786,14 @@ fn update_in_halves(
         let Some((params, s0, s1, c)) = rest.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
         let update = WeightUpdate { weights: ParamUpdate { rule, params, s0, s1 }, biases: None };
         let r = crate::matrix::MatMut::new(c, m - split, n)
-            .and_then(|c| gemm_update(c, a_rest, b, &mut [], update, maps.map(|m| transposed(m.1)), &opts));
+            .and_then(|c| gemm_update(c, a_rest, b, &mut [], update, maps.map(|m| m.1), &opts));
         *rest_result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     };
     let top = crate::runtime::region::beside(&job, || {
         first()?;
         let update = WeightUpdate { weights: ParamUpdate { rule, params: w.0, s0: s0.0, s1: s1.0 }, biases };
         let c = crate::matrix::MatMut::new(c.0, split, n)?;
-        gemm_update(c, a_top, b, dbiases, update, maps.map(|m| transposed(m.0)), &opts)
+        gemm_update(c, a_top, b, dbiases, update, maps.map(|m| m.0), &opts)
     });
     let rest = rest_result.into_inner().unwrap_or_else(|e| e.into_inner()).expect("the job ran");
     let ([w_top, bias], [w_rest, _]) = (top?, rest?);
