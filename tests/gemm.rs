@@ -914,3 +914,55 @@ fn mid_width_and_two_row_tiles_across_block_boundaries() {
         }
     }
 }
+
+#[test]
+fn transposed_a_with_steps_aliasing_in_l2_gives_the_bits_read_in_place() {
+    // Aᵀ whose k steps lie a power of two apart (the input of a 1024-wide layer in dW =
+    // Xᵀ·dZ) is packed where its lines would crowd a few L2 sets; 4 KiB apart with
+    // 2 MiB that is beyond 256 steps. With a 64 KiB L2, rows 256 floats (1 KiB) apart
+    // pack from 33 steps, 257 apart never: the same values must give the same bits
+    // either way (the k loop is the same), and the naive twin's result.
+    let caches = CacheSizes::new(8 << 10, 64 << 10);
+    let mut rng = Rng::new(71);
+    for (m, k, n) in [(250, 100, 70), (13, 40, 130), (256, 33, 17), (100, 170, 64)] {
+        let x = Matrix::from_fn(k, m, |_, _| rng.uniform(-1.0, 1.0));
+        let dz = Matrix::from_fn(k, n, |_, _| rng.uniform(-1.0, 1.0));
+        // The f64 twin: exact products and the sum of their magnitudes.
+        let (prod, scale) = gemm_naive_f64(x.t(), dz.view());
+        let mut results = Vec::new();
+        for stride in [256, 257] {
+            // X (k × m) stored with rows `stride` floats apart, padding NaN.
+            let mut buf = vec![f32::NAN; (k - 1) * stride + m];
+            for p in 0..k {
+                buf[p * stride..p * stride + m].copy_from_slice(x.row(p));
+            }
+            let xs = MatRef::from_strides(&buf, k, m, stride, 1).unwrap();
+            for isa in isas() {
+                for threads in [1, 2] {
+                    let mut c = Matrix::zeros(m, n);
+                    let opts = GemmOptions::default()
+                        .with_isa(isa)
+                        .with_threads(threads)
+                        .with_min_work_per_thread(0)
+                        .with_caches(caches);
+                    gemm_with(c.view_mut(), xs.t(), dz.view(), Accum::Overwrite, Epilogue::None, &opts).unwrap();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let tol = (k + 4) as f64 * U * scale[i * n + j];
+                            let (got, want) = (c[(i, j)] as f64, prod[i * n + j]);
+                            assert!(
+                                (got - want).abs() <= tol,
+                                "{m}×{k}×{n} stride {stride} {isa:?} {threads}t: C[{i}][{j}] = {got}, naive {want}"
+                            );
+                        }
+                    }
+                    results.push((isa, threads, stride, bits(&c)));
+                }
+            }
+        }
+        for (isa, threads, stride, b) in &results[..results.len() / 2] {
+            let other = results.iter().find(|r| r.0 == *isa && r.1 == *threads && r.2 != *stride).unwrap();
+            assert!(b == &other.3, "{m}×{k}×{n} {isa:?} {threads}t: packed and in-place Aᵀ differ");
+        }
+    }
+}

@@ -130,6 +130,22 @@ pub const DIRECT_B_WIDE_MAX_ROWS: usize = 128;
 /// no more than reading a packed copy: dW1 = Xᵀ·dZ (784×128×128, B = dZ of 64 KiB).
 pub const DIRECT_B_MAX_FLOATS: usize = 64 * 1024;
 
+/// Whether the `kc` k steps of an `Aᵀ` read in place stay in an L2 of `l2` bytes: the
+/// tile reads one cache line per step, `stride` floats after the last. Lines a large
+/// power of two apart share few sets: 4 KiB apart (the input of a 1024-wide layer), a
+/// cache of S sets of W ways keeps W·S / 64 of them, 512 in 2 MiB, whatever its
+/// associativity. Beyond half of that the panel thrashes on every column tile (dW of
+/// 1024 × 512 × 1024 ran at 31% of the AVX-512 peak in place, 65% packed); such an `Aᵀ`
+/// is packed instead.
+pub(crate) fn transposed_a_stays_in_l2(stride: usize, kc: usize, l2: usize) -> bool {
+    let bytes = stride.saturating_mul(4);
+    if bytes == 0 {
+        return true;
+    }
+    let period = (1usize << bytes.trailing_zeros()).max(64);
+    kc <= l2 / period / 2
+}
+
 /// A GEMM gets one task per this many multiply-adds (up to the thread count); below
 /// it, it runs on the calling thread: a rayon fork/join costs as much as a small
 /// product takes (swept with `examples/gemm --min-work`). Override per call with
@@ -233,6 +249,24 @@ fn parse_size(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn transposed_a_is_packed_where_its_steps_alias_in_l2() {
+        let l2 = 2 << 20;
+        // 1024 floats (4 KiB) apart: 512 lines stay, so up to 256 steps in place.
+        assert!(transposed_a_stays_in_l2(1024, 256, l2));
+        assert!(!transposed_a_stays_in_l2(1024, 257, l2));
+        assert!(!transposed_a_stays_in_l2(2048, 256, l2));
+        assert!(transposed_a_stays_in_l2(2048, 128, l2));
+        // 784 and 1000 floats apart spread over every set.
+        assert!(transposed_a_stays_in_l2(784, 512, l2));
+        assert!(transposed_a_stays_in_l2(1000, 512, l2));
+        // Half the L2, half the steps; a Zen 4's 1 MiB at 4 KiB keeps 256 lines.
+        assert!(!transposed_a_stays_in_l2(1024, 256, 1 << 20));
+        assert!(transposed_a_stays_in_l2(1024, 128, 1 << 20));
+        assert!(transposed_a_stays_in_l2(0, 512, l2));
+        assert!(transposed_a_stays_in_l2(usize::MAX, 512, l2));
+    }
+
     use super::*;
 
     #[test]

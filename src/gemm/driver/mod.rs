@@ -18,7 +18,7 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, Blocking, CacheSizes, KC_MAX, MAX_TILE};
+use super::blocking::{k_block_start, transposed_a_stays_in_l2, Blocking, CacheSizes, KC_MAX, MAX_TILE};
 use super::kernel::update::{TileUpdate, UpdateRule};
 use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
@@ -187,6 +187,8 @@ struct Job<'a> {
     a_map: Option<(AMap<'a>, usize)>,
     /// How many tasks share the product (`Kernel::b_in_place` asks).
     tasks: usize,
+    /// L2 bytes per core (`blocking::transposed_a_stays_in_l2` asks).
+    l2: usize,
 }
 
 /// One buffer of parameters an update steps, the state buffers its rule uses (same
@@ -386,6 +388,7 @@ pub(crate) fn run<K: Kernel>(
         skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
         a_map: plan.a_map.map(|am| (am, 0)),
         tasks: tm * tn,
+        l2: plan.caches.l2,
     };
 
     let task = |t: usize| {
@@ -575,9 +578,12 @@ impl Job<'_> {
                     let mc = mc_max.min(rows.end - ic);
                     // Row-major A is read in place: the kernel broadcasts from MR
                     // strided rows (AOCL's "sup" kernels do the same), which saves a
-                    // scalar transpose of the whole of A per call. Other layouts
-                    // (Xᵀ in dW = Xᵀ·dZ) are packed: for them packing is a plain copy.
-                    let direct_a = K::READS_A_IN_PLACE && K::a_in_place(self.a.row_stride(), self.a.col_stride());
+                    // scalar transpose of the whole of A per call. Aᵀ (Xᵀ in
+                    // dW = Xᵀ·dZ) too, unless its k steps' lines alias in L2; packing
+                    // it is a plain copy. Other layouts are packed.
+                    let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
+                    let aliases = rsa == 1 && csa != 1 && !transposed_a_stays_in_l2(csa, kc, self.l2);
+                    let direct_a = K::READS_A_IN_PLACE && K::a_in_place(rsa, csa) && !aliases;
                     let a_packed = aligned(&mut bufs.a, self.workspace.0.max(mc_max * kc_max));
                     if !direct_a {
                         pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR, K::ISA);
@@ -590,7 +596,6 @@ impl Job<'_> {
                             // Rows ic+ir.. from column p0; the kernel reads only rows
                             // below this tile's mr, all inside the A view. An empty k
                             // block reads nothing.
-                            let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
                             let off = if kc == 0 { 0 } else { (ic + ir) * rsa + p0 * csa };
                             let mut panel = APanel {
                                 ptr: self.a.as_slice()[off..].as_ptr(),

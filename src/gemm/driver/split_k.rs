@@ -116,6 +116,7 @@ impl Split {
                     skip_zero_a: plan.skip_zero_a && K::SKIPS_ZERO_STEPS,
                     a_map: plan.a_map.map(|am| (am, p0)),
                     tasks: self.tk * self.tn,
+                    l2: plan.caches.l2,
                 };
                 with_buffers(|bufs| job.run_block::<K>(0..m, cols.clone(), bufs));
             }
