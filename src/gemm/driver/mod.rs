@@ -432,6 +432,19 @@ unsafe fn step_biases<K: Kernel>(bu: &UpdateJob<'_>, db: *const f32, cols: Range
     unsafe { kernel::update_rank1(K::ISA, std::ptr::null(), 0, 1, db, cols.len(), &tu) }
 }
 
+/// Whether a list of `listed` of `kc` k steps is worth its indirection: a nearly dense
+/// list saves less than it costs.
+fn list_pays(listed: usize, kc: usize) -> bool {
+    listed * 8 <= kc * 7
+}
+
+/// Aᵀ is packed rather than read in place when a block of at least this many column
+/// tiles reuses each of its panels (and no list of zero steps would pay): the AVX2
+/// 6 × 16 tile's dW of a 1024-wide layer at batch 128 ran at 62% of its peak in place,
+/// 82% packed; at 8 column tiles packing lost, 83% → 78% (784×128×128), and on
+/// AVX-512 at 4 (256×512×256: 82% → 71%). docs/perf/aliasing-dw-2026-12-08.md.
+const PACKED_AT_COLUMN_TILES: usize = 16;
+
 /// Runs `task(0..tasks)`: inside a step's region (`runtime::region`) on its threads,
 /// task t on thread t mod threads; elsewhere rayon spreads them.
 fn run_tasks(tasks: usize, task: &(dyn Fn(usize) + Sync)) {
@@ -579,11 +592,19 @@ impl Job<'_> {
                     // Row-major A is read in place: the kernel broadcasts from MR
                     // strided rows (AOCL's "sup" kernels do the same), which saves a
                     // scalar transpose of the whole of A per call. Aᵀ (Xᵀ in
-                    // dW = Xᵀ·dZ) too, unless its k steps' lines alias in L2; packing
-                    // it is a plain copy. Other layouts are packed.
+                    // dW = Xᵀ·dZ) too, unless packing it (a plain copy) pays: where
+                    // its k steps' lines alias in L2, or where many column tiles reuse
+                    // its panels and no list of zero steps would skip enough (the
+                    // block's first panel tells). Other layouts are packed.
                     let (rsa, csa) = (self.a.row_stride(), self.a.col_stride());
-                    let aliases = rsa == 1 && csa != 1 && !transposed_a_stays_in_l2(csa, kc, self.l2);
-                    let direct_a = K::READS_A_IN_PLACE && K::a_in_place(rsa, csa) && !aliases;
+                    let pack_transposed = a_transposed
+                        && (!transposed_a_stays_in_l2(csa, kc, self.l2)
+                            || (cols.len().min(nc_max).div_ceil(K::NR) >= PACKED_AT_COLUMN_TILES
+                                && !steps.as_mut().is_some_and(|steps| {
+                                    let rows = ic..(ic + K::MR).min(rows.end);
+                                    list_pays(self.list_steps::<K>(rows, p0, kc, steps), kc)
+                                })));
+                    let direct_a = K::READS_A_IN_PLACE && K::a_in_place(rsa, csa) && !pack_transposed;
                     let a_packed = aligned(&mut bufs.a, self.workspace.0.max(mc_max * kc_max));
                     if !direct_a {
                         pack_a(a_packed, self.a, ic, mc, p0, kc, K::MR, K::ISA);
@@ -605,15 +626,11 @@ impl Job<'_> {
                             };
                             if let Some(steps) = steps.as_mut() {
                                 let rows = (ic + ir)..(ic + ir + K::MR).min(rows.end);
-                                let listed = match self.a_map {
-                                    Some((am, k0)) => K::mapped_steps(am, rows, k0 + p0, kc, steps),
-                                    None => K::nonzero_steps(self.a, rows, p0, kc, steps),
-                                };
+                                let listed = self.list_steps::<K>(rows, p0, kc, steps);
                                 if listed == 0 && skips_empty_panels {
                                     continue;
                                 }
-                                // A nearly dense list saves less than its indirection costs.
-                                if listed * 8 <= kc * 7 {
+                                if list_pays(listed, kc) {
                                     tile_kc = listed;
                                     panel.steps = steps.as_ptr();
                                 }
@@ -651,6 +668,15 @@ impl Job<'_> {
         }
         self.step_own_biases::<K>(owns_bgrad, cols);
         self.merge_maxima(maxima);
+    }
+
+    /// The nonzero k steps of rows `rows` of A in the k block `p0 .. p0 + kc`, into
+    /// `steps`, from the map of A's zeros when there is one: their count.
+    fn list_steps<K: Kernel>(&self, rows: Range<usize>, p0: usize, kc: usize, steps: &mut [u32; KC_MAX]) -> usize {
+        match self.a_map {
+            Some((am, k0)) => K::mapped_steps(am, rows, k0 + p0, kc, steps),
+            None => K::nonzero_steps(self.a, rows, p0, kc, steps),
+        }
     }
 
     /// The bias step of this task's columns, once their gradient is complete (after
