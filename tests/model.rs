@@ -106,6 +106,44 @@ fn steps_split_in_a_region_equal_one_thread_bit_for_bit() {
     }
 }
 
+/// Products with a layer's weights beyond 64 K floats (300 × 300 here) split by
+/// columns on several threads at batches up to 256 rows (each core then reads the
+/// rows of W it updated): `train_step` and `fit` give the bits of one thread.
+#[test]
+fn products_with_the_weights_split_by_columns_train_as_on_one_thread() {
+    let (x, y) = spiral(100, 3, 5);
+    let run = |threads: usize| {
+        let mut m = Sequential::builder(2)
+            .seed(4)
+            .dense(300)
+            .relu()
+            .dense(300)
+            .relu()
+            .dense(3)
+            .build(Loss::SoftmaxCrossEntropy, Optimizer::sgd_momentum(0.05, 0.9))
+            .unwrap();
+        m.set_threads(Some(threads)).unwrap();
+        m.set_adaptive_threads(false);
+        for layer in m.layers_mut() {
+            if let Layer::Dense(d) = layer {
+                d.set_min_work_per_thread(Some(0));
+            }
+        }
+        for (start, batch) in [(0, 7), (7, 64), (71, 229)] {
+            let xb = x.view().submatrix(start, 0, batch, 2).unwrap();
+            m.train_step(xb, Targets::Classes(&y[start..start + batch])).unwrap();
+        }
+        let opts = FitOptions::default().with_epochs(2).with_batch_size(100).with_seed(2);
+        let reports = m.fit(x.view(), Targets::Classes(&y), &opts).unwrap();
+        let predicted = m.predict(x.view()).unwrap().as_slice().iter().map(|p| p.to_bits()).collect::<Vec<_>>();
+        (params(&m), reports.iter().map(|r| r.loss.to_bits()).collect::<Vec<_>>(), predicted)
+    };
+    let one = run(1);
+    for threads in [2, 3] {
+        assert!(run(threads) == one, "{threads} threads: the bits differ");
+    }
+}
+
 #[test]
 fn batches_skipping_zero_inputs_train_and_predict_as_the_full_products() {
     // A model knows its weights finite (measured at build and load, kept by each fused

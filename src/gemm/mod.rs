@@ -142,6 +142,9 @@ pub struct GemmOptions {
     /// result is the full product's, except that a sum that underflowed to −0 may come
     /// out +0. Default false.
     pub b_is_finite: bool,
+    /// B is a layer's weights (or their transpose), which the fused update splits by
+    /// rows over the threads: see `driver::Plan::b_is_weights`. Set by `Dense` only.
+    pub(crate) b_is_weights: bool,
 }
 
 impl GemmOptions {
@@ -290,6 +293,7 @@ fn dispatch(
         track_max,
         skip_zero_a: options.b_is_finite,
         a_map: a_map.filter(|_| options.b_is_finite),
+        b_is_weights: options.b_is_weights,
     };
     // At most 10 columns and Aᵀ read in place (dW = Xᵀ·dZ of the 10-class layer): the
     // x86 paths have tiles with the vectors along m for it, where every lane works

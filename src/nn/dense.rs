@@ -314,6 +314,7 @@ impl Dense {
         let epilogue = if self.relu { Epilogue::BiasRelu(&self.biases) } else { Epilogue::Bias(&self.biases) };
         let mut opts = self.gemm_on(threads);
         opts.b_is_finite = finite_weights;
+        opts.b_is_weights = true;
         let a_map = inputs_map.map(|map| AMap { map, transposed: false });
         gemm_with_max(out.view_mut(), inputs, self.weights.view(), Accum::Overwrite, epilogue, a_map, &opts)
     }
@@ -449,7 +450,8 @@ impl Dense {
             Dinputs::ComputeReluMasked(h) => Epilogue::ReluMask(h),
         };
         self.dinputs.resize(dz.rows(), self.n_inputs());
-        let opts = self.gemm_on(threads);
+        let mut opts = self.gemm_on(threads);
+        opts.b_is_weights = true;
         self.dinputs_max =
             gemm_with_max(self.dinputs.view_mut(), dz, self.weights.t(), Accum::Overwrite, epilogue, None, &opts)?;
         Ok(())

@@ -18,7 +18,9 @@
 //! ReLU-mask column sums are written per tile row into a scratch buffer and reduced
 //! in tile order after the join, so they too are independent of the thread count.
 
-use super::blocking::{k_block_start, transposed_a_stays_in_l2, Blocking, CacheSizes, KC_MAX, MAX_TILE};
+use super::blocking::{
+    k_block_start, transposed_a_stays_in_l2, Blocking, CacheSizes, DIRECT_B_MAX_FLOATS, KC_MAX, MAX_TILE,
+};
 use super::kernel::update::{TileUpdate, UpdateRule};
 use super::kernel::{self, KERNEL_TILES};
 use super::kernel::{APanel, BPanel, Kernel, Tile, TileEpilogue};
@@ -46,6 +48,10 @@ pub(crate) struct Plan<'a> {
     /// Where A's zeros are, when the caller has their map: the lists of k steps are
     /// then read from it instead of from A.
     pub a_map: Option<AMap<'a>>,
+    /// B is a layer's weights (the forward's `W`, or `Wᵀ` in `dX = dZ·Wᵀ`), whose rows
+    /// the fused update splits over the threads, each core updating (and so holding)
+    /// its own. A batch's product then splits by columns (`split_by_columns`).
+    pub b_is_weights: bool,
 }
 
 mod split_k;
@@ -347,7 +353,11 @@ pub(crate) fn run<K: Kernel>(
             return [split.run::<K>(c, a, b, accum, epilogue, plan), [0; 3]];
         }
     }
-    let (tm, tn) = partition(tasks, (m, K::MR), (n, K::NR));
+    let (tm, tn) = if plan.b_is_weights && weights.is_none() && split_by_columns(tasks, m, k, n, tiles_n) {
+        (1, tasks)
+    } else {
+        partition(tasks, (m, K::MR), (n, K::NR))
+    };
 
     let (bias, relu, h, mut colsum_out, bgrad) = match epilogue {
         Epilogue::None => (None, false, None, None, None),
@@ -479,6 +489,23 @@ fn partition(tasks: usize, (m, mr): (usize, usize), (n, nr): (usize, usize)) -> 
         _ => blis,
     }
 }
+
+/// Whether a product of a batch with a layer's weights as B splits over `tasks` by
+/// columns alone: batches up to `COLUMN_SPLIT_MAX_ROWS` rows, B beyond
+/// `DIRECT_B_MAX_FLOATS`, a column tile or more per task. By rows, each core reads all
+/// the weights, half of them last written by the other core; by columns, `dX = dZ·Wᵀ`
+/// reads only the rows of W its core updated, and the forward half the columns of
+/// the other core's rows. Alone (`examples/gemm`, nobody writing W) the split by
+/// columns is no faster; in training, 784-512-512-10 at batch 128 on 2 threads ran
+/// 8–10% faster, at batch 256 6–10%, 784-1024-1024-1024-10 4–6%
+/// (docs/perf/aliasing-dw-2026-12-08.md).
+fn split_by_columns(tasks: usize, m: usize, k: usize, n: usize, tiles_n: usize) -> bool {
+    m <= COLUMN_SPLIT_MAX_ROWS && k.saturating_mul(n) > DIRECT_B_MAX_FLOATS && tiles_n >= tasks
+}
+
+/// The largest batch whose products with the weights split by columns
+/// (`split_by_columns`): at 512 rows the gain was lost in the noise.
+const COLUMN_SPLIT_MAX_ROWS: usize = 256;
 
 fn partition_blis(tasks: usize, tiles_m: usize, tiles_n: usize) -> (usize, usize) {
     let (mut tm, mut tn) = (1usize, 1usize);
