@@ -44,8 +44,16 @@ pub(crate) enum Mode {
 /// without the slowest, so that one hiccup does not decide. 24 steps of an MNIST batch
 /// span several time slices.
 pub(crate) const WINDOW: usize = 24;
-/// Windows the chosen mode is kept before every mode is probed again: about two MNIST
-/// epochs at batch 128, so that probing the slower modes costs ≈ 1.5% on a quiet machine.
+/// ... or fewer, once at least [`MIN_WINDOW_STEPS`] counted steps have taken this long
+/// (seconds): a dozen time slices. Without it, the steps of a wide network at a large
+/// batch (0.1 s each on one thread) spent 5 s in the serial modes' windows of the
+/// first probe, which on a short run was most of its time.
+pub(crate) const WINDOW_SECONDS: f64 = 0.05;
+/// The fewest counted steps of a window cut short by [`WINDOW_SECONDS`].
+pub(crate) const MIN_WINDOW_STEPS: usize = 4;
+/// Full windows' worth of steps (`KEEP_WINDOWS · WINDOW`) the chosen mode is kept before
+/// every mode is probed again: about two MNIST epochs at batch 128, so that probing the
+/// slower modes costs ≈ 1.5% on a quiet machine.
 pub(crate) const KEEP_WINDOWS: usize = 40;
 /// And at least this long (the kept mode's steps, in seconds): a probe costs a few ms
 /// whatever the step (the working set moves to the other core and back), which short
@@ -72,11 +80,13 @@ enum Phase {
     /// re-probe measures the kept mode first, so that a hopeless one can be cut short.
     Probe { next: usize, order: [usize; 3], figures: [f64; 3] },
     /// Running `mode`, expected at `baseline` seconds per sample (the probe's figure,
-    /// then a moving average of the windows since), for `windows_left` more windows;
+    /// then a moving average of the windows since), for `steps_left` more steps (a
+    /// keep period is counted in steps of full windows, so that windows cut short by
+    /// [`WINDOW_SECONDS`] do not make probes more frequent);
     /// `slow` tells whether the last window was over [`DEGRADED`] × `baseline`;
     /// `runner_up` is the second-best figure of the probe that chose it; `seconds` is
     /// the time its steps have taken so far.
-    Keep { mode: Mode, baseline: f64, windows_left: usize, slow: bool, runner_up: f64, seconds: f64 },
+    Keep { mode: Mode, baseline: f64, steps_left: usize, slow: bool, runner_up: f64, seconds: f64 },
 }
 
 /// The decision state. Feed it the time of every step with [`Governor::record`]; ask it
@@ -90,6 +100,10 @@ pub(crate) struct Governor {
     window: Vec<f64>,
     /// Steps seen in the current window, counted or not.
     seen: usize,
+    /// Seconds the current window's counted steps took.
+    window_seconds: f64,
+    /// A window ends once its counted steps took this long ([`WINDOW_SECONDS`]).
+    window_limit: f64,
     /// The mode the last probe chose, and the length of the keep period after it.
     last_choice: Option<Mode>,
     keep_windows: usize,
@@ -108,6 +122,8 @@ impl Governor {
             phase: Phase::Probe { next: 0, order: [1, 2, 0], figures: [f64::INFINITY; 3] },
             window: Vec::with_capacity(WINDOW),
             seen: 0,
+            window_seconds: 0.0,
+            window_limit: WINDOW_SECONDS,
             last_choice: None,
             keep_windows: KEEP_WINDOWS,
         }
@@ -118,7 +134,7 @@ impl Governor {
         let phase = Phase::Keep {
             mode,
             baseline: f64::INFINITY,
-            windows_left: usize::MAX,
+            steps_left: usize::MAX,
             slow: false,
             runner_up: f64::INFINITY,
             seconds: 0.0,
@@ -128,7 +144,16 @@ impl Governor {
             Mode::SerialHere => &[Mode::SerialHere],
             Mode::SerialThere => &[Mode::SerialThere],
         };
-        Governor { modes, phase, window: Vec::new(), seen: 0, last_choice: None, keep_windows: usize::MAX }
+        Governor {
+            modes,
+            phase,
+            window: Vec::new(),
+            seen: 0,
+            window_seconds: 0.0,
+            window_limit: WINDOW_SECONDS,
+            last_choice: None,
+            keep_windows: usize::MAX,
+        }
     }
 
     /// The mode the next step should run in.
@@ -152,6 +177,7 @@ impl Governor {
         self.seen += 1;
         if self.seen > 1 {
             self.window.push(seconds_per_sample);
+            self.window_seconds += seconds;
         }
         let hopeless = match self.phase {
             Phase::Probe { next, figures, .. } if next > 0 && !self.window.is_empty() => {
@@ -161,12 +187,15 @@ impl Governor {
             }
             _ => false,
         };
-        if self.seen < WINDOW && !hopeless {
+        let long_enough = self.window.len() >= MIN_WINDOW_STEPS && self.window_seconds >= self.window_limit;
+        if self.seen < WINDOW && !hopeless && !long_enough {
             return;
         }
         let window_figure = figure(&self.window);
+        let steps = self.seen;
         self.window.clear();
         self.seen = 0;
+        self.window_seconds = 0.0;
         self.phase = match self.phase {
             Phase::Probe { next, order, mut figures } => {
                 figures[next] = window_figure;
@@ -197,19 +226,19 @@ impl Governor {
                     Phase::Keep {
                         mode,
                         baseline,
-                        windows_left: self.keep_windows,
+                        steps_left: self.keep_windows.saturating_mul(WINDOW),
                         slow: false,
                         runner_up,
                         seconds: 0.0,
                     }
                 }
             }
-            Phase::Keep { mode, baseline, windows_left, slow, runner_up, seconds } => {
+            Phase::Keep { mode, baseline, steps_left, slow, runner_up, seconds } => {
                 let slow_now = window_figure > baseline * DEGRADED;
                 // The kept mode's running average has fallen behind what the runner-up
                 // measured: its probe figure was a lucky stretch.
                 let overtaken = moving_average(baseline, window_figure) > runner_up * 1.1;
-                let period_over = windows_left <= 1 && seconds >= MIN_KEEP_SECONDS;
+                let period_over = steps_left <= steps && seconds >= MIN_KEEP_SECONDS;
                 if (slow && slow_now) || overtaken || period_over {
                     if log_enabled() {
                         let why = if period_over {
@@ -244,7 +273,7 @@ impl Governor {
                     Phase::Keep {
                         mode,
                         baseline,
-                        windows_left: windows_left.saturating_sub(1).max(1),
+                        steps_left: steps_left.saturating_sub(steps).max(1),
                         slow: slow_now,
                         runner_up,
                         seconds,
@@ -288,8 +317,7 @@ fn figure(v: &[f64]) -> f64 {
 mod tests {
     use super::*;
 
-    /// Feeds `windows` windows of steps, timing each by `cost(mode)`; returns the mode
-    /// of every step.
+    /// Feeds `steps` steps, timing each by `cost(mode)`; returns the mode of every step.
     fn run(g: &mut Governor, steps: usize, mut cost: impl FnMut(Mode) -> f64) -> Vec<Mode> {
         (0..steps)
             .map(|_| {
@@ -298,6 +326,12 @@ mod tests {
                 m
             })
             .collect()
+    }
+
+    /// A governor of 2 threads whose windows always run WINDOW steps (the tests below
+    /// time steps in arbitrary units, often 1 s).
+    fn counting_steps() -> Governor {
+        Governor { window_limit: f64::INFINITY, ..Governor::new(2) }
     }
 
     fn time(parallel: f64, here: f64, there: f64) -> impl Fn(Mode) -> f64 {
@@ -316,7 +350,7 @@ mod tests {
 
     #[test]
     fn a_quiet_machine_keeps_parallel_and_probes_rarely() {
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         let modes = run(&mut g, 10 * WINDOW * KEEP_WINDOWS, time(1.0, 1.6, 1.6));
         // The first probe tries each mode once, the serial ones first, then parallel is kept.
         assert_eq!(
@@ -330,7 +364,7 @@ mod tests {
 
     #[test]
     fn a_busy_core_switches_to_the_free_one_and_back() {
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         // Quiet: parallel wins.
         run(&mut g, 3 * WINDOW, time(1.0, 1.6, 1.6));
         assert_eq!(g.mode(), Mode::Parallel);
@@ -362,8 +396,27 @@ mod tests {
     }
 
     #[test]
-    fn the_busy_core_may_be_the_other_one() {
+    fn long_steps_are_probed_in_short_windows() {
+        // Steps of 0.1 s on two threads, 0.18 s on one (a wide network at batch 512):
+        // each window ends after its uncounted step and MIN_WINDOW_STEPS counted ones,
+        // so the first probe takes 3 · 5 steps, not 3 · 24, and parallel is kept.
         let mut g = Governor::new(2);
+        let w = MIN_WINDOW_STEPS + 1;
+        let modes = run(&mut g, 3 * w + 30 * w, time(0.1, 0.18, 0.18));
+        assert_eq!(
+            &modes[..3 * w],
+            &[vec![Mode::SerialHere; w], vec![Mode::SerialThere; w], vec![Mode::Parallel; w]].concat()[..]
+        );
+        // Kept for KEEP_WINDOWS windows (of w steps now).
+        assert!(modes[3 * w..].iter().all(|&m| m == Mode::Parallel), "{modes:?}");
+        // And a busy core is still caught: parallel slows to 0.5 s a step.
+        let later = run(&mut g, 8 * w, time(0.5, 0.18, 0.3));
+        assert_eq!(g.mode(), Mode::SerialHere, "{later:?}");
+    }
+
+    #[test]
+    fn the_busy_core_may_be_the_other_one() {
+        let mut g = counting_steps();
         run(&mut g, 3 * WINDOW, time(1.0, 1.6, 1.6));
         run(&mut g, 6 * WINDOW, time(10.0, 1.6, 3.2));
         assert_eq!(g.mode(), Mode::SerialHere);
@@ -372,7 +425,7 @@ mod tests {
     #[test]
     fn noise_does_not_leave_parallel() {
         // Serial only 2% faster (noise): parallel stays.
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         run(&mut g, 3 * WINDOW, time(1.0, 0.98, 0.99));
         assert_eq!(g.mode(), Mode::Parallel);
         // One slow step per window (a hiccup) does not trigger a probe.
@@ -390,7 +443,7 @@ mod tests {
 
     #[test]
     fn hopeless_probes_end_early_and_steady_machines_are_probed_less() {
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         // Busy: parallel 10× slower. The first probe measures the serial modes, then cuts
         // parallel short after 1 + 1 steps (one step over 4× the best).
         let first = run(&mut g, 2 * WINDOW + 2, time(10.0, 1.6, 1.0));
@@ -408,7 +461,7 @@ mod tests {
     fn time_sliced_steps_are_judged_by_their_mean() {
         // A helper sharing its core: parallel steps alternate between 1 and 8 (mean
         // 4.5, median anywhere between); the loop's own core is free: serial here 3.
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         let mut i = 0;
         run(&mut g, 10 * WINDOW, |m| {
             i += 1;
@@ -426,7 +479,7 @@ mod tests {
     fn a_lucky_probe_is_corrected_by_the_running_average() {
         // Parallel probes at 1.0 (its helper had rested during the serial windows),
         // then runs at a mean of 2.0 (steps of 1 and 3); serial here steady at 1.5.
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         let mut parallel_steps = 0;
         let modes = run(&mut g, 20 * WINDOW, |m| match m {
             Mode::Parallel => {
@@ -450,7 +503,7 @@ mod tests {
     #[test]
     fn the_first_step_of_a_window_is_not_counted() {
         // A switch's first step pays for waking workers: 100× slower, ignored.
-        let mut g = Governor::new(2);
+        let mut g = counting_steps();
         let mut n = 0;
         run(&mut g, 3 * WINDOW, |m| {
             n += 1;
