@@ -249,6 +249,8 @@ fn parse_size(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn transposed_a_is_packed_where_its_steps_alias_in_l2() {
         let l2 = 2 << 20;
@@ -266,8 +268,6 @@ mod tests {
         assert!(transposed_a_stays_in_l2(0, 512, l2));
         assert!(transposed_a_stays_in_l2(usize::MAX, 512, l2));
     }
-
-    use super::*;
 
     #[test]
     fn blocks_follow_the_caches() {
